@@ -1,0 +1,16 @@
+"""glass-llm: training-free FFN sparsification for faster generation (GLASS)."""
+
+__version__ = "0.1.0"
+
+from .adapters import UnsupportedModelError, find_ffn_blocks  # noqa: E402
+from .engine import GlassConfig, GlassError, GlassHandle, apply_glass  # noqa: E402
+from .methods import METHODS, MethodSpec, register_method  # noqa: E402
+from .prior import Prior, PriorError, load_prior, save_prior  # noqa: E402
+from .build import build_prior  # noqa: E402
+from .models import load_model  # noqa: E402
+
+__all__ = [
+    "GlassConfig", "GlassError", "GlassHandle", "apply_glass", "UnsupportedModelError", "find_ffn_blocks",
+    "METHODS", "MethodSpec", "register_method", "Prior", "PriorError", "load_prior", "save_prior",
+    "build_prior", "load_model", "__version__",
+]

@@ -1,0 +1,100 @@
+"""Selection methods as one mechanism with different settings, plus a registry.
+
+Every method selects neurons by ``ranking.select(local, global, lam, density)``; a
+method only fixes which local statistic it uses, where its global scores come from
+and which ``lam`` it uses. New methods and new global sources plug in with the
+``register_method`` / ``register_global_source`` decorators, without touching the
+engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .adapters import FFNBlock, magnitude_scores
+
+# Default aggregation weight for GLASS. Chosen on a calibration split of prompts that
+# is never reported on; see BENCHMARKS.md ("Choosing lam") for the sweep behind it.
+DEFAULT_LAM = 0.5
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    description: str
+    lam: float | None = None  # fixed lam; None means tunable (default DEFAULT_LAM)
+    statistic: str = "activation"
+    global_source: str | None = "prior"
+    dense: bool = False
+
+    @property
+    def needs_prior(self) -> bool:
+        return self.global_source == "prior" and (self.lam is None or self.lam < 1)
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    if spec.name in METHODS:
+        raise ValueError(f"method {spec.name!r} is already registered")
+    METHODS[spec.name] = spec
+    return spec
+
+
+def get_method(name: str) -> MethodSpec:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(sorted(METHODS))}") from None
+
+
+for _spec in (
+    MethodSpec("dense", "the unmodified model (no sparsity)", lam=1.0, global_source=None, dense=True),
+    MethodSpec("griffin", "prompt-only selection by activation (GRIFFIN, lam=1)", lam=1.0, global_source=None),
+    MethodSpec("global", "static selection by the global prior alone (lam=0)", lam=0.0),
+    MethodSpec("glass", "GLASS: prompt activation ranks merged with the prior's (A-GLASS)"),
+    MethodSpec("glass-a", "A-GLASS: activation statistic, prompt merged with prior"),
+    MethodSpec("glass-i", "I-GLASS: impact statistic, prompt merged with prior", statistic="impact"),
+    MethodSpec("magnitude", "static selection by weight norms ||W_gate[j]||*||W_up[j]||", lam=0.0, global_source="magnitude"),
+    MethodSpec("random", "static random selection (seeded)", lam=0.0, global_source="random"),
+):
+    register_method(_spec)
+
+
+# A global source maps (blocks, prior, statistic, seed) to one (d_ff,) score per block.
+GlobalSource = Callable[[list[FFNBlock], object, str, int], list[torch.Tensor]]
+GLOBAL_SOURCES: dict[str, GlobalSource] = {}
+
+
+def register_global_source(name: str) -> Callable[[GlobalSource], GlobalSource]:
+    def deco(fn: GlobalSource) -> GlobalSource:
+        GLOBAL_SOURCES[name] = fn
+        return fn
+
+    return deco
+
+
+@register_global_source("prior")
+def _prior_scores(blocks, prior, statistic, seed):
+    if prior is None:
+        raise ValueError(
+            "this method needs a global prior: build one with `glass prior MODEL -o prior.safetensors` "
+            "and pass prior=... (or --prior FILE)"
+        )
+    table = prior.scores_for(statistic)
+    return [table[b.index] for b in blocks]
+
+
+@register_global_source("magnitude")
+def _magnitude(blocks, prior, statistic, seed):
+    return [magnitude_scores(b) for b in blocks]
+
+
+@register_global_source("random")
+def _random(blocks, prior, statistic, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(b.d_ff, generator=g) for b in blocks]

