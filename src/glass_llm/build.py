@@ -3,11 +3,16 @@
 Self-sampling (the default, DESIGN section 4): sequences are sampled at temperature 1
 from the full distribution, starting at BOS and, for chat models, also from an empty
 user turn. Batch ``i`` is seeded with ``seed + i``, so the sequences depend on the
-batch index only: a run split over several processes samples the same text.
+batch index only: a run split over several processes samples the same text, and the
+set of batches read depends on the seed and the token budget only (see
+``build_self_prior_sums``), so 1 and N processes build the same prior up to float
+summation order.
 The statistic is accumulated over the generated tokens (up to and including EOS).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from torch import nn
@@ -58,35 +63,83 @@ def batch_indices(n_batches: int, rank: int = 0, world: int = 1) -> list[int]:
     return list(range(rank, n_batches, world))
 
 
+def batches_needed(counts: list[int], n_tokens: int) -> int | None:
+    """The number of batches ``B`` to read: the smallest ``B`` such that batches
+    ``0 .. B-1`` hold at least ``n_tokens`` tokens, given the token counts of batches
+    ``0, 1, 2, ...`` (in index order); ``None`` when ``counts`` does not reach it yet."""
+    total = 0
+    for i, c in enumerate(counts):
+        total += c
+        if total >= n_tokens:
+            return i + 1
+    return None
+
+
+def _add_into(totals: list[torch.Tensor], sums: list[torch.Tensor]) -> None:
+    for t, s in zip(totals, sums):
+        t += s.to(device=t.device, dtype=t.dtype)
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+AllSum = Callable[[torch.Tensor], torch.Tensor]
+
+
 @torch.no_grad()
 def build_self_prior_sums(model, tokenizer, n_tokens: int = 16384, seq_len: int = 128, batch_size: int = 16,
                           seed: int = 0, rank: int = 0, world: int = 1, progress: bool = True,
-                          all_sum=lambda x: x):
-    """Sample batches until ``n_tokens`` generated tokens have been read.
+                          all_sum: AllSum = _identity) -> tuple[list[torch.Tensor], int, int]:
+    """Sample batches and accumulate the statistic until ``n_tokens`` generated tokens.
 
-    Work runs in rounds of ``world`` batches (batch ``round * world + rank`` on this
-    process); ``all_sum`` turns this process's token count into the count over all
-    processes (identity for one process), so every process stops after the same round.
+    Which batches enter the prior depends on the seed and ``n_tokens`` only, not on the
+    number of processes: batches ``0 .. B-1``, with ``B`` the first count whose batches
+    hold ``n_tokens`` tokens (:func:`batches_needed`). Work runs in rounds of ``world``
+    batches (batch ``round * world + rank`` on this process); ``all_sum`` sums a tensor
+    over all processes (identity for one process) and shares the token count of every
+    batch of the round, so every process knows ``B`` as soon as it is reached and all stop
+    after the same round. A batch of that last round with index ``>= B`` is dropped.
+
+    Each batch's statistic is computed on its own in float32 (the same numbers on any
+    process) and added into float64 totals, so the split over processes changes the
+    result only by float64 rounding.
+
+    Returns ``(sums, tokens, n_batches)``: this process's per-block float64 sums over
+    its batches, its token count (sum both over processes for the prior) and ``B``.
     """
     blocks = find_ffn_blocks(model)
-    rec = ActivationRecorder(model, blocks)
+    totals = [torch.zeros(b.d_ff, dtype=torch.float64) for b in blocks]
+    counts: list[int] = []  # generated tokens of batch 0, 1, 2, ... (the same on every process)
+    mine = 0
+    n_batches: int | None = None
     bar = tqdm(total=n_tokens, desc="sampling prior text", unit="tok", disable=not progress)
-    total, rnd = 0, 0
-    while total < n_tokens:
-        seqs, mask = sample_batch(model, tokenizer, rnd * world + rank, seq_len, batch_size, seed)
+    rnd = 0
+    while n_batches is None:
+        index = rnd * world + rank
+        seqs, mask = sample_batch(model, tokenizer, index, seq_len, batch_size, seed)
+        rec = ActivationRecorder(model, blocks)
         with rec:
             rec.run(model, seqs, mask, attention_mask=torch.ones_like(seqs))
-        new_total = int(all_sum(rec.tokens))
-        bar.update(min(new_total, n_tokens) - min(total, n_tokens))
-        total, rnd = new_total, rnd + 1
+        round_counts = torch.zeros(world, dtype=torch.int64)
+        round_counts[rank] = rec.tokens
+        round_counts = all_sum(round_counts)
+        before = sum(counts)
+        counts.extend(int(c) for c in round_counts)
+        n_batches = batches_needed(counts, n_tokens)
+        if n_batches is None or index < n_batches:
+            _add_into(totals, rec.sums)
+            mine += rec.tokens
+        bar.update(min(sum(counts), n_tokens) - min(before, n_tokens))
+        rnd += 1
     bar.close()
-    return rec.sums, rec.tokens, rnd
+    return totals, mine, n_batches
 
 
-@torch.no_grad()
-def build_text_prior_sums(model, tokenizer, texts: list[str], n_tokens: int = 16384, seq_len: int = 128,
-                          batch_size: int = 16, rank: int = 0, world: int = 1, progress: bool = True):
-    blocks = find_ffn_blocks(model)
+def text_batches(tokenizer, texts: list[str], n_tokens: int, seq_len: int, batch_size: int) -> list[list[list[int]]]:
+    """Cut the documents into chunks of ``seq_len`` tokens (dropping chunks under 8
+    tokens) until ``n_tokens`` tokens, and group them into batches: a plan that every
+    process computes identically."""
     chunks: list[list[int]] = []
     total = 0
     for text in texts:
@@ -103,11 +156,23 @@ def build_text_prior_sums(model, tokenizer, texts: list[str], n_tokens: int = 16
             break
     if not chunks:
         raise ValueError("the text source gave no usable text (need at least 8 tokens per chunk)")
-    batches = [chunks[i:i + batch_size] for i in range(0, len(chunks), batch_size)]
-    mine = batch_indices(len(batches), rank, world)
-    rec = ActivationRecorder(model, blocks)
+    return [chunks[i:i + batch_size] for i in range(0, len(chunks), batch_size)]
+
+
+@torch.no_grad()
+def build_text_prior_sums(model, tokenizer, texts: list[str], n_tokens: int = 16384, seq_len: int = 128,
+                          batch_size: int = 16, rank: int = 0, world: int = 1,
+                          progress: bool = True) -> tuple[list[torch.Tensor], int, int]:
+    """Accumulate the statistic over text: this process reads batches ``rank, rank +
+    world, ...`` of :func:`text_batches`. Returns ``(sums, tokens, n_batches)`` like
+    :func:`build_self_prior_sums` (float64 sums and token count of this process)."""
+    blocks = find_ffn_blocks(model)
+    batches = text_batches(tokenizer, texts, n_tokens, seq_len, batch_size)
+    totals = [torch.zeros(b.d_ff, dtype=torch.float64) for b in blocks]
+    mine = 0
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for i in tqdm(mine, desc="reading prior text", unit="batch", disable=not progress):
+    for i in tqdm(batch_indices(len(batches), rank, world), desc="reading prior text", unit="batch",
+                  disable=not progress):
         rows = batches[i]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -115,27 +180,44 @@ def build_text_prior_sums(model, tokenizer, texts: list[str], n_tokens: int = 16
         for r, piece in enumerate(rows):
             ids[r, :len(piece)] = torch.tensor(piece)
             mask[r, :len(piece)] = 1
+        rec = ActivationRecorder(model, blocks)
         with rec:
             rec.run(model, ids.to(model.device), mask.to(model.device))
-    return rec.sums, rec.tokens, len(batches)
+        _add_into(totals, rec.sums)
+        mine += rec.tokens
+    return totals, mine, len(batches)
 
 
 def build_prior(model: nn.Module, tokenizer, source: str = "self", n_tokens: int = 16384, seq_len: int = 128,
-                batch_size: int = 16, seed: int = 0, progress: bool = True) -> Prior:
-    """Build a prior in this process. ``source`` is "self", a corpus name or a text file."""
+                batch_size: int = 16, seed: int = 0, progress: bool = True, rank: int = 0, world: int = 1,
+                all_sum: AllSum = _identity) -> Prior:
+    """Build a prior. ``source`` is "self", a corpus name or a text file.
+
+    On several processes pass this process's ``rank``, the ``world`` size and an
+    ``all_sum`` that sums a tensor over all processes (see ``glass_llm.distributed``):
+    the work is split, sums and token counts are summed, and every process returns the
+    same prior, equal to the single-process one up to float summation order.
+    """
     if n_tokens < 1:
         raise ValueError(f"n_tokens must be positive, got {n_tokens}")
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is outside a world of {world} processes")
     if source == "self":
-        sums, count, _ = build_self_prior_sums(model, tokenizer, n_tokens, seq_len, batch_size, seed, progress=progress)
+        sums, count, n_batches = build_self_prior_sums(model, tokenizer, n_tokens, seq_len, batch_size, seed,
+                                                       rank=rank, world=world, progress=progress, all_sum=all_sum)
         info = {"kind": "self", "seq_len": seq_len, "batch_size": batch_size, "seed": seed, "temperature": 1.0,
-                "requested_tokens": n_tokens}
+                "requested_tokens": n_tokens, "batches": n_batches}
     else:
         from .corpora import load_texts
 
         texts = load_texts(source)
-        sums, count, _ = build_text_prior_sums(model, tokenizer, texts, n_tokens, seq_len, batch_size, progress=progress)
-        info = {"kind": "text", "name": str(source), "seq_len": seq_len, "requested_tokens": n_tokens}
-    return prior_from_sums(model, sums, count, info)
+        sums, count, n_batches = build_text_prior_sums(model, tokenizer, texts, n_tokens, seq_len, batch_size,
+                                                       rank=rank, world=world, progress=progress)
+        info = {"kind": "text", "name": str(source), "seq_len": seq_len, "requested_tokens": n_tokens,
+                "batches": n_batches}
+    table = all_sum(torch.stack(sums))
+    count = int(all_sum(torch.tensor([count], dtype=torch.int64))[0])
+    return prior_from_sums(model, list(table), count, info)
 
 
 def get_or_build_prior(model: nn.Module, tokenizer, model_name: str, source: str = "self", n_tokens: int = 16384,
