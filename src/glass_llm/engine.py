@@ -22,7 +22,7 @@ from .adapters import FFNBlock, down_column_norms, find_ffn_blocks
 from .methods import DEFAULT_LAM, GLOBAL_SOURCES, MethodSpec, get_method
 from .prior import Prior, load_prior
 from .ranking import check_density, check_lam, keep_count, ranks, select
-from .sliced import BlockState, NeuronInput, NeuronOutput
+from .sliced import BlockState, NeuronInput, NeuronOutput, compact_block
 from .stats import STATISTICS, finalize
 
 PATHS = ("sliced", "masked")
@@ -36,13 +36,14 @@ class GlassError(RuntimeError):
 class GlassConfig:
     """What to apply. ``lam``/``statistic`` default to the method's own settings.
 
+    density: one fraction for every FFN block, or a sequence with one per block.
     path: "sliced" (physically smaller weights, the fast path) or "masked" (unselected
     neurons zeroed, the reference path). share_batch: one neuron set for the whole batch,
     chosen from the rows' combined statistic (faster decode for large batches).
     """
 
     method: str = "glass"
-    density: float = 0.5
+    density: float | tuple[float, ...] = 0.5
     lam: float | None = None
     statistic: str | None = None
     prior: Prior | str | os.PathLike | None = None
@@ -50,9 +51,26 @@ class GlassConfig:
     share_batch: bool = False
     seed: int = 0
 
+    def densities(self) -> tuple[float, ...]:
+        if isinstance(self.density, (list, tuple)):
+            if not self.density:
+                raise ValueError("per-layer density needs one value per FFN block, got an empty list")
+            return tuple(self.density)
+        return (self.density,)
+
+    def density_for(self, n_blocks: int) -> list[float]:
+        """One density per block; a sequence must have exactly ``n_blocks`` values."""
+        d = self.densities()
+        if len(d) == 1 and not isinstance(self.density, (list, tuple)):
+            return [d[0]] * n_blocks
+        if len(d) != n_blocks:
+            raise ValueError(f"per-layer density has {len(d)} values but the model has {n_blocks} FFN blocks")
+        return list(d)
+
     def resolved(self) -> tuple[MethodSpec, float, str]:
         spec = get_method(self.method)
-        check_density(self.density)
+        for d in self.densities():
+            check_density(d)
         if self.lam is not None:
             check_lam(self.lam)
             if spec.lam is not None and float(self.lam) != spec.lam:
@@ -79,8 +97,9 @@ class GlassHandle:
         self.spec = spec
         self.lam = lam
         self.statistic = statistic
-        self.k = [keep_count(config.density, b.d_ff) for b in blocks]
-        self.active = not spec.dense and config.density < 1.0
+        self.densities = config.density_for(len(blocks))
+        self.k = [keep_count(d, b.d_ff) for d, b in zip(self.densities, blocks)]
+        self.active = not spec.dense and any(k < b.d_ff for k, b in zip(self.k, blocks))
         self._global = global_scores
         self._global_ranks = None if global_scores is None else [ranks(g) for g in global_scores]
         self._down_norms = [down_column_norms(b) for b in blocks] if statistic == "impact" else None
@@ -98,9 +117,9 @@ class GlassHandle:
     def _install(self) -> None:
         for block, state in zip(self.blocks, self.states):
             ins = []
-            for name in block.layout.inputs:
+            for part, name in enumerate(block.layout.inputs):
                 orig = block.projection(name)
-                wrapper = NeuronInput(orig, state, fused=block.layout.fused)
+                wrapper = NeuronInput(orig, state, fused=block.layout.fused, part=part)
                 self._originals.append((block.owner, name, orig))
                 setattr(block.owner, name, wrapper)
                 ins.append(wrapper)
@@ -130,11 +149,8 @@ class GlassHandle:
         self.remove()
 
     def _release(self) -> None:
-        for ins, out in zip(self._inputs, self._outputs):
-            for w in ins:
-                w.release()
-            out.release()
         for st in self.states:
+            st.release_compact()
             st.mode, st.sums, st.token_mask, st.neuron_mask, st.selected = "dense", None, None, None, None
 
     # request state machine -------------------------------------------------------
@@ -182,15 +198,13 @@ class GlassHandle:
                 local = finalize(sums, self.statistic, None if self._down_norms is None else self._down_norms[i])
             glob = None if self._global is None else self._global[i]
             if self.lam == 0:
-                chosen = select(None, glob, 0.0, self.config.density).unsqueeze(0)
+                chosen = select(None, glob, 0.0, 1.0, k=self.k[i]).unsqueeze(0)
             else:
-                chosen = select(local, glob, self.lam, self.config.density)
+                chosen = select(local, glob, self.lam, 1.0, k=self.k[i])
             chosen = chosen.to(self._outputs[i].original.weight.device)
             st.selected = chosen
             if self.config.path == "sliced":
-                for w in self._inputs[i]:
-                    w.compact(chosen)
-                self._outputs[i].compact(chosen)
+                compact_block(st, self._inputs[i], self._outputs[i], chosen)
                 st.mode = "sliced"
             else:
                 mask = torch.zeros(chosen.shape[0], block.d_ff, device=chosen.device)

@@ -12,6 +12,15 @@ Both wrappers of one block share a ``BlockState``. Modes:
 * ``masked`` - dense weights, unselected neurons zeroed (the reference path);
 * ``sliced`` - physically smaller weights: one set (2-D, ``F.linear``) or one set
   per batch row (3-D, batched matmul).
+
+Sliced weights are built once per request by ``compact_block`` and live in the state.
+The compact rows of all input projections of a block (gate and up) are stacked into
+one matrix, so a decode step computes them with one matmul: the first input wrapper
+called with an input ``x`` computes every part and leaves the others' outputs in the
+state; a sibling called with the same tensor object ``x`` takes its part from there.
+A sibling called with another tensor computes its own rows alone, so the result never
+depends on the call order (the owning MLP must not modify ``x`` in place between its
+projections, which no supported architecture does).
 """
 
 from __future__ import annotations
@@ -38,46 +47,69 @@ class BlockState:
     sums: torch.Tensor | None = None  # (B, d_ff) accumulated statistic
     neuron_mask: torch.Tensor | None = None  # (S, d_ff) for the masked path
     selected: torch.Tensor | None = None  # (S, k) chosen neuron indices
+    # sliced path: stacked input rows (K, d_in) or (S, K, d_in), K = sum(part_sizes)
+    weight_in: torch.Tensor | None = None
+    bias_in: torch.Tensor | None = None  # (K,) or (S, K)
+    part_sizes: tuple[int, ...] = ()
+    part_weights: tuple[torch.Tensor, ...] = ()  # views of weight_in, one per input wrapper
+    part_biases: tuple[torch.Tensor | None, ...] = ()
+    weight_out: torch.Tensor | None = None  # (d_out, k) or (S, k, d_out)
+    bias_out: torch.Tensor | None = None  # the output projection's own bias (not sliced)
+    pending: list | None = None  # [x, outputs not yet taken by the sibling wrappers]
     extra: dict = field(default_factory=dict)
+
+    def compact_tensors(self) -> list[torch.Tensor]:
+        """The compact weights held for the current request (for memory accounting)."""
+        return [t for t in (self.weight_in, self.bias_in, self.weight_out) if t is not None]
+
+    def release_compact(self) -> None:
+        """Drop the compact weights and anything left between wrapper calls."""
+        self.weight_in = self.bias_in = self.weight_out = self.bias_out = None
+        self.part_sizes, self.part_weights, self.part_biases = (), (), ()
+        self.pending = None
+
+
+def _project(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """``x @ w.T + b`` for a 2-D ``w``, or per batch row for a 3-D ``w`` (S, out, in)."""
+    if w.dim() == 2:
+        return F.linear(x, w, b)
+    y = torch.bmm(x, w.transpose(1, 2))
+    return y if b is None else y + b.unsqueeze(1)
 
 
 class NeuronInput(nn.Module):
-    """Wraps a projection whose output channels are neurons (``fused`` blocks of d_ff)."""
+    """Wraps a projection whose output channels are neurons (``fused`` blocks of d_ff).
 
-    def __init__(self, original: nn.Module, state: BlockState, fused: int = 1):
+    ``part`` is this wrapper's position among the block's input projections.
+    """
+
+    def __init__(self, original: nn.Module, state: BlockState, fused: int = 1, part: int = 0):
         super().__init__()
         self.original = original
         self.state = state
         self.fused = fused
-        self.weight_c: torch.Tensor | None = None
-        self.bias_c: torch.Tensor | None = None
-
-    def compact(self, selected: torch.Tensor) -> None:
-        """Gather the rows of the selected neurons: selected is (S, k)."""
-        d_ff = self.state.d_ff
-        rows = torch.cat([selected + i * d_ff for i in range(self.fused)], dim=-1)
-        w = weight_out_in(self.original).detach()
-        b = getattr(self.original, "bias", None)
-        if rows.shape[0] == 1:
-            self.weight_c = w.index_select(0, rows[0]).contiguous()
-            self.bias_c = None if b is None else b.detach().index_select(0, rows[0])
-        else:
-            self.weight_c = w[rows]  # (S, k', d_in)
-            self.bias_c = None if b is None else b.detach()[rows]  # (S, k')
-
-    def release(self) -> None:
-        self.weight_c = None
-        self.bias_c = None
+        self.part = part
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.state.mode != "sliced":
+        st = self.state
+        if st.mode != "sliced":
             return self.original(x)
-        w = self.weight_c
-        if w.dim() == 2:
-            return F.linear(x, w, self.bias_c)
-        y = torch.bmm(x, w.transpose(1, 2))
-        if self.bias_c is not None:
-            y = y + self.bias_c.unsqueeze(1)
+        if len(st.part_sizes) == 1:
+            return _project(x, st.weight_in, st.bias_in)
+        pending = st.pending
+        if pending is not None and pending[0] is x and pending[1][self.part] is not None:
+            y = pending[1][self.part]
+            pending[1][self.part] = None
+            if all(p is None for p in pending[1]):
+                st.pending = None
+            return y
+        if pending is not None and pending[0] is x:
+            # this part was already taken for this input: compute it alone
+            return _project(x, st.part_weights[self.part], st.part_biases[self.part])
+        parts = list(_project(x, st.weight_in, st.bias_in).split(st.part_sizes, dim=-1))
+        y = parts[self.part]
+        parts[self.part] = None
+        st.pending = [x, parts]
         return y
 
 
@@ -88,34 +120,65 @@ class NeuronOutput(nn.Module):
         super().__init__()
         self.original = original
         self.state = state
-        self.weight_c: torch.Tensor | None = None
-
-    def compact(self, selected: torch.Tensor) -> None:
-        w = weight_out_in(self.original).detach()  # (d_out, d_ff)
-        if selected.shape[0] == 1:
-            self.weight_c = w.index_select(1, selected[0]).contiguous()  # (d_out, k)
-        else:
-            self.weight_c = w.t()[selected]  # (S, k, d_out)
-
-    def release(self) -> None:
-        self.weight_c = None
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return getattr(self.original, "bias", None)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         st = self.state
         mode = st.mode
         if mode == "sliced":
-            w = self.weight_c
+            st.pending = None
+            w, b = st.weight_out, st.bias_out
             if w.dim() == 2:
-                return F.linear(z, w, self.bias)
+                return F.linear(z, w, b)
             y = torch.bmm(z, w)
-            return y if self.bias is None else y + self.bias
+            return y if b is None else y + b
         if mode == "record":
             sums = accumulate_activation(z, st.token_mask)
             st.sums = sums if st.sums is None else st.sums + sums
         elif mode == "masked":
             z = z * st.neuron_mask.unsqueeze(1).to(z.dtype)
         return self.original(z)
+
+
+@torch.no_grad()
+def compact_block(state: BlockState, inputs: list[NeuronInput], output: NeuronOutput,
+                  selected: torch.Tensor) -> None:
+    """Gather the compact weights of the ``selected`` neurons (S, k) into ``state``.
+
+    S = 1 gives 2-D weights (one neuron set for the batch); S > 1 gives one set per row.
+    Every piece is gathered straight from the full weight into its place in the stacked
+    compact matrix (no full-size or intermediate copy).
+    """
+    state.release_compact()
+    d_ff = state.d_ff
+    S, k = selected.shape
+    pieces: list[tuple[torch.Tensor, torch.Tensor | None, int]] = []  # (weight, bias, row offset)
+    sizes = []
+    for wrapper in inputs:
+        w = weight_out_in(wrapper.original).detach()
+        b = getattr(wrapper.original, "bias", None)
+        for i in range(wrapper.fused):
+            pieces.append((w, None if b is None else b.detach(), i * d_ff))
+        sizes.append(wrapper.fused * k)
+    w0 = pieces[0][0]
+    K = k * len(pieces)
+    weight_in = w0.new_empty((K, w0.shape[1]) if S == 1 else (S, K, w0.shape[1]))
+    has_bias = any(b is not None for _, b, _ in pieces)
+    bias_in = w0.new_zeros((K,) if S == 1 else (S, K)) if has_bias else None
+    for s in range(S):
+        for j, (w, b, off) in enumerate(pieces):
+            idx = selected[s] + off if off else selected[s]
+            rows = slice(j * k, (j + 1) * k)
+            torch.index_select(w, 0, idx, out=weight_in[rows] if S == 1 else weight_in[s, rows])
+            if b is not None:
+                torch.index_select(b, 0, idx, out=bias_in[rows] if S == 1 else bias_in[s, rows])
+    state.weight_in, state.bias_in, state.part_sizes = weight_in, bias_in, tuple(sizes)
+    state.part_weights = tuple(weight_in.split(sizes, dim=-2))
+    state.part_biases = (tuple(bias_in.split(sizes, dim=-1)) if bias_in is not None
+                         else tuple(None for _ in sizes))
+    w_out = weight_out_in(output.original).detach()  # (d_out, d_ff)
+    b_out = getattr(output.original, "bias", None)
+    state.bias_out = None if b_out is None else b_out.detach()
+    if S == 1:
+        state.weight_out = w_out.index_select(1, selected[0])  # (d_out, k)
+    else:
+        state.weight_out = w_out.t()[selected]  # (S, k, d_out)

@@ -1,0 +1,83 @@
+"""glass bench MODEL [--density 0.25,0.5,0.75] [--batch 1] [--repeats 3] [--json]
+
+Decode speed of GLASS-sliced generation against the dense model, measured side by side
+in one process (interleaved rounds), with the ideal speed-up from the FFN's share of a
+decode step, the one-off selection cost and the peak memory.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from .common import add_model_arg, floats, ints
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="measure decode speed: dense vs. sparse, and the ideal", description=__doc__)
+    add_model_arg(p)
+    p.add_argument("--density", type=floats, default=[0.25, 0.5, 0.75],
+                   help="comma-separated fractions of FFN neurons kept (default 0.25,0.5,0.75)")
+    p.add_argument("--prompt-tokens", type=int, default=16, help="prompt length in tokens (default 16)")
+    p.add_argument("--gen-tokens", type=int, default=256, help="new tokens per run, greedy (default 256)")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--batch", type=ints, default=[1], help="batch size(s), comma-separated (default 1)")
+    p.add_argument("--share-batch", action="store_true",
+                   help="one neuron set per batch (from the rows' combined statistic) instead of one per row")
+    p.add_argument("--method", default="glass", help="selection method (default glass; see `glass generate`)")
+    p.add_argument("--prior", default=None, help="prior file (built and cached on first use if omitted)")
+    p.add_argument("--prior-tokens", type=int, default=8192, help="tokens for a prior built on demand")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (a list of objects for several densities or batches)")
+    p.add_argument("--raw", action="store_true", help="with --json: include every run's timings")
+    p.add_argument("--quiet", action="store_true", help="no progress on standard error")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from ..bench import BenchSettings, benchmark, format_table, machine_info, make_prompts
+    from ..build import get_or_build_prior
+    from ..engine import GlassConfig
+    from ..methods import get_method
+    from ..models import load_model
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    if any(b < 1 for b in args.batch):
+        raise ValueError(f"batch sizes must be >= 1, got {args.batch}")
+    _, lam, _ = GlassConfig(method=args.method).resolved()
+    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say(f"loading {args.model} ...")
+    model, tok = load_model(args.model, dtype=args.dtype)
+    prior = None
+    if get_method(args.method).needs_prior and lam < 1:
+        prior = get_or_build_prior(model, tok, args.model, path=args.prior, n_tokens=args.prior_tokens,
+                                   progress=not args.quiet)
+    settings = BenchSettings(densities=tuple(args.density), gen_tokens=args.gen_tokens, repeats=args.repeats,
+                             method=args.method, share_batch=args.share_batch)
+    gen_kwargs = {"pad_token_id": tok.pad_token_id}
+    records = []
+    for batch in args.batch:
+        ids = make_prompts(tok, batch, args.prompt_tokens)
+        records += benchmark(model, ids, settings, model_name=args.model, prior=prior,
+                             generate_kwargs=gen_kwargs, progress=say)
+    if args.json:
+        objs = [r.to_json(with_raw=args.raw) for r in records]
+        print(json.dumps(objs[0] if len(objs) == 1 else objs, indent=2))
+        return 0
+    info = machine_info()
+    print(f"{args.model} ({args.dtype}), method {args.method}{', shared batch set' if args.share_batch else ''}; "
+          f"prompt {args.prompt_tokens} tokens, {args.gen_tokens} new tokens greedy, median of {args.repeats} "
+          f"interleaved rounds")
+    print(f"{info['cpu']}, {info['cores']} cores, torch {info['torch']}, {info['threads']} threads\n")
+    print(format_table(records))
+    print("\nspeedup = sparse/dense decode tokens/s; ideal = FFN time scaled by density (from a run with the FFN "
+          "blocks skipped);\neffic = speedup/ideal; e2e = end-to-end (prefill + selection + decode) speed-up; "
+          "sel = one-off selection + slicing;\nffn% = FFN share of a dense decode step; RSS = peak resident memory "
+          "of the sparse runs; +W = compact weights.")
+    return 0

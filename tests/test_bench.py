@@ -1,0 +1,88 @@
+"""The speed benchmark runs end to end and reports complete records (no timed assertions)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from glass_llm.bench import BenchRecord, BenchSettings, benchmark, ffn_skipped, format_table
+from glass_llm.engine import GlassConfig, apply_glass
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    return LlamaForCausalLM(config).eval()
+
+
+def _check(rec: BenchRecord, batch: int, density: float) -> None:
+    d = rec.to_json()
+    assert d["batch"] == batch and d["density"] == density
+    for key in ("dense_tok_s", "sparse_tok_s", "speedup", "ideal_speedup", "efficiency", "e2e_speedup",
+                "select_ms", "select_in_decode_steps", "peak_rss_mb"):
+        assert isinstance(d[key], float) and math.isfinite(d[key]), key
+    assert d["dense_tok_s"] > 0 and d["sparse_tok_s"] > 0 and d["peak_rss_mb"] > 0
+    assert d["compact_weights_mb"] > 0
+    json.dumps(d)
+
+
+@pytest.mark.parametrize("batch,share", [(1, False), (3, False), (3, True)])
+def test_benchmark_reports_complete_records(tiny, batch, share):
+    ids = torch.randint(0, 256, (batch, 8))
+    settings = BenchSettings(densities=(0.25, 0.5), gen_tokens=6, repeats=2, method="griffin",
+                             share_batch=share, warmup_tokens=3)
+    records = benchmark(tiny, ids, settings, model_name="tiny", generate_kwargs={"pad_token_id": 0})
+    assert [r.density for r in records] == [0.25, 0.5]
+    for rec in records:
+        _check(rec, batch, rec.density)
+        assert len(rec.raw["dense"]) == 2 and all(r["steps"] == 5 for r in rec.raw[f"d={rec.density:g}"])
+    # compact weights: gate+up rows and down columns of the kept neurons, per set
+    sets = 1 if (share or batch == 1) else batch
+    expected = sets * 2 * 3 * 64 * 64 * 4 / 2**20  # 2 layers, 3 matrices of 64 x (0.5 * 128)
+    assert records[1].compact_weights_mb == pytest.approx(expected)
+    assert "effic" in format_table(records)
+
+
+def test_ffn_skipped_restores_model(tiny):
+    ids = torch.randint(0, 256, (1, 5))
+    with torch.no_grad():
+        ref = tiny(ids).logits
+        with ffn_skipped(tiny):
+            skipped = tiny(ids).logits
+        again = tiny(ids).logits
+    assert not torch.equal(ref, skipped)
+    assert torch.equal(ref, again)
+
+
+def test_benchmark_leaves_model_untouched(tiny):
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    names = [n for n, _ in tiny.named_modules()]
+    benchmark(tiny, torch.randint(0, 256, (1, 4)), BenchSettings(densities=(0.5,), gen_tokens=3, repeats=1,
+              method="griffin", warmup_tokens=2), generate_kwargs={"pad_token_id": 0})
+    assert [n for n, _ in tiny.named_modules()] == names
+    after = tiny.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_sliced_matches_masked_with_stacked_inputs(tiny):
+    ids = torch.randint(0, 256, (2, 6))
+    logits = {}
+    for path in ("sliced", "masked"):
+        with torch.no_grad(), apply_glass(tiny, GlassConfig(method="griffin", density=0.3, path=path)):
+            out = tiny.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, min_new_tokens=5,
+                                do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0)
+        logits[path] = torch.stack(out.logits)
+    assert (logits["sliced"] - logits["masked"]).abs().max() <= 1e-4
+
+
+def test_bad_settings_raise(tiny):
+    from glass_llm.bench import BenchError
+
+    with pytest.raises(BenchError):
+        benchmark(tiny, torch.randint(0, 256, (1, 4)), BenchSettings(densities=(1.5,), gen_tokens=3, repeats=1))
