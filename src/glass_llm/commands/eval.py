@@ -1,0 +1,85 @@
+"""glass eval MODEL [--methods M,...] [--density D,...] [--prompt-tokens P,...] --out DIR
+
+Fidelity to the dense model (DESIGN section 7): for short prompts cut from held
+documents, the dense model writes a greedy reference; every method is scored
+teacher-forced on it (perplexity, KL(dense || method), Jaccard with the oracle set).
+Writes DIR/results.{json,csv,md} and PNG plots; an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .common import add_model_arg, floats, ints, names
+
+
+def register(sub) -> None:
+    from ..evaluate import DEFAULT_METHODS
+
+    p = sub.add_parser("eval", help="measure how close each method stays to the dense model", description=__doc__)
+    add_model_arg(p)
+    p.add_argument("--methods", type=names, default=list(DEFAULT_METHODS),
+                   help="comma-separated methods (default: %(default)s); 'oracle' adds the oracle-set upper bound")
+    p.add_argument("--density", type=floats, default=[0.5], help="comma-separated densities (default 0.5)")
+    p.add_argument("--lam", type=floats, default=None,
+                   help="comma-separated lam values for the tunable methods (default: the library default)")
+    p.add_argument("--prompt-tokens", type=ints, default=[8, 16, 32, 64], help="prompt lengths (default 8,16,32,64)")
+    p.add_argument("--gen-tokens", type=int, default=256, help="tokens of the dense reference (default 256)")
+    p.add_argument("--prompts", type=int, default=32, help="prompts per prompt length (default 32)")
+    p.add_argument("--corpus", default="wikipedia",
+                   help="corpus name (wikipedia, coqa, lambada) or a text/JSONL file (default wikipedia)")
+    p.add_argument("--split", default="test", choices=["test", "calib"],
+                   help="documents to draw prompts from: 'test' (reported) or 'calib' (for choosing lam)")
+    p.add_argument("--calib-every", type=int, default=4,
+                   help="one document in this many (by a hash of its text) forms the calibration split")
+    p.add_argument("--min-extra-tokens", type=int, default=16,
+                   help="skip documents shorter than the prompt plus this many tokens (default 16)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per work item / generation batch")
+    p.add_argument("--prior", default=None, help="prior file (default: built and cached on first use)")
+    p.add_argument("--prior-source", default="self", help="source of a prior built on demand (default 'self')")
+    p.add_argument("--prior-tokens", type=int, default=16384, help="tokens for a prior built on demand")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random method and of prior sampling")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--out", required=True, help="output folder (results, plots and the resume journal)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from ..build import get_or_build_prior
+    from ..evaluate import EvalSettings, run_eval
+    from ..methods import DEFAULT_LAM
+    from ..models import load_model
+    from ..prior import load_prior
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = EvalSettings(
+        model=args.model, corpus=args.corpus, methods=tuple(args.methods), densities=tuple(args.density),
+        prompt_tokens=tuple(args.prompt_tokens), gen_tokens=args.gen_tokens, n_prompts=args.prompts,
+        lams=tuple(args.lam) if args.lam else (DEFAULT_LAM,), split=args.split, calib_every=args.calib_every,
+        min_extra_tokens=args.min_extra_tokens, batch_size=args.batch_size, seed=args.seed)
+    settings.validate()
+    from ..corpora import load_texts
+
+    docs = load_texts(settings.corpus)  # fail on a bad corpus before loading the model
+    print(f"loading {args.model} ...", file=sys.stderr)
+    model, tok = load_model(args.model, dtype=args.dtype)
+    prior, prior_info = None, {}
+    if settings.needs_prior():
+        if args.prior:
+            prior = load_prior(args.prior)
+        else:
+            prior = get_or_build_prior(model, tok, args.model, source=args.prior_source, n_tokens=args.prior_tokens,
+                                       seed=args.seed)
+        source = prior.meta.get("source", {})
+        prior_info = {"prior_source": source.get("name", source.get("kind", "?")), "prior_tokens": prior.n_tokens}
+    result = run_eval(model, tok, settings, prior=prior, out_dir=args.out, docs=docs, plots=not args.no_plots,
+                      extra=prior_info)
+    from ..evaluate import results_markdown
+
+    print(results_markdown(result.results))
+    print(f"wrote {args.out}/results.json, results.csv, results.md and plots", file=sys.stderr)
+    return 0
