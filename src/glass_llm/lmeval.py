@@ -27,8 +27,9 @@ How requests are evaluated
   ranks); the continuation tokens then run through the sliced FFNs over that cache.
   As in real decoding, the first continuation token is predicted by the dense prefill,
   so one-token continuations (BoolQ's " yes"/" no") score exactly as the dense model.
-  Each request (context, continuation) gets its own neuron set, chosen from its
-  context alone; the choices of one question share a context and so share the set.
+  Each request's neuron set is chosen from its context alone; requests with the same
+  context (the choices of one question) share one prefill and so one set. ``batch_size``
+  applies to generation; log-likelihood requests are processed one context at a time.
 * ``loglikelihood_rolling`` uses the same rule on the harness's windows (the first
   window's context is the single prefix token, so selection there rests on the prior).
 * ``generate_until``: real sparse generation, ``model.generate`` with GLASS applied
@@ -37,6 +38,7 @@ How requests are evaluated
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from dataclasses import replace
@@ -61,6 +63,7 @@ from .prior import Prior, load_prior
 __all__ = ["GlassLM", "TASKS_DIR", "TASK_NAMES", "SUITE_TAG", "task_manager", "simple_evaluate", "main"]
 
 MODEL_NAME = "glass"
+logger = logging.getLogger(__name__)
 
 
 def _as_bool(value: Any) -> bool:
@@ -71,6 +74,17 @@ def _as_bool(value: Any) -> bool:
             return False
         raise ValueError(f"expected a boolean, got {value!r}")
     return bool(value)
+
+
+def _pick_device(device: str | None) -> str:
+    """The device to run on. The harness's command line asks for ``cuda:0`` by default,
+    so a CUDA request on a machine without CUDA falls back to the CPU (with a warning)."""
+    if device is None or device == "":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("CUDA is not available; the glass model runs on the CPU instead of %s", device)
+        return "cpu"
+    return str(device)
 
 
 @register_model(MODEL_NAME)
@@ -113,12 +127,13 @@ class GlassLM(HFLM):
             share_batch=_as_bool(share_batch),
         )
         spec, resolved_lam, _ = config.resolved()  # bad method/density/lam fail here, before loading
+        device = _pick_device(device)
         name: str | None = None
         if isinstance(pretrained, (str, os.PathLike)):
             from .models import load_model
 
             name = str(pretrained)
-            model, tok = load_model(name, dtype=dtype, device=device or "cpu")
+            model, tok = load_model(name, dtype=dtype, device=device)
             if tokenizer is not None and not isinstance(tokenizer, str):
                 tok = tokenizer
         else:
@@ -158,23 +173,29 @@ class GlassLM(HFLM):
         override_bs: int | None = None,
     ) -> list[tuple[float, bool]]:
         """Score each (context, continuation): dense prefill of the context, which picks
-        the neurons, then the continuation through the sparse FFNs over the cache."""
+        the neurons, then the continuation through the sparse FFNs over the cache.
+
+        Requests that share a context (the choices of one question) share one prefill
+        and one neuron set; their continuations run as one batch over the copied cache.
+        """
         from tqdm.auto import tqdm
 
-        batch_size = int(override_bs or self.batch_size or 1)
-        order = sorted(range(len(requests)), key=lambda i: -(len(requests[i][1]) + len(requests[i][2])))
+        groups: dict[tuple[int, ...], list[int]] = {}
+        pairs = [self._truncate(ctx, cont) for _, ctx, cont in requests]
+        for i, (ctx, _) in enumerate(pairs):
+            groups.setdefault(tuple(ctx), []).append(i)
+        # longest first: time estimates err on the safe side and memory peaks early
+        order = sorted(groups.items(), key=lambda kv: -(len(kv[0]) + max(len(pairs[i][1]) for i in kv[1])))
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         bar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="glass loglikelihood")
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            pairs = [self._truncate(requests[i][1], requests[i][2]) for i in chunk]
-            scores = self._score_batch(pairs)
-            for i, answer in zip(chunk, scores):
+        for ctx, members in order:
+            scores = self._score_group(list(ctx), [pairs[i][1] for i in members])
+            for i, answer in zip(members, scores):
                 results[i] = answer
                 key = requests[i][0]
                 if key is not None:
                     self.cache_hook.add_partial("loglikelihood", key, answer)
-            bar.update(len(chunk))
+            bar.update(len(members))
         bar.close()
         return results  # type: ignore[return-value]
 
@@ -190,35 +211,33 @@ class GlassLM(HFLM):
         context = context[-(limit - len(continuation)):]
         return context, continuation
 
-    def _score_batch(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+    def _score_group(self, context: list[int], continuations: list[list[int]]) -> list[tuple[float, bool]]:
+        """(sum of log-probs, greedy match) of each continuation after one ``context``."""
         from transformers import DynamicCache
 
         device = self.device
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        P = max(len(c) for c, _ in pairs)
-        C = max(len(x) for _, x in pairs)
-        B = len(pairs)
-        ctx = torch.full((B, P), pad, dtype=torch.long)
-        ctx_mask = torch.zeros(B, P, dtype=torch.long)
-        cont = torch.full((B, C), pad, dtype=torch.long)
-        for r, (c, x) in enumerate(pairs):
-            ctx[r, P - len(c):] = torch.tensor(c)  # left padding: contexts end together
-            ctx_mask[r, P - len(c):] = 1
+        n, P, C = len(continuations), len(context), max(len(x) for x in continuations)
+        ctx = torch.tensor([context], dtype=torch.long, device=device)
+        cont = torch.full((n, C), pad, dtype=torch.long)
+        for r, x in enumerate(continuations):
             cont[r, :len(x)] = torch.tensor(x)  # right padding: never seen by real tokens (causal)
-        ctx, ctx_mask, cont = ctx.to(device), ctx_mask.to(device), cont.to(device)
-        full_mask = torch.cat([ctx_mask, torch.ones_like(cont)], dim=1)
-        positions = (full_mask.cumsum(1) - 1).clamp_min(0)
+        cont = cont.to(device)
         with apply_glass(self.model, self.glass_config):
             cache = DynamicCache(config=self.model.config)
-            logits = self.model(input_ids=ctx, attention_mask=ctx_mask, position_ids=positions[:, :P], cache=cache,
-                                use_cache=True, logits_to_keep=1).logits
+            first = self.model(input_ids=ctx, attention_mask=torch.ones_like(ctx), cache=cache, use_cache=True,
+                               logits_to_keep=1).logits  # (1, 1, V): predicts every continuation's first token
+            logits = first.expand(n, 1, first.shape[-1])
             if C > 1:
-                rest = self.model(input_ids=cont[:, :-1], attention_mask=full_mask[:, :-1],
-                                  position_ids=positions[:, P:P + C - 1], cache=cache, use_cache=True).logits
+                cache.batch_repeat_interleave(n)
+                positions = torch.arange(P, P + C - 1, device=device).expand(n, -1)
+                mask = torch.ones(n, P + C - 1, dtype=torch.long, device=device)
+                rest = self.model(input_ids=cont[:, :-1], attention_mask=mask, position_ids=positions, cache=cache,
+                                  use_cache=True).logits
                 logits = torch.cat([logits, rest], dim=1)
         logprobs = F.log_softmax(logits.float(), dim=-1)
         out = []
-        for r, (_, x) in enumerate(pairs):
+        for r, x in enumerate(continuations):
             target = cont[r, :len(x)]
             lp = logprobs[r, :len(x)]
             picked = lp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
