@@ -42,10 +42,13 @@ def test_benchmark_reports_complete_records(tiny, batch, share):
     for rec in records:
         _check(rec, batch, rec.density)
         assert len(rec.raw["dense"]) == 2 and all(r["steps"] == 5 for r in rec.raw[f"d={rec.density:g}"])
-    # compact weights: gate+up rows and down columns of the kept neurons, per set
-    sets = 1 if (share or batch == 1) else batch
-    expected = sets * 2 * 3 * 64 * 64 * 4 / 2**20  # 2 layers, 3 matrices of 64 x (0.5 * 128)
-    assert records[1].compact_weights_mb == pytest.approx(expected)
+    # compact weights: gate+up rows and down columns of the kept neurons (2 layers, 3 matrices
+    # of 64 x 64 floats); per-row sets keep the union of the rows' sets plus a row mask
+    one_set = 2 * 3 * 64 * 64 * 4 / 2**20
+    if share or batch == 1:
+        assert records[1].compact_weights_mb == pytest.approx(one_set)
+    else:
+        assert one_set <= records[1].compact_weights_mb <= 2 * one_set + 2 * batch * 128 * 4 / 2**20
     assert "effic" in format_table(records)
 
 
@@ -70,11 +73,14 @@ def test_benchmark_leaves_model_untouched(tiny):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_sliced_matches_masked_with_stacked_inputs(tiny):
-    ids = torch.randint(0, 256, (2, 6))
+@pytest.mark.parametrize("stack_inputs,batch_kernel", [(True, "union"), (False, "union"), (True, "bmm")])
+def test_sliced_kernels_match_masked(tiny, stack_inputs, batch_kernel):
+    ids = torch.randint(0, 256, (3, 6))
     logits = {}
     for path in ("sliced", "masked"):
-        with torch.no_grad(), apply_glass(tiny, GlassConfig(method="griffin", density=0.3, path=path)):
+        with torch.no_grad(), apply_glass(tiny, GlassConfig(method="griffin", density=0.3, path=path)) as handle:
+            for st in handle.states:
+                st.stack_inputs, st.batch_kernel = stack_inputs, batch_kernel
             out = tiny.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, min_new_tokens=5,
                                 do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0)
         logits[path] = torch.stack(out.logits)

@@ -10,8 +10,11 @@ Both wrappers of one block share a ``BlockState``. Modes:
 * ``dense``  - call the original projection (bit-identical to the untouched model);
 * ``record`` - dense, and the output wrapper adds the prompt statistic of ``z``;
 * ``masked`` - dense weights, unselected neurons zeroed (the reference path);
-* ``sliced`` - physically smaller weights: one set (2-D, ``F.linear``) or one set
-  per batch row (3-D, batched matmul).
+* ``sliced`` - physically smaller weights. One set for the batch: 2-D weights and
+  ``F.linear``. One set per batch row: by default ("union") 2-D weights over the union
+  of the rows' sets, with each row's other neurons zeroed before the output projection
+  (the weights are read once per step, as in the dense model); or ("bmm") 3-D weights,
+  one slice per row, and a batched matmul (reads batch x density of the weights).
 
 Sliced weights are built once per request by ``compact_block`` and live in the state.
 The compact rows of all input projections of a block (gate and up) are stacked into
@@ -56,6 +59,9 @@ class BlockState:
     weight_out: torch.Tensor | None = None  # (d_out, k) or (S, k, d_out)
     bias_out: torch.Tensor | None = None  # the output projection's own bias (not sliced)
     pending: list | None = None  # [x, outputs not yet taken by the sibling wrappers]
+    row_mask: torch.Tensor | None = None  # (S, U): per-row sets over their union ("union")
+    stack_inputs: bool = True  # one matmul for all input projections (False: one each)
+    batch_kernel: str = "union"  # per-row sets: "union" (2-D + row mask) or "bmm" (3-D)
     extra: dict = field(default_factory=dict)
 
     def compact_tensors(self) -> list[torch.Tensor]:
@@ -64,7 +70,7 @@ class BlockState:
 
     def release_compact(self) -> None:
         """Drop the compact weights and anything left between wrapper calls."""
-        self.weight_in = self.bias_in = self.weight_out = self.bias_out = None
+        self.weight_in = self.bias_in = self.weight_out = self.bias_out = self.row_mask = None
         self.part_sizes, self.part_weights, self.part_biases = (), (), ()
         self.pending = None
 
@@ -96,6 +102,8 @@ class NeuronInput(nn.Module):
             return self.original(x)
         if len(st.part_sizes) == 1:
             return _project(x, st.weight_in, st.bias_in)
+        if not st.stack_inputs:
+            return _project(x, st.part_weights[self.part], st.part_biases[self.part])
         pending = st.pending
         if pending is not None and pending[0] is x and pending[1][self.part] is not None:
             y = pending[1][self.part]
@@ -126,6 +134,8 @@ class NeuronOutput(nn.Module):
         mode = st.mode
         if mode == "sliced":
             st.pending = None
+            if st.row_mask is not None:
+                z = z * st.row_mask.unsqueeze(1)
             w, b = st.weight_out, st.bias_out
             if w.dim() == 2:
                 return F.linear(z, w, b)
@@ -144,12 +154,25 @@ def compact_block(state: BlockState, inputs: list[NeuronInput], output: NeuronOu
                   selected: torch.Tensor) -> None:
     """Gather the compact weights of the ``selected`` neurons (S, k) into ``state``.
 
-    S = 1 gives 2-D weights (one neuron set for the batch); S > 1 gives one set per row.
+    S = 1 gives 2-D weights (one neuron set for the batch). S > 1 (one set per row) gives
+    2-D weights over the union of the sets plus a row mask (``batch_kernel`` "union"),
+    or 3-D weights with one slice per row ("bmm").
     Every piece is gathered straight from the full weight into its place in the stacked
     compact matrix (no full-size or intermediate copy).
     """
     state.release_compact()
     d_ff = state.d_ff
+    if state.batch_kernel not in ("union", "bmm"):
+        raise ValueError(f"unknown batch kernel {state.batch_kernel!r}; choose 'union' or 'bmm'")
+    if selected.shape[0] > 1 and state.batch_kernel == "union":
+        union = torch.unique(selected)  # sorted
+        dtype = weight_out_in(output.original).dtype
+        mask = torch.zeros(selected.shape[0], d_ff, dtype=dtype, device=selected.device)
+        mask.scatter_(1, selected, 1.0)
+        row_mask = mask[:, union].contiguous()
+        selected = union.unsqueeze(0)
+    else:
+        row_mask = None
     S, k = selected.shape
     pieces: list[tuple[torch.Tensor, torch.Tensor | None, int]] = []  # (weight, bias, row offset)
     sizes = []
@@ -172,6 +195,7 @@ def compact_block(state: BlockState, inputs: list[NeuronInput], output: NeuronOu
             if b is not None:
                 torch.index_select(b, 0, idx, out=bias_in[rows] if S == 1 else bias_in[s, rows])
     state.weight_in, state.bias_in, state.part_sizes = weight_in, bias_in, tuple(sizes)
+    state.row_mask = row_mask
     state.part_weights = tuple(weight_in.split(sizes, dim=-2))
     state.part_biases = (tuple(bias_in.split(sizes, dim=-1)) if bias_in is not None
                          else tuple(None for _ in sizes))
