@@ -221,19 +221,28 @@ def build_prior(model: nn.Module, tokenizer, source: str = "self", n_tokens: int
 
 
 def get_or_build_prior(model: nn.Module, tokenizer, model_name: str, source: str = "self", n_tokens: int = 16384,
-                       path=None, progress: bool = True, seed: int = 0) -> Prior:
+                       path=None, progress: bool = True, seed: int = 0, rank: int = 0, world: int = 1,
+                       all_sum: AllSum = _identity) -> Prior:
     """Load the cached prior for ``model_name`` (or ``path``), building and caching it first
-    if it does not exist yet."""
+    if it does not exist yet.
+
+    On several processes (``rank``, ``world``, ``all_sum`` as for :func:`build_prior`)
+    every process calls this: the prior is loaded when every process sees the file, and
+    otherwise built by all of them together and written by rank 0.
+    """
+    from pathlib import Path
+
     from .commands.common import default_prior_path
     from .prior import load_prior, save_prior
 
     path = path or default_prior_path(model_name, source, n_tokens)
-    from pathlib import Path
-
-    if Path(path).is_file():
+    have = int(all_sum(torch.tensor([int(Path(path).is_file())], dtype=torch.int64))[0])
+    if have == world:
         prior = load_prior(path)
         prior.check_matches(model)
         return prior
-    prior = build_prior(model, tokenizer, source=source, n_tokens=n_tokens, seed=seed, progress=progress)
-    save_prior(prior, path)
+    prior = build_prior(model, tokenizer, source=source, n_tokens=n_tokens, seed=seed, progress=progress and rank == 0,
+                        rank=rank, world=world, all_sum=all_sum)
+    if rank == 0:
+        save_prior(prior, path)
     return prior

@@ -131,6 +131,11 @@ class Distributed:
         dist.all_gather_object(out, obj)
         return out
 
+    def all_gather_lists(self, items: list[Any]) -> list[Any]:
+        """The concatenation, in rank order, of every process's list, on every process
+        (the ``gather`` hook of ``glass_llm.evaluate.run_eval``)."""
+        return [x for part in self.all_gather_objects(items) for x in part]
+
     def gather_objects(self, obj: Any) -> list[Any] | None:
         """Every process's ``obj`` in rank order on rank 0; ``None`` on the others."""
         if self.world == 1:
