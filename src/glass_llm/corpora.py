@@ -122,15 +122,20 @@ def strip_wiki_markup(markup: str) -> str:
     except ModuleNotFoundError:
         raise CorpusError("the wikipedia corpus needs mwparserfromhell; install it with:\n"
                           "    pip install mwparserfromhell") from None
+    markup = re.sub(r"<!--.*?-->", "", markup, flags=re.S)
+    markup = re.sub(r"<ref[^>]*/>", "", markup)
+    markup = re.sub(r"<ref[^>]*>.*?</ref>", "", markup, flags=re.S)
     code = mwparserfromhell.parse(markup)
-    for tag in code.filter_tags(recursive=False):
+    for tag in code.filter_tags(recursive=True):
         if str(tag.tag).lower() in ("ref", "table", "gallery", "math"):
             try:
                 code.remove(tag)
-            except ValueError:
+            except ValueError:  # inside a node removed already
                 pass
     text = code.strip_code(normalize=True, collapse=True)
-    lines = [ln for ln in text.splitlines() if not re.match(r"^\s*(thumb\||File:|Image:|Category:)", ln)]
+    # lines where the parser left markup behind (nested file captions, broken templates)
+    lines = [ln for ln in text.splitlines()
+             if not re.match(r"^\s*(thumb\||File:|Image:|Category:)", ln) and not re.search(r"\{\{|\}\}|\[\[|\]\]|<ref", ln)]
     return _clean_space("\n".join(lines))
 
 

@@ -288,19 +288,27 @@ def _row_scores(sums: list[torch.Tensor], row: int, statistic: str, down_norms: 
     return [finalize(s[row], statistic, n) for s, n in zip(sums, down_norms)]
 
 
-def _selection_sets(selections: list[torch.Tensor] | None, d_ff: list[int], density: float) -> list[torch.Tensor]:
-    """One (k,) index set per layer; ``None`` (no sparsity applied) means every neuron."""
+def _row_sets(selections: list[torch.Tensor] | None, row: int, d_ff: list[int], density: float) -> list[torch.Tensor]:
+    """Row ``row``'s (k,) index set per layer. Static methods return one (1, k) set for
+    the batch; ``None`` (no sparsity applied, density 1) means every neuron."""
     if selections is None:
         if density < 1.0:
             raise EvalError("a sparse method returned no neuron sets")
         return [torch.arange(n) for n in d_ff]
-    return [s[0].cpu() for s in selections]
+    return [(s[row] if s.shape[0] > 1 else s[0]).cpu() for s in selections]
+
+
+def teacher_rows(gen_tokens: int, vocab: int, budget_bytes: float = 4e8) -> int:
+    """How many prompts to teacher-force together so that one (rows, G, V) float32
+    logits tensor stays within ``budget_bytes``."""
+    return max(1, int(budget_bytes // (gen_tokens * vocab * 4)))
 
 
 @torch.no_grad()
 def evaluate_item(model: nn.Module, tokenizer, item: WorkItem, settings: EvalSettings,
                   prior: Prior | None) -> list[dict]:
-    """Records of every method run for every prompt of ``item`` (one dict per prompt and run)."""
+    """Records of every method run for every prompt of ``item`` (one dict per prompt and
+    run, ordered by prompt, then run)."""
     device = next(model.parameters()).device
     prompts = torch.tensor(item.prompts, dtype=torch.long, device=device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -312,42 +320,56 @@ def evaluate_item(model: nn.Module, tokenizer, item: WorkItem, settings: EvalSet
     down_norms = [down_column_norms(b).cpu() for b in blocks]
     sums = oracle_sums(model, prompts, refs)
     runs = method_runs(settings)
-    records: list[dict] = []
-    for row in range(prompts.shape[0]):
-        p, r = prompts[row:row + 1], refs[row:row + 1]
+    oracle_sets: dict[tuple[int, str, float], list[torch.Tensor]] = {}
+
+    def oracle_for(row: int, statistic: str, density: float) -> list[torch.Tensor]:
+        key = (row, statistic, density)
+        if key not in oracle_sets:
+            scores = _row_scores(sums, row, statistic, down_norms)
+            oracle_sets[key] = [select(s, None, 1.0, density) for s in scores]
+        return oracle_sets[key]
+
+    table: dict[tuple[int, int], dict] = {}
+    B = prompts.shape[0]
+    step = teacher_rows(settings.gen_tokens, int(model.get_output_embeddings().weight.shape[0]))
+    for lo in range(0, B, step):
+        rows = list(range(lo, min(B, lo + step)))
+        p, r = prompts[lo:rows[-1] + 1], refs[lo:rows[-1] + 1]
         targets = r[:, 1:]
-        dense_logits, _ = continuation_logits(model, p, r, None)
-        dense_logits = dense_logits[:, 1:]
+        dense_logits = continuation_logits(model, p, r, None)[0][:, 1:]
         dense_nll = token_nll(dense_logits, targets)
-        oracle_sets: dict[tuple[str, float], list[torch.Tensor]] = {}
-
-        def oracle_for(statistic: str, density: float) -> list[torch.Tensor]:
-            key = (statistic, density)
-            if key not in oracle_sets:
-                scores = _row_scores(sums, row, statistic, down_norms)
-                oracle_sets[key] = [select(s, None, 1.0, density) for s in scores]
-            return oracle_sets[key]
-
-        for run in runs:
-            base = {"item": item.id, "doc": item.docs[row], "prompt_tokens": item.prompt_tokens,
-                    "method": run.method, "density": run.density, "lam": run.lam, "statistic": run.statistic}
+        for j, run in enumerate(runs):
             if run.method == "dense":
-                nll, kl, jac = dense_nll, torch.zeros_like(dense_nll), None
+                for i, row in enumerate(rows):
+                    table[row, j] = {"nll": float(dense_nll[i].mean()), "kl": 0.0, "jaccard": None}
+                continue
+            if run.method == ORACLE:  # the oracle set differs per prompt: one row at a time
+                parts = []
+                for i, row in enumerate(rows):
+                    oracle_prior = prior_from_sums(model, [s[row] for s in sums], settings.gen_tokens - 1,
+                                                   {"kind": "oracle"}, blocks)
+                    logits, sel = continuation_logits(model, p[i:i + 1], r[i:i + 1], run.config(settings.seed),
+                                                      oracle_prior)
+                    parts.append((logits[:, 1:], sel))
+                results = [(row, i, lg[0], sel, 0) for (i, row), (lg, sel) in zip(enumerate(rows), parts)]
             else:
-                run_prior = prior
-                if run.method == ORACLE:
-                    run_prior = prior_from_sums(model, [s[row] for s in sums], settings.gen_tokens - 1,
-                                                {"kind": "oracle"}, blocks)
-                logits, selections = continuation_logits(model, p, r, run.config(settings.seed), run_prior)
+                logits, selections = continuation_logits(model, p, r, run.config(settings.seed), prior)
                 logits = logits[:, 1:]
-                nll = token_nll(logits, targets)
-                kl = kl_per_token(dense_logits, logits)
-                sets = _selection_sets(selections, d_ff, run.density)
-                oracle = oracle_for(run.statistic, run.density)
+                results = [(row, i, logits[i], selections, i) for i, row in enumerate(rows)]
+            for row, i, lg, sel, sel_row in results:
+                nll = token_nll(lg, targets[i])
+                kl = kl_per_token(dense_logits[i], lg)
+                sets = _row_sets(sel, sel_row, d_ff, run.density)
+                oracle = oracle_for(row, run.statistic, run.density)
                 jac = [float(jaccard(a.unsqueeze(0), b.unsqueeze(0), n)[0]) for a, b, n in zip(sets, oracle, d_ff)]
-                del logits
-            records.append({**base, "nll": float(nll.mean()), "kl": float(kl.mean()), "jaccard": jac,
-                            "positions": int(targets.shape[1])})
+                table[row, j] = {"nll": float(nll.mean()), "kl": float(kl.mean()), "jaccard": jac}
+            del results
+    records = []
+    for row in range(B):
+        for j, run in enumerate(runs):
+            records.append({"item": item.id, "doc": item.docs[row], "prompt_tokens": item.prompt_tokens,
+                            "method": run.method, "density": run.density, "lam": run.lam,
+                            "statistic": run.statistic, **table[row, j], "positions": settings.gen_tokens - 1})
     return records
 
 
