@@ -1,0 +1,88 @@
+"""Reproduce benchmarks/fidelity.md: choose lam on the calibration split, then measure
+fidelity to the dense model on the test split for SmolLM2-135M and Gemma-3-270m.
+
+    python benchmarks/fidelity.py [--out runs/fidelity] [--gen-tokens 64] [--prompts 32]
+
+Steps (each ``glass eval`` run resumes if interrupted):
+1. lam sweep on the calibration split (SmolLM2-135M, density 0.5): glass-a and glass-i
+   at lam in {0, 0.1, 0.25, 0.5, 0.75, 0.9, 1};
+2. pick lam: the value with the smallest KL of glass-a, averaged over the calibration
+   prompt lengths (ties: the larger lam);
+3. test split, both models, all methods, density 0.5, prompt lengths 8/16/32/64, with
+   that lam;
+4. copy the plots to benchmarks/figures/.
+Wrap it in ``flock /tmp/glass-heavy.lock`` on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+LAMS = "0,0.1,0.25,0.5,0.75,0.9,1"
+METHODS = "dense,griffin,global,magnitude,random,glass-a,glass-i"
+MODELS = ("smollm2-135m", "gemma3-270m")
+
+
+def glass(*args: str) -> None:
+    cmd = [sys.executable, "-m", "glass_llm", *args]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def pick_lam(results_path: Path, method: str = "glass-a") -> float:
+    """The lam with the smallest mean KL of ``method`` over the prompt lengths."""
+    results = json.loads(results_path.read_text())
+    by_lam: dict[float, list[float]] = {}
+    for r in results:
+        if r["method"] == method:
+            by_lam.setdefault(r["lam"], []).append(r["kl"])
+    if not by_lam:
+        raise SystemExit(f"{results_path} holds no {method} results")
+    means = {lam: sum(v) / len(v) for lam, v in by_lam.items()}
+    for lam in sorted(means):
+        print(f"  {method} lam {lam:g}: mean KL {means[lam]:.4f}")
+    return min(means, key=lambda lam: (means[lam], -lam))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/fidelity")
+    p.add_argument("--gen-tokens", default="64")
+    p.add_argument("--prompts", default="32")
+    p.add_argument("--calib-prompts", default="16")
+    p.add_argument("--prior-tokens", default="8192")
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--lam", default=None, help="skip the sweep and use this lam")
+    args = p.parse_args()
+    out = Path(args.out)
+    common = ["--gen-tokens", args.gen_tokens, "--prior-tokens", args.prior_tokens, "--density", "0.5",
+              "--batch-size", "16", "--corpus", "wikipedia"]
+    lam = args.lam
+    if lam is None:
+        sweep = out / "lam-smollm2-135m"
+        glass("eval", "smollm2-135m", "--split", "calib", "--methods", "dense,glass-a,glass-i", "--lam", LAMS,
+              "--prompt-tokens", "8,32", "--prompts", args.calib_prompts, *common, "--out", str(sweep))
+        lam = f"{pick_lam(sweep / 'results.json'):g}"
+        print(f"chosen lam: {lam}", flush=True)
+        figs = HERE / "figures"
+        figs.mkdir(exist_ok=True)
+        shutil.copy(sweep / "kl_vs_lam_d0.5.png", figs / "fidelity_lam_sweep_smollm2-135m.png")
+    for model in args.models.split(","):
+        dest = out / model
+        glass("eval", model, "--methods", METHODS, "--lam", lam, "--prompt-tokens", "8,16,32,64",
+              "--prompts", args.prompts, *common, "--out", str(dest))
+        figs = HERE / "figures"
+        figs.mkdir(exist_ok=True)
+        for name in ("fidelity_d0.5.png", "jaccard_layers_d0.5.png"):
+            shutil.copy(dest / name, figs / f"{name[:-4]}_{model}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
