@@ -75,12 +75,24 @@ class BlockState:
         self.pending = None
 
 
+def _by_row(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """View (B*T, n) activations, as some models (OPT) flatten them, as (B, T, n)."""
+    return t if t.dim() == 3 else t.view(rows, -1, t.shape[-1])
+
+
+def _row_scale(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Multiply each batch row of ``z`` (B, T, n) or (B*T, n) by its row of ``mask`` (B, n)."""
+    return (_by_row(z, mask.shape[0]) * mask.unsqueeze(1)).view(z.shape)
+
+
 def _project(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     """``x @ w.T + b`` for a 2-D ``w``, or per batch row for a 3-D ``w`` (S, out, in)."""
     if w.dim() == 2:
         return F.linear(x, w, b)
-    y = torch.bmm(x, w.transpose(1, 2))
-    return y if b is None else y + b.unsqueeze(1)
+    y = torch.bmm(_by_row(x, w.shape[0]), w.transpose(1, 2))
+    if b is not None:
+        y = y + b.unsqueeze(1)
+    return y if x.dim() == 3 else y.reshape(-1, y.shape[-1])
 
 
 class NeuronInput(nn.Module):
@@ -135,17 +147,20 @@ class NeuronOutput(nn.Module):
         if mode == "sliced":
             st.pending = None
             if st.row_mask is not None:
-                z = z * st.row_mask.unsqueeze(1)
+                z = _row_scale(z, st.row_mask)
             w, b = st.weight_out, st.bias_out
             if w.dim() == 2:
                 return F.linear(z, w, b)
-            y = torch.bmm(z, w)
-            return y if b is None else y + b
+            y = torch.bmm(_by_row(z, w.shape[0]), w)
+            if b is not None:
+                y = y + b
+            return y if z.dim() == 3 else y.reshape(-1, y.shape[-1])
         if mode == "record":
-            sums = accumulate_activation(z, st.token_mask)
+            z3 = z if z.dim() == 3 else z.view(*st.token_mask.shape, z.shape[-1])
+            sums = accumulate_activation(z3, st.token_mask)
             st.sums = sums if st.sums is None else st.sums + sums
         elif mode == "masked":
-            z = z * st.neuron_mask.unsqueeze(1).to(z.dtype)
+            z = _row_scale(z, st.neuron_mask.to(z.dtype))
         return self.original(z)
 
 
