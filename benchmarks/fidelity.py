@@ -59,10 +59,12 @@ def main() -> int:
     p.add_argument("--prior-tokens", default="8192")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--lam", default=None, help="skip the sweep and use this lam")
+    p.add_argument("--threads", default="1",
+                   help="torch threads (default 1: on a shared 2-core machine more threads oversubscribe the cores)")
     args = p.parse_args()
     out = Path(args.out)
     common = ["--gen-tokens", args.gen_tokens, "--prior-tokens", args.prior_tokens, "--density", "0.5",
-              "--batch-size", "16", "--corpus", "wikipedia"]
+              "--batch-size", "16", "--corpus", "wikipedia", "--threads", args.threads]
     lam = args.lam
     if lam is None:
         sweep = out / "lam-smollm2-135m"
