@@ -11,6 +11,8 @@ Steps (each ``glass eval`` run resumes if interrupted):
 3. test split, both models, all methods, density 0.5, prompt lengths 8/16/32/64, with
    that lam;
 4. copy the plots to benchmarks/figures/.
+With ``--ablation`` it instead compares global priors (size and source) on the
+calibration split: self-sampled text with 2048 / 8192 tokens, and CoQA stories.
 Wrap it in ``flock /tmp/glass-heavy.lock`` on a shared machine.
 """
 
@@ -61,8 +63,11 @@ def main() -> int:
     p.add_argument("--lam", default=None, help="skip the sweep and use this lam")
     p.add_argument("--threads", default="1",
                    help="torch threads (default 1: on a shared 2-core machine more threads oversubscribe the cores)")
+    p.add_argument("--ablation", action="store_true", help="run the prior ablation instead (calibration split)")
     args = p.parse_args()
     out = Path(args.out)
+    if args.ablation:
+        return ablation(args, out)
     common = ["--gen-tokens", args.gen_tokens, "--prior-tokens", args.prior_tokens, "--density", "0.5",
               "--batch-size", "16", "--corpus", "wikipedia", "--threads", args.threads]
     lam = args.lam
@@ -83,6 +88,25 @@ def main() -> int:
         figs.mkdir(exist_ok=True)
         for name in ("fidelity_d0.5.png", "jaccard_layers_d0.5.png"):
             shutil.copy(dest / name, figs / f"{name[:-4]}_{model}.png")
+    return 0
+
+
+def ablation(args, out: Path) -> int:
+    """Prior size and source, SmolLM2-135M, calibration split, density 0.5."""
+    from glass_llm.commands.common import default_prior_path
+
+    lam = args.lam or "0.5"
+    priors = {}
+    for source, tokens in (("self", "2048"), ("self", "8192"), ("self", "32768"), ("coqa", "8192")):
+        path = default_prior_path("smollm2-135m", source, int(tokens))
+        if not path.is_file():
+            glass("prior", "smollm2-135m", "--source", source, "--tokens", tokens, "-o", str(path))
+        priors[f"{source}-{tokens}"] = path
+    for name, path in priors.items():
+        glass("eval", "smollm2-135m", "--split", "calib", "--methods", "dense,global,glass-a,glass-i", "--lam", lam,
+              "--prompt-tokens", "8,32", "--prompts", args.calib_prompts, "--gen-tokens", args.gen_tokens,
+              "--density", "0.5", "--batch-size", "16", "--corpus", "wikipedia", "--threads", args.threads,
+              "--prior", str(path), "--no-plots", "--out", str(out / f"prior-{name}"))
     return 0
 
 
