@@ -97,7 +97,7 @@ def ablation(args, out: Path) -> int:
 
     lam = args.lam or "0.5"
     priors = {}
-    for source, tokens in (("self", "2048"), ("self", "8192"), ("self", "32768"), ("coqa", "8192")):
+    for source, tokens in (("self", "2048"), ("self", "8192"), ("coqa", "8192")):
         path = default_prior_path("smollm2-135m", source, int(tokens))
         if not path.is_file():
             glass("prior", "smollm2-135m", "--source", source, "--tokens", tokens, "-o", str(path))
