@@ -158,12 +158,13 @@ def test_sparse_scoring_follows_the_decoding_convention(smollm, smollm_prior, re
     assert torch.allclose(torch.tensor([g[0] for g in got]),
                           torch.tensor([m[0] for m in masked.loglikelihood(insts, disable_tqdm=True)]), atol=2e-3)
     ref = dense.loglikelihood(insts, disable_tqdm=True)
-    config = GlassConfig(method="glass", density=0.5, prior=smollm_prior)
+    config = GlassConfig(method="glass", density=0.5)
     for inst, (ll, _), (ll_dense, _) in zip(insts, got, ref):
         context, continuation = sliced._encode_pair(*inst.args)
         if len(continuation) == 1:  # BoolQ's " yes"/" no": decided by the dense prefill
             assert ll == pytest.approx(ll_dense, abs=1e-4)
-        logits, _ = continuation_logits(model, torch.tensor([context]), torch.tensor([continuation]), config)
+        logits, _ = continuation_logits(model, torch.tensor([context]), torch.tensor([continuation]), config,
+                                        prior=smollm_prior)
         expected = torch.log_softmax(logits.float(), -1)[0].gather(-1, torch.tensor([continuation]).T).sum()
         assert ll == pytest.approx(float(expected), abs=2e-3)
     multi = [i for i, inst in enumerate(insts) if len(sliced._encode_pair(*inst.args)[1]) > 1]
@@ -181,7 +182,7 @@ def test_generate_until_decodes_with_glass(smollm, smollm_prior):
     with apply_glass(model, GlassConfig(method="glass", density=0.5, prior=smollm_prior)):
         out = model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
     expected = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).split("\n\n")[0]
-    assert text == expected
+    assert text == expected and text.strip()
     assert not any(type(m).__name__ == "NeuronOutput" for m in model.modules())  # dense again afterwards
 
 
