@@ -64,10 +64,17 @@ def main() -> int:
     p.add_argument("--threads", default="1",
                    help="torch threads (default 1: on a shared 2-core machine more threads oversubscribe the cores)")
     p.add_argument("--ablation", action="store_true", help="run the prior ablation instead (calibration split)")
+    p.add_argument("--report", action="store_true", help="print the comparison with the paper's claims and exit")
     args = p.parse_args()
     out = Path(args.out)
     if args.ablation:
         return ablation(args, out)
+    if args.report:
+        for model in args.models.split(","):
+            path = out / model / "results.json"
+            if path.is_file():
+                print(compare_with_paper(json.loads(path.read_text()), model))
+        return 0
     common = ["--gen-tokens", args.gen_tokens, "--prior-tokens", args.prior_tokens, "--density", "0.5",
               "--batch-size", "16", "--corpus", "wikipedia", "--threads", args.threads]
     lam = args.lam
@@ -89,6 +96,28 @@ def main() -> int:
         for name in ("fidelity_d0.5.png", "jaccard_layers_d0.5.png"):
             shutil.copy(dest / name, figs / f"{name[:-4]}_{model}.png")
     return 0
+
+
+def compare_with_paper(results: list[dict], model: str) -> str:
+    """Markdown: GLASS against GRIFFIN (relative ppl and KL change) and, per layer,
+    whether the GLASS set is closer to the oracle than both single views."""
+    cell = {(r["method"], r["prompt_tokens"]): r for r in results}
+    Ps = sorted({r["prompt_tokens"] for r in results})
+    lines = [f"#### {model}", "",
+             "| P | method | ppl vs GRIFFIN | KL vs GRIFFIN | KL vs global | layers closer to oracle than both views |",
+             "|---:|---|---:|---:|---:|---:|"]
+    for P in Ps:
+        g, glob = cell.get(("griffin", P)), cell.get(("global", P))
+        if g is None or glob is None:
+            continue
+        for m in ("glass-a", "glass-i"):
+            r = cell.get((m, P))
+            if r is None:
+                continue
+            better = sum(x > max(a, b) for x, a, b in zip(r["jaccard"], g["jaccard"], glob["jaccard"]))
+            lines.append(f"| {P} | {m} | {100 * (r['ppl'] / g['ppl'] - 1):+.1f}% | {100 * (r['kl'] / g['kl'] - 1):+.1f}% "
+                         f"| {100 * (r['kl'] / glob['kl'] - 1):+.1f}% | {better}/{len(r['jaccard'])} |")
+    return "\n".join(lines) + "\n"
 
 
 def ablation(args, out: Path) -> int:
