@@ -64,18 +64,23 @@ def plot_vs_prompt(results: Sequence[dict], density: float, path: Path) -> Path:
         rs = sorted(rs, key=lambda r: r["prompt_tokens"])
         x = [r["prompt_tokens"] for r in rs]
         color, ls = _style(label)
-        ax_kl.errorbar(x, [r["kl"] for r in rs], yerr=[r["kl_ci95"] for r in rs], label=label, color=color,
-                       linestyle=ls, marker="o", capsize=3)
+        if label != "dense":  # KL is 0 for dense: nothing to show on a log axis
+            kl = [r["kl"] for r in rs]
+            low = [min(r["kl_ci95"], 0.95 * k) for r, k in zip(rs, kl)]  # keep the bars above 0
+            ax_kl.errorbar(x, kl, yerr=[low, [r["kl_ci95"] for r in rs]], label=label, color=color,
+                           linestyle=ls, marker="o", capsize=3)
         ax_ppl.plot(x, [r["ppl"] for r in rs], label=label, color=color, linestyle=ls, marker="o")
     model = rows[0]["model"] if rows else ""
-    for ax, name in ((ax_kl, "KL(dense || method) per token"), (ax_ppl, "perplexity of the dense reference")):
+    for ax, name in ((ax_kl, "KL(dense || method) per token (95% CI)"), (ax_ppl, "perplexity of the dense reference")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("prompt tokens")
         ax.set_ylabel(name)
         ax.set_title(f"{model}, density {density:g}")
         ax.grid(alpha=0.3)
     ax_ppl.set_yscale("log")
+    ax_kl.set_yscale("log")
     ax_kl.legend(fontsize=7)
+    ax_ppl.legend(fontsize=7)
     return _save(fig, path)
 
 
