@@ -23,6 +23,9 @@ from safetensors.torch import load_file
 
 from glass_llm import distributed
 from glass_llm.build import batches_needed, build_prior
+from glass_llm.corpora import load_texts
+from glass_llm.evaluate import EvalSettings, run_eval
+from glass_llm.prior import save_prior
 
 REL_TOL = 1e-5
 RUN_TIMEOUT_S = 300
@@ -30,6 +33,9 @@ RUN_TIMEOUT_S = 300
 WIKI_TEXT = """\
 The river rises in the hills north of the town and flows south through a wide valley of farms and
 orchards. In the nineteenth century mills were built along its banks, and the town grew around them.
+
+The town hall was built in 1881 from local stone. Its clock was a gift from the mill owners, and the
+council still meets in the panelled room on the first floor, under portraits of former mayors.
 
 A railway reached the valley in 1868. Passenger trains ran until the line closed in 1963, and the old
 station now houses a small museum about the mills and the people who worked in them.
@@ -197,5 +203,42 @@ def test_collective_timeout_fails_a_silent_rank(tmp_path):
     fails, and torchrun stops rank 1."""
     proc, elapsed = _run_worker(tmp_path, "sleep", timeout_s=5)
     assert proc.returncode != 0
+    assert "timed out" in proc.stderr.lower()
     assert "all ranks done" not in proc.stdout
     assert elapsed < 100
+
+
+@pytest.mark.slow
+def test_eval_two_processes_writes_the_same_records(smollm, tmp_path, one_thread):
+    """4 work items (1 prompt each) split over 2 processes: the journal records and the
+    results equal a single-process run."""
+    model, tok = smollm
+    corpus = tmp_path / "valley.txt"
+    corpus.write_text(WIKI_TEXT, encoding="utf-8")
+    prior_path = tmp_path / "prior.safetensors"
+    prior = build_prior(model, tok, n_tokens=16, seq_len=16, batch_size=2, progress=False)
+    save_prior(prior, prior_path)
+    settings = EvalSettings(model="smollm2-135m", corpus=str(corpus), methods=("dense", "griffin", "glass-a"),
+                            densities=(0.5,), prompt_tokens=(8,), gen_tokens=8, n_prompts=4, split="test",
+                            min_extra_tokens=8, batch_size=1)
+    one = run_eval(model, tok, settings, prior=prior, out_dir=tmp_path / "one", docs=load_texts(str(corpus)),
+                   progress=False, plots=False, extra={"prior_source": "self", "prior_tokens": prior.n_tokens})
+    assert len(one.items) == 4
+
+    proc = _run([sys.executable, "-m", "glass_llm", "eval", "smollm2-135m", "--corpus", str(corpus),
+                 "--methods", "dense,griffin,glass-a", "--density", "0.5", "--prompt-tokens", "8",
+                 "--gen-tokens", "8", "--prompts", "4", "--min-extra-tokens", "8", "--batch-size", "1",
+                 "--prior", str(prior_path), "--no-plots", "--out", str(tmp_path / "two"), "--nproc", "2"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    journals = [sorted((tmp_path / d).glob("journal-*.jsonl")) for d in ("one", "two")]
+    assert [p.name for p in journals[0]] == [p.name for p in journals[1]] == [f"journal-{one.key}.jsonl"]
+
+    def records(path: Path) -> dict[str, list[dict]]:
+        lines = [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        return {ln["item"]: ln["records"] for ln in lines}
+
+    one_records = records(journals[0][0])
+    assert len(one_records) == 4
+    assert one_records == records(journals[1][0])
+    results = [json.loads((tmp_path / d / "results.json").read_text(encoding="utf-8")) for d in ("one", "two")]
+    assert results[0] == results[1]
