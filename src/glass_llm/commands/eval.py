@@ -14,6 +14,7 @@ from .common import add_model_arg, floats, ints, names
 
 
 def register(sub) -> None:
+    from .. import distributed
     from ..evaluate import DEFAULT_METHODS
 
     p = sub.add_parser("eval", help="measure how close each method stays to the dense model", description=__doc__)
@@ -42,10 +43,20 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--out", required=True, help="output folder (results, plots and the resume journal)")
+    distributed.add_arguments(p)  # --nproc, --dist-timeout (see docs/distributed.md)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from .. import distributed
+
+    if distributed.should_launch(args.nproc):
+        return distributed.launch(args, args.nproc)
+    with distributed.init(timeout_s=args.dist_timeout) as ctx:
+        return _run(args, ctx)
+
+
+def _run(args, ctx) -> int:
     import torch
 
     from ..build import get_or_build_prior
@@ -66,18 +77,21 @@ def run(args) -> int:
 
     docs = load_texts(settings.corpus)  # fail on a bad corpus before loading the model
     print(f"loading {args.model} ...", file=sys.stderr)
-    model, tok = load_model(args.model, dtype=args.dtype)
+    with ctx.local_main_first():  # the first load may convert and cache the model
+        model, tok = load_model(args.model, dtype=args.dtype)
     prior, prior_info = None, {}
     if settings.needs_prior():
         if args.prior:
             prior = load_prior(args.prior)
         else:
             prior = get_or_build_prior(model, tok, args.model, source=args.prior_source, n_tokens=args.prior_tokens,
-                                       seed=args.seed)
+                                       seed=args.seed, rank=ctx.rank, world=ctx.world, all_sum=ctx.all_sum)
         source = prior.meta.get("source", {})
         prior_info = {"prior_source": source.get("name", source.get("kind", "?")), "prior_tokens": prior.n_tokens}
     result = run_eval(model, tok, settings, prior=prior, out_dir=args.out, docs=docs, plots=not args.no_plots,
-                      extra=prior_info)
+                      extra=prior_info, rank=ctx.rank, world=ctx.world, gather=ctx.all_gather_lists)
+    if not ctx.is_main():
+        return 0
     from ..evaluate import results_markdown
 
     print(results_markdown(result.results))
