@@ -92,3 +92,28 @@ def test_bad_settings_raise(tiny):
 
     with pytest.raises(BenchError):
         benchmark(tiny, torch.randint(0, 256, (1, 4)), BenchSettings(densities=(1.5,), gen_tokens=3, repeats=1))
+
+
+def test_cli_json(tmp_path, capsys):
+    """`glass bench FOLDER --json` on a tiny model that uses SmolLM2's tokenizer."""
+    from transformers import AutoTokenizer
+
+    from glass_llm.cli import main
+    from glass_llm.models import resolve
+
+    tok = AutoTokenizer.from_pretrained(resolve("smollm2-135m"))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    rc = main(["bench", str(tmp_path), "--density", "0.25,0.5", "--gen-tokens", "4", "--repeats", "1",
+               "--prompt-tokens", "6", "--method", "griffin", "--json", "--quiet"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert isinstance(out, list) and [r["density"] for r in out] == [0.25, 0.5]
+    for key in ("model", "density", "batch", "dense_tok_s", "sparse_tok_s", "speedup", "ideal_speedup",
+                "efficiency", "e2e_speedup", "select_ms", "select_in_decode_steps", "peak_rss_mb"):
+        assert key in out[0]
+    assert out[0]["prompt_tokens"] == 6 and out[0]["gen_tokens"] == 4
