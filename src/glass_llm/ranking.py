@@ -60,12 +60,14 @@ def keep_count(density: float, n: int) -> int:
     return max(1, min(n, int(round(density * n))))
 
 
-def select(local_scores: torch.Tensor | None, global_scores: torch.Tensor | None, lam: float, density: float) -> torch.Tensor:
-    """Rank both views, aggregate with ``lam`` and keep the top ``density`` fraction."""
+def select(local_scores: torch.Tensor | None, global_scores: torch.Tensor | None, lam: float, density: float,
+           k: int | None = None) -> torch.Tensor:
+    """Rank both views, aggregate with ``lam`` and keep the top ``density`` fraction
+    (or exactly ``k`` neurons when given)."""
     r_loc = ranks(local_scores) if (local_scores is not None and lam > 0) else None
     r_glob = ranks(global_scores) if (global_scores is not None and lam < 1) else None
     agg = aggregate(r_loc, r_glob, lam)
-    return select_smallest(agg, keep_count(density, agg.shape[-1]))
+    return select_smallest(agg, k if k is not None else keep_count(density, agg.shape[-1]))
 
 
 def check_density(density: float) -> None:

@@ -4,6 +4,8 @@ exactly what step-by-step sparse decoding computes for those tokens."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -27,7 +29,9 @@ def continuation_logits(model: nn.Module, prompt_ids: torch.Tensor, continuation
     full_mask = torch.cat([prompt_mask, torch.ones_like(continuation)], dim=1)
     positions = (full_mask.cumsum(1) - 1).clamp_min(0)
     P = prompt_ids.shape[1]
-    handle = apply_glass(model, config, prior=prior) if config is not None else None
+    if config is not None and prior is not None:
+        config = replace(config, prior=prior)
+    handle = apply_glass(model, config) if config is not None else None
     try:
         cache = DynamicCache(config=model.config)
         first = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions[:, :P],
