@@ -56,9 +56,9 @@ except ImportError as err:  # pragma: no cover - depends on the environment
         "glass_llm.lmeval needs the lm-evaluation-harness; install it with:\n    pip install lm-eval==0.4.13"
     ) from err
 
-from .engine import GlassConfig, apply_glass
-from .lm_eval_tasks import SUITE_TAG, TASK_NAMES, TASKS_DIR
-from .prior import Prior, load_prior
+from ..engine import GlassConfig, apply_glass
+from ..lm_eval_tasks import SUITE_TAG, TASK_NAMES, TASKS_DIR
+from ..prior import Prior, load_prior
 
 __all__ = ["GlassLM", "TASKS_DIR", "TASK_NAMES", "SUITE_TAG", "task_manager", "simple_evaluate", "main"]
 
@@ -130,7 +130,7 @@ class GlassLM(HFLM):
         device = _pick_device(device)
         name: str | None = None
         if isinstance(pretrained, (str, os.PathLike)):
-            from .models import load_model
+            from ..models import load_model
 
             name = str(pretrained)
             model, tok = load_model(name, dtype=dtype, device=device)
@@ -160,7 +160,7 @@ class GlassLM(HFLM):
             return None
         if self.model_name is None:
             raise ValueError("this method needs a global prior: pass prior=FILE (or a Prior) with a loaded model")
-        from .build import get_or_build_prior
+        from ..build import get_or_build_prior
 
         return get_or_build_prior(self.model, self.tokenizer, self.model_name, source=source, n_tokens=n_tokens)
 
@@ -303,7 +303,3 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         sys.argv = saved
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
