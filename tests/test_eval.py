@@ -128,7 +128,7 @@ def test_work_items_are_deterministic_and_splits_disjoint(smollm):
     settings = replace(BASE, prompt_tokens=(4, 8), n_prompts=3, batch_size=2)
     a, b = plan_items(settings, tok, DOCS), plan_items(settings, tok, list(reversed(DOCS)))
     assert a == b  # the corpus order does not matter
-    assert [it.id for it in a] == ["P4-b0", "P4-b1", "P8-b0", "P8-b1"]
+    assert [it.id for it in a] == ["P4-b0", "P8-b0", "P4-b1", "P8-b1"]
     bos = [tok.bos_token_id] if tok("a")["input_ids"][0] == tok.bos_token_id else []
     assert all(len(p) == it.prompt_tokens + len(bos) for it in a for p in it.prompts)
     test, calib = split_documents(DOCS, "test", 4), split_documents(DOCS, "calib", 4)

@@ -208,7 +208,9 @@ class WorkItem:
 def plan_items(settings: EvalSettings, tokenizer, docs: Sequence[str]) -> list[WorkItem]:
     """The deterministic list of work items: for every prompt length, the first
     ``n_prompts`` documents of the split that hold at least P + ``min_extra_tokens``
-    tokens, cut into batches of ``batch_size``."""
+    tokens, cut into batches of ``batch_size``. Items are ordered batch-major (first
+    batch of every prompt length, then the second, ...), so that a run cut short still
+    covers every prompt length."""
     settings.validate()
     held = split_documents(docs, settings.split, settings.calib_every)
     if not held:
@@ -242,7 +244,7 @@ def plan_items(settings: EvalSettings, tokenizer, docs: Sequence[str]) -> list[W
             part = chosen[b:b + settings.batch_size]
             items.append(WorkItem(int(P), b // settings.batch_size, tuple(part),
                                   tuple(tuple(bos + tokens(i)[:P]) for i in part)))
-    return items
+    return sorted(items, key=lambda it: (it.batch, settings.prompt_tokens.index(it.prompt_tokens)))
 
 
 def settings_key(settings: EvalSettings, items: Sequence[WorkItem], identity: dict, prior: Prior | None) -> str:
@@ -574,14 +576,16 @@ class EvalRun:
 def run_eval(model: nn.Module, tokenizer, settings: EvalSettings, prior: Prior | None = None,
              out_dir: str | os.PathLike | None = None, rank: int = 0, world: int = 1, gather: Gather = _identity,
              progress: bool = True, plots: bool = True, docs: Sequence[str] | None = None,
-             max_items: int | None = None, extra: dict | None = None) -> EvalRun:
+             max_items: int | None = None, extra: dict | None = None, write_partial: bool = False) -> EvalRun:
     """Run (or resume) the evaluation.
 
     Pending items run in rounds of ``world``: in round ``i`` this process evaluates
     pending item ``i * world + rank``; ``gather`` turns this process's records into all
     processes' records (identity for one process) and is called once per round on every
     rank. Only rank 0 writes the journal and the outputs. ``docs`` overrides the corpus
-    (for tests); ``max_items`` stops after that many new items (to test resuming).
+    (for tests); ``max_items`` stops after that many new items. Outputs are written once
+    every item is done, or from whatever is done when ``write_partial`` is set (the
+    tables then say how many prompts each cell holds).
     """
     settings.validate()
     if not 0 <= rank < world:
@@ -623,7 +627,7 @@ def run_eval(model: nn.Module, tokenizer, settings: EvalSettings, prior: Prior |
     bar.close()
     records = [rec for it in items if it.id in done for rec in done[it.id]]
     results = aggregate(records, settings, extra)
-    if out_dir is not None and rank == 0 and all(it.id in done for it in items):
+    if out_dir is not None and rank == 0 and records and (write_partial or all(it.id in done for it in items)):
         write_outputs(out_dir, results, settings, key, plots=plots)
     return EvalRun(records=records, results=results, key=key, items=items)
 

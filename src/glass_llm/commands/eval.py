@@ -42,6 +42,10 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random method and of prior sampling")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--max-items", type=int, default=None,
+                   help="stop after this many new work items (batches of prompts); resume later")
+    p.add_argument("--write-partial", action="store_true",
+                   help="write results from the finished items even if some are still missing")
     p.add_argument("--out", required=True, help="output folder (results, plots and the resume journal)")
     distributed.add_arguments(p)  # --nproc, --dist-timeout (see docs/distributed.md)
     p.set_defaults(func=run)
@@ -89,11 +93,18 @@ def _run(args, ctx) -> int:
         source = prior.meta.get("source", {})
         prior_info = {"prior_source": source.get("name", source.get("kind", "?")), "prior_tokens": prior.n_tokens}
     result = run_eval(model, tok, settings, prior=prior, out_dir=args.out, docs=docs, plots=not args.no_plots,
-                      extra=prior_info, rank=ctx.rank, world=ctx.world, gather=ctx.all_gather_lists)
+                      extra=prior_info, rank=ctx.rank, world=ctx.world, gather=ctx.all_gather_lists,
+                      max_items=args.max_items, write_partial=args.write_partial)
     if not ctx.is_main():
         return 0
     from ..evaluate import results_markdown
 
     print(results_markdown(result.results))
-    print(f"wrote {args.out}/results.json, results.csv, results.md and plots", file=sys.stderr)
+    finished = {r["item"] for r in result.records}
+    missing = sum(1 for it in result.items if it.id not in finished)
+    if missing:
+        print(f"{missing} of {len(result.items)} work items still to do: run the same command again to resume",
+              file=sys.stderr)
+    else:
+        print(f"wrote {args.out}/results.json, results.csv, results.md and plots", file=sys.stderr)
     return 0
