@@ -87,10 +87,14 @@ def main() -> int:
         figs = HERE / "figures"
         figs.mkdir(exist_ok=True)
         shutil.copy(sweep / "kl_vs_lam_d0.5.png", figs / "fidelity_lam_sweep_smollm2-135m.png")
+    # two passes: the first batch of 16 prompts of every length for both models, then the
+    # rest (the journal resumes), so that a run cut short still covers both models
+    for limit in (["--max-items", "4"], []):
+        for model in args.models.split(","):
+            glass("eval", model, "--methods", METHODS, "--lam", lam, "--prompt-tokens", "8,16,32,64",
+                  "--prompts", args.prompts, *common, *limit, "--out", str(out / model))
     for model in args.models.split(","):
         dest = out / model
-        glass("eval", model, "--methods", METHODS, "--lam", lam, "--prompt-tokens", "8,16,32,64",
-              "--prompts", args.prompts, *common, "--out", str(dest))
         figs = HERE / "figures"
         figs.mkdir(exist_ok=True)
         for name in ("fidelity_d0.5.png", "jaccard_layers_d0.5.png"):
