@@ -174,15 +174,18 @@ def test_sparse_scoring_follows_the_decoding_convention(smollm, smollm_prior, re
 @pytest.mark.slow
 def test_generate_until_decodes_with_glass(smollm, smollm_prior):
     model, tok = smollm
-    lm = glass_lm(smollm, smollm_prior, method="glass", density=0.5)
-    prompt = "Question: What is the capital of France?\nAnswer:"
-    inst = Instance("generate_until", {}, (prompt, {"until": ["\n\n"], "max_gen_toks": 12, "do_sample": False}), 0)
-    (text,) = lm.generate_until([inst], disable_tqdm=True)
+    prompt = "Once upon a time, there was a little"
+    args = (prompt, {"until": ["."], "max_gen_toks": 12, "do_sample": False})
+    texts = {}
+    for method in ("glass", "dense"):
+        lm = glass_lm(smollm, smollm_prior if method == "glass" else None, method=method, density=0.5)
+        (texts[method],) = lm.generate_until([Instance("generate_until", {}, args, 0)], disable_tqdm=True)
     enc = tok(prompt, return_tensors="pt")
     with apply_glass(model, GlassConfig(method="glass", density=0.5, prior=smollm_prior)):
         out = model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
-    expected = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).split("\n\n")[0]
-    assert text == expected and text.strip()
+    expected = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).split(".")[0]
+    assert texts["glass"] == expected and texts["glass"].strip()
+    assert texts["glass"] != texts["dense"]  # the sparse model really decoded it
     assert not any(type(m).__name__ == "NeuronOutput" for m in model.modules())  # dense again afterwards
 
 
