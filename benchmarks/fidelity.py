@@ -57,7 +57,7 @@ def main() -> int:
     p.add_argument("--out", default="runs/fidelity")
     p.add_argument("--gen-tokens", default="64")
     p.add_argument("--prompts", default="32")
-    p.add_argument("--calib-prompts", default="16")
+    p.add_argument("--calib-prompts", default="8")
     p.add_argument("--prior-tokens", default="8192")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--lam", default=None, help="skip the sweep and use this lam")
