@@ -109,8 +109,9 @@ class Distributed:
         return self.rank == 0
 
     def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        """The element-wise sum of ``tensor`` over all processes (a new tensor, same
-        device and dtype as the input; the input is left unchanged)."""
+        """The element-wise sum of ``tensor`` over all processes: a new tensor on the
+        input's device and dtype (the input is left unchanged), or the input itself when
+        there is one process."""
         if self.world == 1:
             return tensor
         buf = tensor.detach().to(self.comm_device, copy=True)
