@@ -35,8 +35,8 @@ def cell(res: dict, metric: str) -> str:
 
 
 def table(root: Path, metric: str) -> list[str]:
-    lines = [f"| model | method | {' | '.join(SHORT[t] for t in TASKS)} | mean |",
-             "|---|---|" + "---|" * (len(TASKS) + 1)]
+    lines = [f"| model | method | docs/task | {' | '.join(SHORT[t] for t in TASKS)} | mean |",
+             "|---|---|---|" + "---|" * (len(TASKS) + 1)]
     for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         for method in METHODS:
             data = newest_results(model_dir / method) if (model_dir / method).is_dir() else None
@@ -50,7 +50,9 @@ def table(root: Path, metric: str) -> list[str]:
                 if f"{key},none" in res:
                     values.append(res[f"{key},none"])
             mean = f"{100 * sum(values) / len(values):.1f}" if len(values) == len(TASKS) else "-"
-            lines.append(f"| {model_dir.name} | {method} | {' | '.join(cells)} | {mean} |")
+            limit = data.get("config", {}).get("limit")
+            docs = "all" if limit is None else f"{int(limit)}"
+            lines.append(f"| {model_dir.name} | {method} | {docs} | {' | '.join(cells)} | {mean} |")
     return lines
 
 
@@ -62,10 +64,7 @@ def main(argv: list[str]) -> int:
     if not root.is_dir():
         print(f"{root} is not a folder of results", file=sys.stderr)
         return 2
-    limits = set()
-    for f in root.rglob("results_*.json"):
-        limits.update(str(v) for v in (json.loads(f.read_text()).get("config", {}).get("limit"),))
-    print(f"Accuracy (%, ± 95% interval half-width); docs per task: {', '.join(sorted(limits))}\n")
+    print("Accuracy (%, ± 95% interval half-width = 1.96 x the harness's standard error)\n")
     print("\n".join(table(root, "acc")))
     print("\nacc_norm (length-normalised accuracy; * = task has acc only, acc shown)\n")
     print("\n".join(table(root, "acc_norm")))
