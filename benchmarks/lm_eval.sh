@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Zero-shot accuracy of dense, GRIFFIN and GLASS (density 0.5) on the seven offline
-# lm-eval tasks, for SmolLM2-135M and Gemma-3-270m; writes benchmarks/lm_eval.md.
+# lm-eval tasks, for SmolLM2-135M and Gemma-3-270m; writes benchmarks/lm_eval_table.md.
 #
 #   LIMIT=100 bash benchmarks/lm_eval.sh        # first LIMIT validation docs per task
+#
+# The published tables were made with (23 min and 15 min, prior build included, on a shared 2-core CPU):
+#   LIMIT=100 MODELS=smollm2-135m bash benchmarks/lm_eval.sh
+#   LIMIT=25  MODELS=gemma3-270m  bash benchmarks/lm_eval.sh
 #
 # Results go to benchmarks/lm_eval_results/<model>/<method>/ (harness JSON); the
 # table is rebuilt from them by benchmarks/lm_eval_table.py. One CPU thread per run:
