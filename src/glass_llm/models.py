@@ -137,11 +137,15 @@ def resolve(name: str) -> Path | str:
     return name
 
 
-def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype | str = torch.float32, device: str = "cpu"):
+def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype | str = torch.float32, device: str = "cpu",
+               device_map: str | dict | None = None, max_memory: dict | None = None):
     """Return ``(model, tokenizer)`` in eval mode.
 
     ``name``: an alias (``smollm2-135m``, ``gemma3-270m``), a ``.gguf`` path, a local
     transformers folder, or a hub id (needs a reachable hub or a filled HF cache).
+    ``device_map``/``max_memory`` shard a model too large for one device across several
+    (transformers/accelerate placement, e.g. ``device_map="auto"``); ``device`` is then
+    ignored.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -150,7 +154,8 @@ def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype | str = torch.float
     where = resolve(name)
     try:
         tok = AutoTokenizer.from_pretrained(where)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
+        extra = {} if device_map is None else {"device_map": device_map, "max_memory": max_memory}
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **extra)
     except OSError as err:
         known = ", ".join(ALIASES)
         raise ModelNotAvailableError(
@@ -160,4 +165,6 @@ def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype | str = torch.float
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
-    return model.to(device).eval(), tok
+    if device_map is None:
+        model = model.to(device)
+    return model.eval(), tok
