@@ -1,0 +1,67 @@
+"""The glass command line on the real default model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from glass_llm.cli import main
+
+
+def _run(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "glass_llm", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_lists_the_workflow():
+    out = _run("--help")
+    assert out.returncode == 0
+    for cmd in ("demo", "prior", "generate", "eval", "bench", "lm-eval"):
+        assert cmd in out.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", "smollm2-135m", "hi", "--density", "0"], "density must be in (0, 1]"),
+    (["generate", "smollm2-135m", "hi", "--method", "best"], "unknown method 'best'"),
+    (["generate", "smollm2-135m", "hi", "--lam", "2"], "lam must be in [0, 1]"),
+    (["generate", "smollm2-135m", "   ", "--method", "griffin"], "empty prompt"),
+])
+def test_bad_input_is_a_clear_error(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_unknown_hub_model_offline():
+    import os
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-m", "glass_llm", "generate", "no/such-model-here", "hi", "--method",
+                          "griffin"], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 2 and "could not load model 'no/such-model-here'" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_generate_and_prior(smollm_prior, tmp_path):
+    from glass_llm.commands.common import default_prior_path
+
+    prior = default_prior_path("smollm2-135m", "self", 2048)
+    assert prior.is_file()
+    out = _run("generate", "smollm2-135m", "Name a colour.", "--prior", str(prior), "--max-new-tokens", "8")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() and "glass, density 0.5" in out.stderr
+    out = _run("generate", "smollm2-135m", "hi", "--prior", str(tmp_path / "corrupt.safetensors"))
+    assert out.returncode == 2 and "does not exist" in out.stderr
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 100)
+    out = _run("generate", "smollm2-135m", "hi", "--prior", str(bad))
+    assert out.returncode == 2 and "corrupt or incomplete" in out.stderr
+
+
+def test_demo_runs_end_to_end(smollm_prior):
+    out = _run("demo", "--max-new-tokens", "12", "--prior-tokens", "2048")
+    assert out.returncode == 0, out.stderr
+    for name in ("dense", "griffin", "glass"):
+        assert f"--- {name}" in out.stdout
+    assert "KL(dense||m)" in out.stdout and "speed-up" in out.stdout
