@@ -223,8 +223,8 @@ def build_prior(model: nn.Module, tokenizer, source: str = "self", n_tokens: int
 def get_or_build_prior(model: nn.Module, tokenizer, model_name: str, source: str = "self", n_tokens: int = 16384,
                        path=None, progress: bool = True, seed: int = 0, rank: int = 0, world: int = 1,
                        all_sum: AllSum = _identity) -> Prior:
-    """Load the cached prior for ``model_name`` (or ``path``), building and caching it first
-    if it does not exist yet.
+    """Load the prior at ``path`` (which must exist), or else the cached prior for
+    ``model_name``, building and caching that one first if it does not exist yet.
 
     On several processes (``rank``, ``world``, ``all_sum`` as for :func:`build_prior`)
     every process calls this: the prior is loaded when every process sees the file, and
@@ -235,7 +235,11 @@ def get_or_build_prior(model: nn.Module, tokenizer, model_name: str, source: str
     from .commands.common import default_prior_path
     from .prior import load_prior, save_prior
 
-    path = path or default_prior_path(model_name, source, n_tokens)
+    if path is not None:  # a file the user named: never built silently in its place
+        prior = load_prior(path)
+        prior.check_matches(model)
+        return prior
+    path = default_prior_path(model_name, source, n_tokens)
     have = int(all_sum(torch.tensor([int(Path(path).is_file())], dtype=torch.int64))[0])
     if have == world:
         prior = load_prior(path)
