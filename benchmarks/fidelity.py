@@ -1,4 +1,4 @@
-"""Reproduce benchmarks/fidelity.md: choose lam on the calibration split, then measure
+"""Reproduce the fidelity section of BENCHMARKS.md: choose lam on the calibration split, then measure
 fidelity to the dense model on the test split for SmolLM2-135M and Gemma-3-270m.
 
     python benchmarks/fidelity.py [--out runs/fidelity] [--gen-tokens 64] [--prompts 32]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Zero-shot accuracy of dense, GRIFFIN and GLASS (density 0.5) on the seven offline
-# lm-eval tasks, for SmolLM2-135M and Gemma-3-270m; writes benchmarks/lm_eval_table.md.
+# lm-eval tasks, for SmolLM2-135M and Gemma-3-270m; prints the accuracy table quoted in BENCHMARKS.md.
 #
 #   LIMIT=100 bash benchmarks/lm_eval.sh        # first LIMIT validation docs per task
 #
@@ -33,5 +33,5 @@ for model in $MODELS; do
     echo "== $model $method took $(( $(date +%s) - start )) s" >&2
   done
 done
-.venv/bin/python benchmarks/lm_eval_table.py "$OUT" > benchmarks/lm_eval_table.md
-cat benchmarks/lm_eval_table.md
+.venv/bin/python benchmarks/lm_eval_table.py "$OUT" > "$OUT/lm_eval_table.md"
+cat "$OUT/lm_eval_table.md"

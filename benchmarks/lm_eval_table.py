@@ -1,4 +1,4 @@
-"""Build the accuracy table of benchmarks/lm_eval.md from the harness's result files.
+"""Build the accuracy table of the lm-eval section of BENCHMARKS.md from the harness's result files.
 
     python benchmarks/lm_eval_table.py benchmarks/lm_eval_results > table.md
 
