@@ -78,7 +78,8 @@ def plot_vs_prompt(results: Sequence[dict], density: float, path: Path) -> Path:
         ax.set_title(f"{model}, density {density:g}")
         ax.grid(alpha=0.3)
     ax_ppl.set_yscale("log")
-    ax_kl.set_yscale("log")
+    if any(r["kl"] > 0 for r in rows if r["method"] != "dense"):  # all-zero KL (density 1) stays linear
+        ax_kl.set_yscale("log")
     ax_kl.legend(fontsize=7)
     ax_ppl.legend(fontsize=7)
     return _save(fig, path)
