@@ -33,16 +33,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    return run_command(parser.parse_args(argv))
+
+
+def run_command(args: argparse.Namespace, where: str = "", report_any: bool = False) -> int:
+    """Run a parsed subcommand; user-facing errors become one line on stderr and exit 2.
+
+    ``where`` is appended to the command name (e.g. " (rank 1)"); ``report_any`` also
+    turns unexpected exceptions into that line (a distributed worker must report and
+    exit non-zero). ``--debug`` re-raises instead.
+    """
+    errors: tuple[type[BaseException], ...] = (Exception,) if report_any else (CLIError, ValueError, RuntimeError, OSError)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"interrupted{where}", file=sys.stderr)
         return 130
-    except (CLIError, ValueError, RuntimeError, OSError) as err:
+    except errors as err:
         if getattr(args, "debug", False):
             raise
-        print(f"glass {args.command}: error: {err}", file=sys.stderr)
+        known = isinstance(err, (CLIError, ValueError, RuntimeError, OSError))
+        detail = str(err) if known else f"{type(err).__name__}: {err}"
+        print(f"glass {args.command}{where}: error: {detail}", file=sys.stderr)
         return 2
 
 

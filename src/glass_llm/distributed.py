@@ -33,7 +33,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -250,7 +250,7 @@ def worker_main(argv: list[str]) -> int:
     """Entry point of one worker started by :func:`launch`: run the command whose
     arguments are pickled in ``argv[0]``. Errors are reported like the ``glass`` CLI does,
     with the rank, and give exit status 2."""
-    from .cli import CLIError
+    from .cli import run_command
 
     if len(argv) != 1:
         print("usage: python -m glass_llm.distributed ARGS_FILE (started by `glass COMMAND --nproc N`)",
@@ -258,24 +258,8 @@ def worker_main(argv: list[str]) -> int:
         return 2
     with open(argv[0], "rb") as fh:
         args = pickle.load(fh)
-    func: Callable[[argparse.Namespace], int] = args.func
     info = launch_info()
-    where = f" (rank {info.rank})" if info else ""
-    try:
-        return int(func(args) or 0)
-    except KeyboardInterrupt:
-        print(f"interrupted{where}", file=sys.stderr)
-        return 130
-    except (CLIError, ValueError, RuntimeError, OSError) as err:
-        if getattr(args, "debug", False):
-            raise
-        print(f"glass {args.command}{where}: error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # noqa: BLE001 - a worker must report, then exit non-zero
-        if getattr(args, "debug", False):
-            raise
-        print(f"glass {args.command}{where}: error: {type(err).__name__}: {err}", file=sys.stderr)
-        return 2
+    return run_command(args, where=f" (rank {info.rank})" if info else "", report_any=True)
 
 
 if __name__ == "__main__":
