@@ -7,7 +7,13 @@ import sys
 
 import pytest
 
-from glass_llm.cli import main
+from glass_llm.cli import CLIError, build_parser, main
+from glass_llm.distributed import DistributedError
+from glass_llm.engine import GlassError
+from glass_llm.evaluate import EvalError
+from glass_llm.models import ModelNotAvailableError
+from glass_llm.prior import PriorError
+from glass_llm.runner import run_command
 
 
 def _run(*args, timeout=600):
@@ -31,6 +37,43 @@ def test_bad_input_is_a_clear_error(args, message, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def _parsed(error: BaseException):
+    """Real parsed arguments of ``glass eval`` whose command raises ``error``."""
+    args = build_parser().parse_args(["eval", "smollm2-135m", "--out", "unused"])
+
+    def fail(_args):
+        raise error
+
+    args.func = fail
+    return args
+
+
+def test_internal_error_shows_its_traceback_and_exits_1(capsys):
+    args = _parsed(RuntimeError("Expected all tensors to be on the same device, but found cuda:0 and cpu"))
+    assert run_command(args) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "in fail" in err
+    assert "glass eval: internal error (RuntimeError)" in err and "please report it" in err
+
+
+@pytest.mark.parametrize("error", [
+    CLIError("--out is a file"), ValueError("density must be in (0, 1]"), PriorError("prior does not match"),
+    EvalError("no methods given"), FileNotFoundError("no such file: x.txt"), GlassError("needs a prior"),
+    ModelNotAvailableError("could not load model 'x'"), DistributedError("CUDA is not available here"),
+])
+def test_user_error_is_one_line_and_exits_2(error, capsys):
+    assert run_command(_parsed(error)) == 2
+    err = capsys.readouterr().err
+    assert err == f"glass eval: error: {error}\n"
+
+
+def test_debug_shows_the_traceback_of_a_user_error():
+    args = _parsed(ValueError("bad"))
+    args.debug = True
+    with pytest.raises(ValueError, match="bad"):
+        run_command(args)
 
 
 def test_unknown_hub_model_offline():

@@ -38,11 +38,14 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 
+from .errors import UserError
+from .runner import run_command
+
 DEFAULT_TIMEOUT_S = 1800.0
 _LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
-class DistributedError(RuntimeError):
+class DistributedError(RuntimeError, UserError):
     """A multi-process run cannot start or one of its processes failed."""
 
 
@@ -248,10 +251,9 @@ def launch(args: argparse.Namespace, nproc: int) -> int:
 
 def worker_main(argv: list[str]) -> int:
     """Entry point of one worker started by :func:`launch`: run the command whose
-    arguments are pickled in ``argv[0]``. Errors are reported like the ``glass`` CLI does,
-    with the rank, and give exit status 2."""
-    from .cli import run_command
-
+    arguments are pickled in ``argv[0]``. Errors are reported like the ``glass`` CLI does
+    (``runner.run_command``), with the rank: one line and exit 2 for a user error, the
+    traceback and exit 1 for an internal one."""
     if len(argv) != 1:
         print("usage: python -m glass_llm.distributed ARGS_FILE (started by `glass COMMAND --nproc N`)",
               file=sys.stderr)
@@ -259,7 +261,7 @@ def worker_main(argv: list[str]) -> int:
     with open(argv[0], "rb") as fh:
         args = pickle.load(fh)
     info = launch_info()
-    return run_command(args, where=f" (rank {info.rank})" if info else "", report_any=True)
+    return run_command(args, where=f" (rank {info.rank})" if info else "")
 
 
 if __name__ == "__main__":
