@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .adapters import FFNBlock, down_column_norms, find_ffn_blocks
+from .errors import UserError
 from .methods import DEFAULT_LAM, GLOBAL_SOURCES, MethodSpec, get_method
 from .prior import Prior, load_prior
 from .ranking import check_density, check_lam, keep_count, ranks, select
@@ -28,7 +29,7 @@ from .stats import STATISTICS, finalize
 PATHS = ("sliced", "masked")
 
 
-class GlassError(RuntimeError):
+class GlassError(RuntimeError, UserError):
     """GLASS cannot run in the requested way."""
 
 

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import torch
 
+from .errors import UserError
+
 DEFAULT_MODEL = "smollm2-135m"
 
 
-class ModelNotAvailableError(RuntimeError):
+class ModelNotAvailableError(RuntimeError, UserError):
     """The requested model cannot be found or installed here."""
 
 
