@@ -1,0 +1,66 @@
+"""What ``apply_glass`` applies: one frozen dataclass, validated in one place."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .methods import DEFAULT_LAM, MethodSpec, get_method
+from .ranking import check_density, check_lam
+from .stats import STATISTICS
+
+PATHS = ("sliced", "masked")
+
+
+@dataclass(frozen=True)
+class GlassConfig:
+    """What to apply. ``lam``/``statistic`` default to the method's own settings.
+
+    density: one fraction for every FFN block, or a sequence with one per block.
+    path: "sliced" (physically smaller weights, the fast path) or "masked" (unselected
+    neurons zeroed, the reference path). share_batch: one neuron set for the whole batch,
+    chosen from the rows' combined statistic (faster decode for large batches).
+    """
+
+    method: str = "glass"
+    density: float | tuple[float, ...] = 0.5
+    lam: float | None = None
+    statistic: str | None = None
+    prior: object | str | os.PathLike | None = None
+    path: str = "sliced"
+    share_batch: bool = False
+    seed: int = 0
+
+    def densities(self) -> tuple[float, ...]:
+        if isinstance(self.density, (list, tuple)):
+            if not self.density:
+                raise ValueError("per-layer density needs one value per FFN block, got an empty list")
+            return tuple(self.density)
+        return (self.density,)
+
+    def density_for(self, n_blocks: int) -> list[float]:
+        """One density per block; a sequence must have exactly ``n_blocks`` values."""
+        d = self.densities()
+        if len(d) == 1 and not isinstance(self.density, (list, tuple)):
+            return [d[0]] * n_blocks
+        if len(d) != n_blocks:
+            raise ValueError(f"per-layer density has {len(d)} values but the model has {n_blocks} FFN blocks")
+        return list(d)
+
+    def resolved(self) -> tuple[MethodSpec, float, str]:
+        spec = get_method(self.method)
+        for d in self.densities():
+            check_density(d)
+        if self.lam is not None:
+            check_lam(self.lam)
+            if spec.lam is not None and float(self.lam) != spec.lam:
+                raise ValueError(
+                    f"method {spec.name!r} fixes lam={spec.lam:g}; use method 'glass' to choose lam yourself"
+                )
+        lam = spec.lam if spec.lam is not None else (DEFAULT_LAM if self.lam is None else float(self.lam))
+        statistic = self.statistic or spec.statistic
+        if statistic not in STATISTICS:
+            raise ValueError(f"unknown statistic {statistic!r}; choose one of {', '.join(STATISTICS)}")
+        if self.path not in PATHS:
+            raise ValueError(f"unknown path {self.path!r}; choose 'sliced' or 'masked'")
+        return spec, lam, statistic
