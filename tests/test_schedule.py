@@ -1,0 +1,119 @@
+"""Per-layer density allocation (schedule.py) and the lam rule (dispersion.py): pure math."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from glass_llm.dispersion import fill_missing, lam_for_tokens, tilt, window_lams
+from glass_llm.ranking import ranks
+from glass_llm.schedule import ScheduleError, allocate, budget, check_schedule, loss_curve, mean_density
+
+GRID = torch.tensor([0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875])
+
+
+def _profile(n_blocks: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.rand(n_blocks, 1, generator=g) ** 3 * 5
+    return scale * (1 - GRID).square().unsqueeze(0)
+
+
+@pytest.mark.parametrize("d_ff", [[1536] * 30, [100, 7, 3, 64], [5, 5]])
+@pytest.mark.parametrize("density", [0.01, 0.1, 0.3, 0.5, 0.77, 1.0])
+def test_allocation_meets_the_budget_exactly(d_ff, density):
+    k = allocate(_profile(len(d_ff), seed=len(d_ff)), GRID, d_ff, density)
+    assert sum(k) == budget(density, d_ff)
+    assert abs(mean_density(k, d_ff) - density) <= len(d_ff) / sum(d_ff)  # one neuron per block at most
+    assert all(1 <= a <= n for a, n in zip(k, d_ff))
+    check_schedule(k, d_ff)
+
+
+def test_sensitive_blocks_get_more_neurons():
+    profile = torch.stack([(1 - GRID).square() * s for s in (10.0, 1.0, 0.1)])
+    k = allocate(profile, GRID, [1000, 1000, 1000], 0.5)
+    assert k[0] > k[1] > k[2] and sum(k) == 1500
+
+
+def test_equal_profiles_give_uniform_allocation():
+    profile = torch.stack([(1 - GRID).square()] * 4)
+    assert allocate(profile, GRID, [512] * 4, 0.5, step=1 / 64) == [256] * 4
+
+
+def test_greedy_matches_brute_force_on_a_small_case():
+    """Convex curves: greedy steps of one neuron find the least total loss."""
+    profile = torch.stack([(1 - GRID) ** 2 * s for s in (3.0, 1.0, 0.5)])
+    d_ff = [8, 8, 8]
+    curves = [loss_curve(row.tolist(), GRID.tolist(), n) for row, n in zip(profile, d_ff)]
+    k = allocate(profile, GRID, d_ff, 0.5, step=1 / 8)
+    best = min((sum(c[a] for c, a in zip(curves, ks)), ks)
+               for ks in itertools.product(range(1, 9), repeat=3) if sum(ks) == 12)
+    assert sum(c[a] for c, a in zip(curves, k)) == pytest.approx(best[0])
+
+
+def test_loss_curve_is_non_increasing_and_zero_when_dense():
+    c = loss_curve([0.5, 0.7, 0.2, 0.3, 0.1, 0.05, 0.0], GRID.tolist(), 64)
+    assert c[-1] == 0 and all(a >= b for a, b in zip(c, c[1:]))
+
+
+def test_bad_profiles_and_schedules_are_named():
+    with pytest.raises(ScheduleError, match="measured on another model"):
+        allocate(_profile(18), GRID, [1536] * 30, 0.5)
+    with pytest.raises(ScheduleError, match="expected"):
+        allocate(_profile(3)[:, :4], GRID, [10] * 3, 0.5)
+    with pytest.raises(ScheduleError, match="increase strictly"):
+        allocate(_profile(3), GRID.flip(0), [10] * 3, 0.5)
+    with pytest.raises(ScheduleError, match="density"):
+        allocate(_profile(3), GRID, [10] * 3, 1.5)
+    with pytest.raises(ScheduleError, match="3 FFN blocks"):
+        check_schedule([4, 4], [10, 10, 10])
+    with pytest.raises(ScheduleError, match="out of range"):
+        check_schedule([0, 4, 11], [10, 10, 10])
+
+
+def test_window_lam_recovers_the_mallows_weight():
+    """Local view: truth + noise of variance 1/w; global: truth + noise of variance s2.
+    The least-squares lam approaches s2 / (s2 + 1/w) (the Mallows MAP weight)."""
+    g = torch.Generator().manual_seed(0)
+    d, T, B = 400, 200, 8
+    truth = torch.linspace(3, 0, d)
+    # per-token statistic whose window sums rank like truth + N(0, 1/w)
+    u2 = truth + torch.randn(B, T, d, generator=g)
+    glob = truth + 0.25 * torch.randn(d, generator=g)
+    lam = window_lams(u2, torch.full((B,), T), glob, windows=(1, 4, 16), horizon=64, stride=16)
+    assert lam[0] < lam[1] < lam[2]
+    assert 0 <= float(lam.min()) and float(lam.max()) <= 1
+
+
+def test_window_lam_matches_brute_force_least_squares():
+    g = torch.Generator().manual_seed(1)
+    u2 = torch.rand(2, 12, 20, generator=g)
+    glob = torch.rand(20, generator=g)
+    lam = window_lams(u2, torch.tensor([12, 12]), glob, windows=(2,), horizon=4, stride=3)
+    grid = torch.linspace(0, 1, 1001)
+    rg = ranks(glob).double()
+    loss = torch.zeros_like(grid, dtype=torch.float64)
+    for s in range(0, 12 - 2 - 4 + 1, 3):
+        rl = ranks(u2[:, s:s + 2].sum(1)).double()
+        ro = ranks(u2[:, s + 2:s + 6].sum(1)).double()
+        for j, a in enumerate(grid.tolist()):
+            loss[j] += (a * rl + (1 - a) * rg - ro).square().sum()
+    assert float(lam[0]) == pytest.approx(float(grid[loss.argmin()]), abs=2e-3)
+
+
+def test_lam_interpolates_in_log_tokens_and_clamps():
+    table, windows = torch.tensor([0.1, 0.3, 0.5]), torch.tensor([1.0, 4.0, 16.0])
+    out = lam_for_tokens(table, windows, torch.tensor([1, 2, 4, 8, 16, 1000]))
+    assert torch.allclose(out, torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 0.5]))
+
+
+def test_tilt_and_fill():
+    lam = torch.tensor([0.2, 0.6])
+    assert torch.equal(tilt(lam, 0.5), lam) and torch.equal(tilt(lam, None), lam)
+    assert torch.equal(tilt(lam, 1.0), torch.ones(2)) and torch.equal(tilt(lam, 0.0), torch.zeros(2))
+    assert bool((tilt(lam, 0.8) > lam).all())
+    filled = fill_missing(torch.tensor([[float("nan"), 0.2, float("nan")]]))
+    assert filled.tolist() == [[pytest.approx(0.2)] * 3]
+    with pytest.raises(ValueError, match="too short"):
+        fill_missing(torch.tensor([[float("nan")] * 3]))
