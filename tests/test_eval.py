@@ -9,10 +9,11 @@ from dataclasses import replace
 import pytest
 import torch
 
+from glass_llm import GlassConfig
 from glass_llm.cli import main
 from glass_llm.corpora import CorpusError, load_texts
-from glass_llm.evaluate import (EvalError, EvalSettings, generate_references, journal_path, plan_items, run_eval,
-                                split_documents)
+from glass_llm.evaluate import (EvalError, EvalSettings, generate_references, journal_path, plan_items,
+                                read_records_csv, run_eval, split_documents)
 from glass_llm.metrics import token_nll
 from glass_llm.teacher import continuation_logits
 
@@ -39,26 +40,49 @@ def _by(results, **kw):
     return [r for r in results if all(r[k] == v for k, v in kw.items())]
 
 
-def test_records_complete_and_finite(full_run):
+def test_results_are_the_records_aggregated(full_run):
     run, out = full_run
     assert len(run.records) == 2 * 2 * len(ALL_METHODS)
     assert len(run.results) == 2 * len(ALL_METHODS)
-    fields = {"model", "corpus", "method", "density", "lam", "prompt_tokens", "gen_tokens", "n_prompts", "ppl", "kl",
-              "kl_ci95", "jaccard_mean", "jaccard"}
     for r in run.results:
-        assert fields <= set(r)
-        assert r["n_prompts"] == 2 and r["gen_tokens"] == 6 and r["prompt_tokens"] == 5
-        assert math.isfinite(r["ppl"]) and r["ppl"] >= 1.0
-        assert math.isfinite(r["kl"]) and r["kl"] >= 0.0 and math.isfinite(r["kl_ci95"])
-        if r["method"] != "dense":
+        recs = _by(run.records, method=r["method"], density=r["density"], lam=r["lam"])
+        assert r["n_prompts"] == len(recs) == 2 and r["gen_tokens"] == 6 and r["prompt_tokens"] == 5
+        nll, kl = [x["nll"] for x in recs], [x["kl"] for x in recs]
+        assert r["ppl"] == pytest.approx(math.exp(sum(nll) / 2), rel=1e-12)
+        assert r["kl"] == pytest.approx(sum(kl) / 2, rel=1e-12)
+        # n = 2: half-width = t(0.975, 1) * |x1 - x2| / 2 (sd = |x1 - x2| / sqrt 2, se = sd / sqrt 2)
+        assert r["kl_ci95"] == pytest.approx(12.7062047 * abs(kl[0] - kl[1]) / 2, rel=1e-6, abs=1e-12)
+        assert r["ppl_ci95"][0] == pytest.approx(math.exp(sum(nll) / 2 - 12.7062047 * abs(nll[0] - nll[1]) / 2))
+        if r["method"] == "dense":
+            assert r["jaccard"] is None and r["kl"] == 0.0
+        else:
             assert len(r["jaccard"]) == 30
-            assert all(0.0 <= j <= 1.0 for j in r["jaccard"])
-    for name in ("results.json", "results.csv", "results.md", "fidelity_d0.5.png", "jaccard_layers_d0.5.png",
-                 "kl_vs_lam_d0.5.png"):
+            assert r["jaccard_mean"] == pytest.approx(sum(r["jaccard"]) / 30)
+    for name in ("results.json", "results.csv", "results.md", "records.csv", "fidelity_d0.5.png",
+                 "jaccard_layers_d0.5.png", "kl_vs_lam_d0.5.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0
-    saved = json.loads((out / "results.json").read_text())
-    assert len(saved) == len(run.results)
+    assert json.loads((out / "results.json").read_text()) == run.results
     assert (out / "results.csv").read_text().count("\n") == len(run.results) + 1
+    saved = read_records_csv((out / "records.csv").read_text())
+    assert [(r["method"], r["doc"], r["nll"], r["kl"]) for r in saved] == \
+        [(r["method"], r["doc"], r["nll"], r["kl"]) for r in run.records]
+
+
+def test_kl_record_equals_an_independent_float64_computation(full_run, smollm):
+    model, tok = smollm
+    run, _ = full_run
+    item = run.items[0]
+    prompt = torch.tensor([item.prompts[0]])
+    ref = generate_references(model, prompt, BASE.gen_tokens, tok.pad_token_id)
+    dense, _ = continuation_logits(model, prompt, ref, None)
+    sparse, _ = continuation_logits(model, prompt, ref, GlassConfig(method="griffin", density=0.5))
+    logp = torch.log_softmax(dense[0, 1:].double(), -1)
+    logq = torch.log_softmax(sparse[0, 1:].double(), -1)
+    want = float((logp.exp() * (logp - logq)).sum(-1).mean())
+    rec = _by(run.records, item=item.id, method="griffin", density=0.5)[0]
+    assert want > 0.01 and rec["kl"] == pytest.approx(want, rel=1e-3)
+    nll = float(-logq.gather(-1, ref[0, 1:, None]).mean())
+    assert rec["nll"] == pytest.approx(nll, rel=1e-4)
 
 
 def test_dense_has_zero_kl_and_the_dense_perplexity(full_run, smollm):

@@ -8,13 +8,13 @@ from __future__ import annotations
 import argparse
 import importlib
 
-from . import __version__
+from .version import __version__
 from .errors import UserError
 from .runner import run_command
 
 __all__ = ["CLIError", "build_parser", "main", "run_command"]
 
-COMMANDS = ("demo", "prior", "generate", "eval", "bench", "lm_eval")
+COMMANDS = ("demo", "prior", "generate", "eval", "bench", "lm_eval", "serve")
 
 
 class CLIError(UserError):

@@ -9,10 +9,13 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Sequence
 
+from .evaluation.report import method_label
+from .io import atomic_write
 from .methods import get_method
 
 _STYLE = {"dense": ("black", "-"), "griffin": ("tab:red", "-"), "global": ("tab:blue", "-"),
@@ -31,9 +34,6 @@ def _figure(ncols: int, width: float = 5.0, height: float = 3.6):
 
 
 def _save(fig, path: Path) -> Path:
-    from .evaluate import atomic_write
-    import io
-
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png")
@@ -48,8 +48,7 @@ def _series(results: Sequence[dict]) -> dict[str, list[dict]]:
     """Results grouped by display label (tunable methods: one series per lam)."""
     out: dict[str, list[dict]] = {}
     for r in results:
-        label = f"{r['method']} (lam {r['lam']:g})" if _tunable(r["method"]) else r["method"]
-        out.setdefault(label, []).append(r)
+        out.setdefault(method_label(r["method"], r["lam"]), []).append(r)
     return out
 
 
@@ -66,8 +65,9 @@ def plot_vs_prompt(results: Sequence[dict], density: float, path: Path) -> Path:
         color, ls = _style(label)
         if label != "dense":  # KL is 0 for dense: nothing to show on a log axis
             kl = [r["kl"] for r in rs]
-            low = [min(r["kl_ci95"], 0.95 * k) for r, k in zip(rs, kl)]  # keep the bars above 0
-            ax_kl.errorbar(x, kl, yerr=[low, [r["kl_ci95"] for r in rs]], label=label, color=color,
+            half = [r["kl_ci95"] or 0.0 for r in rs]  # None: a single prompt, no interval
+            low = [min(h, 0.95 * k) for h, k in zip(half, kl)]  # keep the bars above 0 on the log axis
+            ax_kl.errorbar(x, kl, yerr=[low, half], label=label, color=color,
                            linestyle=ls, marker="o", capsize=3)
         ax_ppl.plot(x, [r["ppl"] for r in rs], label=label, color=color, linestyle=ls, marker="o")
     model = rows[0]["model"] if rows else ""
