@@ -1,6 +1,6 @@
 """glass-llm: training-free FFN sparsification for faster generation (GLASS)."""
 
-__version__ = "0.1.0"
+from .version import __version__
 
 from .adapters import UnsupportedModelError, find_ffn_blocks  # noqa: E402
 from .engine import GlassConfig, GlassError, GlassHandle, apply_glass  # noqa: E402

@@ -11,15 +11,14 @@ import hashlib
 import importlib
 import importlib.util
 import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .errors import UserError
+from .io import atomic_dir, atomic_file
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -68,13 +67,11 @@ def _alias_gguf(alias: Alias) -> Path:
         pkg = importlib.import_module(alias.package)
         path = cache_dir() / "gguf" / alias.gguf
         if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".part")
             try:
-                pkg.assemble(tmp, overwrite=True)
+                with atomic_file(path) as tmp:
+                    pkg.assemble(tmp, overwrite=True)
             except (FileNotFoundError, ModuleNotFoundError) as err:
                 raise ModelNotAvailableError(f"{err}; install the parts with:\n    {alias.install}") from None
-            os.replace(tmp, path)
     if not path.is_file():
         raise ModelNotAvailableError(f"{path} is missing; reinstall with:\n    {alias.install}")
     return path
@@ -101,17 +98,9 @@ def _convert_gguf(gguf: Path, target: Path, suppress_tokens: tuple[int, ...] = (
         del model.config.quantization_config
     if suppress_tokens:
         model.generation_config.suppress_tokens = list(suppress_tokens)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def resolve(name: str) -> Path | str:

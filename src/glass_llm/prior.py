@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +18,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import __version__
+from .version import __version__
 from .adapters import FFNBlock, down_column_norms, find_ffn_blocks, weight_out_in
+from .io import atomic_file
 from .stats import STATISTICS, finalize
 
 
@@ -84,16 +84,8 @@ def save_prior(prior: Prior, path: str | os.PathLike) -> Path:
         tensors[stat] = prior.scores_for(stat).contiguous()
     meta = dict(prior.meta)
     meta.setdefault("glass_llm_version", __version__)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"glass_prior": json.dumps(meta, sort_keys=True)})
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"glass_prior": json.dumps(meta, sort_keys=True)})
     return path
 
 
