@@ -10,7 +10,10 @@ Steps (each ``glass eval`` run resumes if interrupted):
    prompt lengths (ties: the larger lam);
 3. test split, both models, all methods, density 0.5, prompt lengths 8/16/32/64, with
    that lam;
-4. copy the plots to benchmarks/figures/.
+4. copy the plots to benchmarks/figures/ and the raw records of every run (results.json,
+   the per-prompt records.csv, settings.json) to benchmarks/results/fidelity/<run>/, from
+   which benchmarks/render.py renders the tables (add ``<!-- render: fidelity <run> -->``
+   to a fragment in benchmarks/text/).
 With ``--ablation`` it instead compares global priors (size and source) on the
 calibration split: self-sampled text with 2048 / 8192 tokens, and CoQA stories.
 Wrap it in ``flock /tmp/glass-heavy.lock`` on a shared machine.
@@ -25,7 +28,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from glass_llm.evaluation.report import comparisons_markdown, paired_comparisons, read_records_csv
+
 HERE = Path(__file__).resolve().parent
+RECORDS = HERE / "results" / "fidelity"
+RAW_FILES = ("results.json", "records.csv", "settings.json")
 LAMS = "0,0.1,0.25,0.5,0.75,0.9,1"
 METHODS = "dense,griffin,global,magnitude,random,glass-a,glass-i"
 MODELS = ("smollm2-135m", "gemma3-270m")
@@ -35,6 +42,18 @@ def glass(*args: str) -> None:
     cmd = [sys.executable, "-m", "glass_llm", *args]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
+
+
+def keep_records(run_dir: Path, name: str) -> Path:
+    """Copy a finished run's raw records to benchmarks/results/fidelity/NAME/ (committed)."""
+    dest = RECORDS / name
+    dest.mkdir(parents=True, exist_ok=True)
+    for fname in RAW_FILES:
+        if not (run_dir / fname).is_file():
+            raise SystemExit(f"{run_dir / fname} is missing: the run did not finish (run the same command again)")
+        shutil.copyfile(run_dir / fname, dest / fname)
+    print(f"raw records: {dest}", flush=True)
+    return dest
 
 
 def pick_lam(results_path: Path, method: str = "glass-a") -> float:
@@ -74,6 +93,9 @@ def main() -> int:
             path = out / model / "results.json"
             if path.is_file():
                 print(compare_with_paper(json.loads(path.read_text()), model))
+            if (out / model / "records.csv").is_file():
+                records = read_records_csv((out / model / "records.csv").read_text())
+                print(comparisons_markdown(paired_comparisons(records, "griffin")))
         return 0
     common = ["--gen-tokens", args.gen_tokens, "--prior-tokens", args.prior_tokens, "--density", "0.5",
               "--batch-size", "16", "--corpus", "wikipedia", "--threads", args.threads]
@@ -82,6 +104,7 @@ def main() -> int:
         sweep = out / "lam-smollm2-135m"
         glass("eval", "smollm2-135m", "--split", "calib", "--methods", "dense,glass-a,glass-i", "--lam", LAMS,
               "--prompt-tokens", "8,32", "--prompts", args.calib_prompts, *common, "--out", str(sweep))
+        keep_records(sweep, "lam-smollm2-135m")
         lam = f"{pick_lam(sweep / 'results.json'):g}"
         print(f"chosen lam: {lam}", flush=True)
         figs = HERE / "figures"
@@ -99,6 +122,7 @@ def main() -> int:
         figs.mkdir(exist_ok=True)
         for name in ("fidelity_d0.5.png", "jaccard_layers_d0.5.png"):
             shutil.copy(dest / name, figs / f"{name[:-4]}_{model}.png")
+        keep_records(dest, model)
     return 0
 
 
@@ -141,6 +165,7 @@ def ablation(args, out: Path) -> int:
               "--prompt-tokens", "8,32", "--prompts", args.calib_prompts, "--gen-tokens", args.gen_tokens,
               "--density", "0.5", "--batch-size", "16", "--corpus", "wikipedia", "--threads", args.threads,
               "--prior", str(path), "--no-plots", "--out", str(out / f"prior-{name}"))
+        keep_records(out / f"prior-{name}", f"prior-{name}")
     return 0
 
 

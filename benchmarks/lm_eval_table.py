@@ -2,7 +2,8 @@
 
     python benchmarks/lm_eval_table.py benchmarks/lm_eval_results > table.md
 
-Layout read: RESULTS/<model>/<method>/**/results_*.json (the newest file wins).
+Layout read: RESULTS/<model>/<method>/**/results_*.json (the newest file wins, by the
+timestamp in its name). ``benchmarks/render.py`` puts these tables into BENCHMARKS.md.
 Each cell is accuracy in percent with its 95% interval half-width (1.96 x the
 harness's standard error) and, for tasks with it, acc_norm on a second line.
 """
@@ -21,7 +22,7 @@ METHODS = ("dense", "griffin", "glass")
 
 
 def newest_results(folder: Path) -> dict | None:
-    files = sorted(folder.rglob("results_*.json"), key=lambda p: p.stat().st_mtime)
+    files = sorted(folder.rglob("results_*.json"), key=lambda p: p.name)  # results_<ISO time>.json
     return json.loads(files[-1].read_text()) if files else None
 
 
@@ -56,6 +57,14 @@ def table(root: Path, metric: str) -> list[str]:
     return lines
 
 
+def markdown(root: Path) -> str:
+    """Both tables (acc, acc_norm) with their captions."""
+    return "\n".join(["Accuracy (%, ± 95% interval half-width = 1.96 x the harness's standard error)", "",
+                      *table(root, "acc"), "",
+                      "acc_norm (length-normalised accuracy; * = task has acc only, acc shown)", "",
+                      *table(root, "acc_norm")]) + "\n"
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print(__doc__, file=sys.stderr)
@@ -64,10 +73,7 @@ def main(argv: list[str]) -> int:
     if not root.is_dir():
         print(f"{root} is not a folder of results", file=sys.stderr)
         return 2
-    print("Accuracy (%, ± 95% interval half-width = 1.96 x the harness's standard error)\n")
-    print("\n".join(table(root, "acc")))
-    print("\nacc_norm (length-normalised accuracy; * = task has acc only, acc shown)\n")
-    print("\n".join(table(root, "acc_norm")))
+    print(markdown(root), end="")
     return 0
 
 

@@ -1,0 +1,73 @@
+"""BENCHMARKS.md is generated from committed records: it must equal the rendering, and
+the renderer's arithmetic must hold on records with known answers."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+from glass_llm.evaluation.report import comparisons_markdown, paired_comparisons
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _render_module():
+    spec = importlib.util.spec_from_file_location("render", ROOT / "benchmarks" / "render.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_committed_benchmarks_md_equals_the_rendering():
+    render = _render_module()
+    assert (ROOT / "BENCHMARKS.md").read_text(encoding="utf-8") == render.render(), \
+        "BENCHMARKS.md is out of date: edit benchmarks/text/ or the records, then run python benchmarks/render.py"
+
+
+def _run(step_s: float, total_s: float, rss: float = 1000.0) -> dict:
+    return {"median_step_s": step_s, "total_s": total_s, "select_s": 0.1, "peak_rss_mb": rss}
+
+
+def test_speed_row_takes_ratios_within_each_round():
+    record = {"density": 0.5, "batch": 2, "share_batch": True, "gen_tokens": 64, "compact_weights_mb": 152.0,
+              "max_load_avg": 1.5,
+              "raw": {"dense": [_run(0.10, 10.0), _run(0.20, 20.0), _run(0.12, 12.0)],
+                      "skip-ffn": [_run(0.06, 0.0), _run(0.12, 0.0), _run(0.08, 0.0)],
+                      "d=0.5": [_run(0.08, 8.0), _run(0.10, 16.0), _run(0.10, 10.0)]}}
+    row = _render_module().speed_row(record)
+    # per round: speed-up 1.25, 2.0, 1.2; ideal 0.10/0.08 = 1.25, 0.20/0.16 = 1.25, 0.12/0.10 = 1.2
+    assert row[:5] == ["2", "1 shared", "0.5", "64", "3"]
+    assert row[5] == "16.7 (10.0-20.0)"  # dense tok/s = batch / step
+    assert row[7] == "1.25 (1.20-2.00)"
+    assert row[8] == "1.25 (1.20-1.25)"
+    assert row[9] == "1.00 (1.00-1.60)"  # efficiency per round: 1.0, 1.6, 1.0
+    assert row[10] == "1.25 (1.20-1.25)"  # end to end: 10/8, 20/16, 12/10
+
+
+def test_unknown_directive_is_a_clear_error(tmp_path):
+    render = _render_module()
+    (tmp_path / "00-a.md").write_text("# A\n\n<!-- render: plot x -->\n", encoding="utf-8")
+    with pytest.raises(render.RenderError, match="00-a.md:3: unknown table kind 'plot'"):
+        render.render(tmp_path)
+
+
+def _records(method: str, nll: list[float], kl: list[float]) -> list[dict]:
+    return [{"method": method, "density": 0.5, "lam": 1.0 if method == "griffin" else 0.5, "prompt_tokens": 8,
+             "doc": i, "item": "P8-b0", "nll": n, "kl": k} for i, (n, k) in enumerate(zip(nll, kl))]
+
+
+def test_paired_comparisons_pair_by_prompt():
+    base_nll = [1.0, 2.0, 3.0, 4.0]
+    records = (_records("griffin", base_nll, [1.0, 2.0, 3.0, 4.0])
+               + _records("glass-a", [x - math.log(2) for x in base_nll], [0.5, 1.5, 2.5, 3.5])
+               + _records("dense", [0.5] * 4, [0.0] * 4))
+    (c,) = paired_comparisons(records, "griffin")
+    assert c["label"] == "glass-a (lam 0.5)" and c["n"] == 4
+    assert c["ppl_ratio"].mean == pytest.approx(0.5) and c["ppl_ratio"].high == pytest.approx(0.5)
+    assert c["kl_diff"].mean == pytest.approx(-0.5) and c["kl_diff"].excludes_zero
+    assert c["kl_rel"] == pytest.approx(-0.5 / 2.5)
+    table = comparisons_markdown([c])
+    assert "| 0.5 | 8 | glass-a (lam 0.5) | 4 | 0.500 [0.500, 0.500]* | -0.500 [-0.500, -0.500]* | -20.0% |" in table
