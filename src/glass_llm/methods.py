@@ -32,7 +32,17 @@ class MethodSpec:
 
     @property
     def needs_prior(self) -> bool:
-        return self.global_source == "prior" and (self.lam is None or self.lam < 1)
+        """Whether this method reads the global prior at its own lam (the default for a tunable one)."""
+        return self.needs_prior_at()
+
+    def needs_prior_at(self, lam: float | None = None) -> bool:
+        """Whether selecting with this method at ``lam`` reads the global prior: the one place
+        that decides it. A fixed-lam method ignores ``lam``; ``None`` means ``DEFAULT_LAM``.
+        The prior enters the aggregation only when its weight ``1 - lam`` is positive."""
+        if self.dense or self.global_source != "prior":
+            return False
+        resolved = self.lam if self.lam is not None else (DEFAULT_LAM if lam is None else float(lam))
+        return resolved < 1
 
 
 METHODS: dict[str, MethodSpec] = {}

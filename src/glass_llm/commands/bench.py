@@ -55,7 +55,7 @@ def run(args) -> int:
     say(f"loading {args.model} ...")
     model, tok = load_model(args.model, dtype=args.dtype)
     prior = None
-    if get_method(args.method).needs_prior and lam < 1:
+    if get_method(args.method).needs_prior_at(lam):
         prior = get_or_build_prior(model, tok, args.model, path=args.prior, n_tokens=args.prior_tokens,
                                    progress=not args.quiet)
     settings = BenchSettings(densities=tuple(args.density), gen_tokens=args.gen_tokens, repeats=args.repeats,

@@ -51,7 +51,7 @@ def run(args) -> int:
     model, tok = load_model(args.model, dtype=args.dtype)
     enc = encode_prompt(tok, prompt, args.raw)
     prior = None
-    if get_method(args.method).needs_prior and lam < 1:
+    if get_method(args.method).needs_prior_at(lam):
         prior = get_or_build_prior(model, tok, args.model, path=args.prior, n_tokens=args.prior_tokens)
     torch.manual_seed(args.seed)
     streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True)

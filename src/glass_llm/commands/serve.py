@@ -57,7 +57,7 @@ def loader(args):
 
         model, tok = load_model(args.model, dtype=args.dtype, device=getattr(args, "device", None) or "cpu")
         prior = None
-        if args.prior is not None or (get_method(args.method).needs_prior and (args.lam is None or args.lam < 1)):
+        if args.prior is not None or get_method(args.method).needs_prior_at(args.lam):
             prior = get_or_build_prior(model, tok, args.model, path=args.prior, n_tokens=args.prior_tokens)
         context = getattr(model.config, "max_position_embeddings", None) or getattr(tok, "model_max_length", 2048)
         return Loaded(model=model, tokenizer=tok, prior=prior, context_length=int(context))
