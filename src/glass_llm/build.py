@@ -1,6 +1,6 @@
 """Build a global prior from text the model writes itself, or from a text corpus.
 
-Self-sampling (the default, DESIGN section 4): sequences are sampled at temperature 1
+Self-sampling (the default, docs/method.md section 3): sequences are sampled at temperature 1
 from the full distribution, starting at BOS and, for chat models, also from an empty
 user turn. Batch ``i`` is seeded with ``seed + i``, so the sequences depend on the
 batch index only: a run split over several processes samples the same text, and the

@@ -1,6 +1,6 @@
 """How much to trust the prompt: the lam rule of the adaptive ``glass``. Pure tensor math.
 
-DESIGN section 5 gives the fusion ``s = lam * r_loc + (1 - lam) * r_glob``, the MAP ranking
+docs/method.md (section 4) gives the fusion ``s = lam * r_loc + (1 - lam) * r_glob``, the MAP ranking
 when the local and global rankings are Mallows draws (Spearman's rho as distance) around
 the true ranking with dispersions ``theta_L`` and ``theta_G``: ``lam = theta_L / (theta_L +
 theta_G)``. Spearman's rho is a squared rank distance, so a Mallows draw is, for many

@@ -1,4 +1,4 @@
-"""Global priors (DESIGN section 4): build, save, load and check against a model.
+"""Global priors (docs/method.md, section 3): build, save, load and check against a model.
 
 A prior holds, for every FFN block, the activation and impact statistics accumulated
 over many tokens, plus metadata that identifies the model it was built for. Files are

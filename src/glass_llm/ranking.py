@@ -1,4 +1,4 @@
-"""Rank aggregation and neuron selection (DESIGN section 5): pure tensor math.
+"""Rank aggregation and neuron selection (docs/method.md, sections 4-5): pure tensor math.
 
 Ranks run from 1 (most important) to n; ties are broken by index (the lower index
 gets the better rank) so that every result is deterministic.

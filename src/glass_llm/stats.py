@@ -1,4 +1,4 @@
-"""Neuron statistics (DESIGN section 3): pure tensor math, no model plumbing.
+"""Neuron statistics (docs/method.md, section 2): pure tensor math, no model plumbing.
 
 A statistic is accumulated in two steps so that it can be summed over batches,
 prompts and processes before it is finalised:

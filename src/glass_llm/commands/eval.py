@@ -1,6 +1,6 @@
 """glass eval MODEL [--methods M,...] [--density D,...] [--prompt-tokens P,...] --out DIR
 
-Fidelity to the dense model (DESIGN section 7): for short prompts cut from held
+Fidelity to the dense model (docs/method.md, section 7): for short prompts cut from held
 documents, the dense model writes a greedy reference; every method is scored
 teacher-forced on it (perplexity, KL(dense || method), Jaccard with the oracle set).
 Writes DIR/results.{json,csv,md} and PNG plots; an interrupted run resumes.
