@@ -85,7 +85,8 @@ class EvalSettings:
 
     def prior_methods(self) -> list[str]:
         """The listed methods that need a global prior (``MethodSpec.needs_prior``)."""
-        return [m for m in self.methods if m != ORACLE and get_method(m).needs_prior]
+        return [m for m in self.methods
+                if m != ORACLE and any(get_method(m).needs_prior_at(lam) for lam in self.lams)]
 
     def needs_prior(self) -> bool:
         return bool(self.prior_methods())
