@@ -44,10 +44,6 @@ def register_corpus(name: str):
     return deco
 
 
-def corpus_names() -> list[str]:
-    return sorted(CORPORA)
-
-
 def load_texts(source: str) -> list[str]:
     """Documents of a named corpus, or of a file: ``.jsonl`` (a ``text`` field per line)
     or plain text (documents separated by blank lines)."""
