@@ -11,13 +11,26 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from glass_llm import GlassConfig, apply_glass
-from glass_llm.metrics import perplexity
+from glass_llm.metrics import kl_per_token, perplexity, token_nll
 from glass_llm.teacher import continuation_logits
 
 PROMPTS = ["Explain why the sky is blue.", "Tell me about the city of Paris."]
+
+
+def test_metrics_on_known_distributions():
+    p = torch.log(torch.tensor([[0.5, 0.5], [0.9, 0.1]]))
+    q = torch.log(torch.tensor([[0.25, 0.75], [0.9, 0.1]]))
+    # KL(p || q) = 0.5 ln(0.5 / 0.25) + 0.5 ln(0.5 / 0.75); identical rows give 0
+    kl = kl_per_token(p + 3.0, q - 1.0)  # logits: any shift per row is the same distribution
+    assert kl.tolist() == [pytest.approx(0.5 * math.log(2) + 0.5 * math.log(2 / 3), abs=1e-6), pytest.approx(0.0, abs=1e-6)]
+    targets = torch.tensor([1, 0])
+    assert token_nll(q, targets).tolist() == [pytest.approx(-math.log(0.75)), pytest.approx(-math.log(0.9))]
+    # perplexity = exp(mean NLL) = 1 / geometric mean of the target probabilities
+    assert perplexity(q, targets) == pytest.approx(1 / math.sqrt(0.75 * 0.9))
 
 
 def _dense_ppl_of_generation(model, tok, prior, method):
