@@ -14,7 +14,8 @@ a table computed from the records under ``benchmarks/results/`` (or, for ``lm-ev
 * ``<!-- render: fidelity NAME -->``: the tables of ``results/fidelity/NAME/``
   (``results.json`` from ``glass eval``, copied there by ``benchmarks/fidelity.py``) and,
   when the per-prompt ``records.csv`` is there, paired comparisons against GRIFFIN and
-  against glass-a on the same prompts, with 95% t intervals.
+  against glass-a on the same prompts, with 95% t intervals. Without NAME: every run
+  under ``results/fidelity/``, each under its own heading.
 * ``<!-- render: lm-eval -->``: the accuracy tables of ``benchmarks/lm_eval_table.py``.
 
 To add a section: commit its records under ``benchmarks/results/`` (small JSON/CSV), write
@@ -114,23 +115,31 @@ def render_speed(model: str | None) -> str:
 # fidelity ---------------------------------------------------------------------------
 
 
-def render_fidelity(name: str | None) -> str:
-    if not name:
-        raise RenderError("the fidelity directive needs a run name: <!-- render: fidelity NAME -->")
-    folder = RESULTS / "fidelity" / name
+def _fidelity_run(folder: Path, heading: str) -> str:
     path = folder / "results.json"
     if not path.is_file():
         raise RenderError(f"no fidelity results at {path} (copy them with benchmarks/fidelity.py)")
-    parts = [results_markdown(json.loads(path.read_text(encoding="utf-8")), heading="####").rstrip()]
+    parts = [results_markdown(json.loads(path.read_text(encoding="utf-8")), heading=heading).rstrip()]
     records_path = folder / "records.csv"
     if records_path.is_file():
         records = read_records_csv(records_path.read_text(encoding="utf-8"))
         for baseline in ("griffin", "glass-a"):
             table = comparisons_markdown(paired_comparisons(records, baseline))
             if table:
-                parts.append(f"#### Paired against {baseline} on the same prompts (95% t intervals; "
+                parts.append(f"{heading} Paired against {baseline} on the same prompts (95% t intervals; "
                              "* = the interval excludes no change)\n\n" + table.rstrip())
     return "\n\n".join(parts)
+
+
+def render_fidelity(name: str | None) -> str:
+    """One run's tables, or, without a name, every run under results/fidelity/ under its
+    own heading (a note when none is committed)."""
+    if name:
+        return _fidelity_run(RESULTS / "fidelity" / name, "####")
+    runs = sorted(p for p in (RESULTS / "fidelity").glob("*") if (p / "results.json").is_file())
+    if not runs:
+        return "No fidelity records are committed yet."
+    return "\n\n".join(f"#### Run `{run.name}`\n\n" + _fidelity_run(run, "#####") for run in runs)
 
 
 # lm-eval ----------------------------------------------------------------------------

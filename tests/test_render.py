@@ -4,6 +4,7 @@ the renderer's arithmetic must hold on records with known answers."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -71,3 +72,23 @@ def test_paired_comparisons_pair_by_prompt():
     assert c["kl_rel"] == pytest.approx(-0.5 / 2.5)
     table = comparisons_markdown([c])
     assert "| 0.5 | 8 | glass-a (lam 0.5) | 4 | 0.500 [0.500, 0.500]* | -0.500 [-0.500, -0.500]* | -20.0% |" in table
+
+
+def test_a_fidelity_run_renders_tables_and_paired_comparisons(tmp_path):
+    from types import SimpleNamespace
+
+    from glass_llm.evaluation.report import aggregate, records_csv
+
+    records = (_records("griffin", [1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+               + _records("glass-a", [0.9, 1.8, 2.9], [0.8, 1.9, 2.7]))
+    for r in records:
+        r["statistic"], r["jaccard"], r["positions"] = "activation", [0.5, 0.7], 63
+    settings = SimpleNamespace(model="m", corpus="c", split="test", gen_tokens=64, methods=("griffin", "glass-a"))
+    (tmp_path / "results.json").write_text(json.dumps(aggregate(records, settings)), encoding="utf-8")
+    (tmp_path / "records.csv").write_text(records_csv(records), encoding="utf-8")
+    text = _render_module()._fidelity_run(tmp_path, "####")
+    assert "| griffin | 2.000 ± 2.484 |" in text  # mean 2, t(0.975, 2) * 1 / sqrt(3) = 2.484
+    assert "#### Paired against griffin" in text and "| 0.5 | 8 | glass-a (lam 0.5) | 3 |" in text
+    # against glass-a, GRIFFIN's KL is higher by 0.2, 0.1, 0.3: mean +0.200, t(0.975, 2) * 0.1 / sqrt(3) = 0.248
+    assert "| 0.5 | 8 | griffin | 3 |" in text.split("Paired against glass-a")[1]
+    assert "+0.200 [-0.048, +0.448] |" in text
