@@ -66,6 +66,12 @@ def loader(args):
 
 
 def run(args) -> int:
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ModuleNotFoundError as err:
+        raise CLIError(f"glass serve needs {err.name}: pip install 'glass-llm[serve]' "
+                       "(or the pinned versions in requirements.lock)") from None
     from ..serve.app import ServeSettings
     from ..serve.protocol import GlassSettings
     from ..serve.server import serve

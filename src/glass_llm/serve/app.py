@@ -102,7 +102,8 @@ class Service:
     # routes ------------------------------------------------------------------------
     async def health(self, request: Request) -> JSONResponse:
         state = "stopping" if self.draining else self.worker.state
-        body = {"status": "ok" if state == "ready" else state, "model": self.settings.model_name}
+        body = {"status": "ok" if state == "ready" else state, "model": self.settings.model_name,
+                "requests_in_flight": self.worker.in_flight}
         if self.worker.error:
             body["error"] = self.worker.error
         return JSONResponse(body, status_code=200 if state == "ready" else 503)

@@ -77,9 +77,14 @@ class Worker:
         self._thread.join(timeout)
 
     @property
-    def idle(self) -> bool:
+    def in_flight(self) -> int:
+        """Requests submitted and not yet finished by the model thread."""
         with self._lock:
-            return self._active == 0
+            return self._active
+
+    @property
+    def idle(self) -> bool:
+        return self.in_flight == 0
 
     def submit(self, job: Job) -> None:
         if self.state != "ready":
