@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from ..cli import CLIError
+from ..errors import UserError
 from .common import add_model_arg
 
 
@@ -39,11 +39,11 @@ def _check(args) -> None:
     for name in ("port", "max_batch", "max_tokens"):
         value = getattr(args, name)
         if value < (0 if name == "port" else 1):
-            raise CLIError(f"--{name.replace('_', '-')} must be positive, got {value}")
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
     if args.port > 65535:
-        raise CLIError(f"--port must be at most 65535, got {args.port}")
+        raise UserError(f"--port must be at most 65535, got {args.port}")
     if args.batch_wait_ms < 0:
-        raise CLIError(f"--batch-wait-ms must not be negative, got {args.batch_wait_ms:g}")
+        raise UserError(f"--batch-wait-ms must not be negative, got {args.batch_wait_ms:g}")
 
 
 def loader(args):
@@ -70,7 +70,7 @@ def run(args) -> int:
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
     except ModuleNotFoundError as err:
-        raise CLIError(f"glass serve needs {err.name}: pip install 'glass-llm[serve]' "
+        raise UserError(f"glass serve needs {err.name}: pip install 'glass-llm[serve]' "
                        "(or the pinned versions in requirements.lock)") from None
     from ..serve.app import ServeSettings
     from ..serve.protocol import GlassSettings
@@ -83,5 +83,5 @@ def run(args) -> int:
     worker = serve(loader(args), settings, args.host, args.port, args.max_batch, args.share_batch,
                    batch_wait=args.batch_wait_ms / 1000, log_level=args.log_level)
     if worker.state == "failed":
-        raise CLIError(worker.error or "loading the model failed")
+        raise UserError(worker.error or "loading the model failed")
     return 0

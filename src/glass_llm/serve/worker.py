@@ -18,6 +18,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..runner import is_user_error
 from .decode import Row, eos_token_ids, run_batch
 from .protocol import GenerationRequest
 
@@ -102,8 +103,9 @@ class Worker:
             self.eos_ids = eos_token_ids(self.loaded.model, self.loaded.tokenizer)
             self.state = "ready"
         except Exception as err:  # reported by /health and by the command
-            log.exception("loading the model failed")
             self.error, self.state = f"loading the model failed: {err}", "failed"
+            if not is_user_error(err):
+                log.exception("loading the model failed")
         finally:
             self.ready.set()
         while self.state == "ready":
