@@ -194,8 +194,15 @@ def test_simple_evaluate_runs_every_offline_task(smollm, smollm_prior):
     from glass_llm.lmeval import simple_evaluate
 
     lm = glass_lm(smollm, smollm_prior, method="glass", density=0.5)
-    out = simple_evaluate(model=lm, tasks=["glass_offline"], limit=DOCS, bootstrap_iters=0)
+    out = simple_evaluate(model=lm, tasks=["glass_offline"], limit=DOCS, bootstrap_iters=0, log_samples=True)
     assert set(TASK_NAMES) <= set(out["results"])
     for name in TASK_NAMES:
-        assert 0.0 <= out["results"][name]["acc,none"] <= 1.0
         assert out["n-samples"][name]["effective"] == DOCS
+        # accuracy recomputed from the per-document log-likelihoods: the choice with the
+        # highest one must be the gold choice (tasks whose target is the choice index)
+        samples = out["samples"][name]
+        assert len(samples) == DOCS
+        if all(isinstance(s["target"], int) for s in samples):
+            hits = [max(range(len(s["filtered_resps"])), key=lambda i: s["filtered_resps"][i][0]) == s["target"]
+                    for s in samples]
+            assert out["results"][name]["acc,none"] == pytest.approx(sum(hits) / DOCS)

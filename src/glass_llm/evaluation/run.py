@@ -19,7 +19,8 @@ from ..io import atomic_write
 from ..prior import Prior, model_identity
 from .journal import append_journal, journal_path, parse_journal, read_journal
 from .plan import EvalError, EvalSettings, WorkItem, plan_items, settings_key
-from .report import aggregate, records_csv, results_csv, results_markdown
+from .report import (aggregate, comparisons_markdown, paired_comparisons, records_csv, results_csv,
+                     results_markdown)
 from .score import evaluate_item
 
 Gather = Callable[[list[dict]], list[dict]]
@@ -27,6 +28,12 @@ Gather = Callable[[list[dict]], list[dict]]
 
 def _identity(records: list[dict]) -> list[dict]:
     return records
+
+
+def _paired_markdown(records: Sequence[dict]) -> str:
+    """Paired comparisons against GRIFFIN, when it was run (section for results.md)."""
+    table = comparisons_markdown(paired_comparisons(records, "griffin"))
+    return f"\n### Paired against griffin on the same prompts (95% t intervals)\n\n{table}" if table else ""
 
 
 def write_outputs(out_dir: str | os.PathLike, results: list[dict], settings: EvalSettings, key: str,
@@ -37,7 +44,8 @@ def write_outputs(out_dir: str | os.PathLike, results: list[dict], settings: Eva
     written = [
         atomic_write(out / "results.json", json.dumps(results, indent=1) + "\n"),
         atomic_write(out / "results.csv", results_csv(results)),
-        atomic_write(out / "results.md", results_markdown(results, title=f"Fidelity: {settings.model}")),
+        atomic_write(out / "results.md", results_markdown(results, title=f"Fidelity: {settings.model}")
+                     + _paired_markdown(records)),
         atomic_write(out / "settings.json", json.dumps({"key": key, **asdict(settings)}, indent=1) + "\n"),
     ]
     if records:
