@@ -137,7 +137,7 @@ class Distributed:
 
     def all_gather_lists(self, items: list[Any]) -> list[Any]:
         """The concatenation, in rank order, of every process's list, on every process
-        (the ``gather`` hook of ``glass_llm.evaluate.run_eval``)."""
+        (the ``gather`` hook of ``glass_llm.evaluation.run_eval``)."""
         return [x for part in self.all_gather_objects(items) for x in part]
 
     def gather_objects(self, obj: Any) -> list[Any] | None:
