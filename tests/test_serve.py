@@ -27,6 +27,45 @@ QUESTION = "What is the capital of France?"
 pytestmark = pytest.mark.slow
 
 
+def test_held_back_keeps_possible_stop_prefixes():
+    from glass_llm.serve.decode import held_back
+
+    assert held_back("Hello wor", ("world",)) == 3
+    assert held_back("Hello", ("world", "lo!")) == 2
+    assert held_back("Hello", ("x",)) == 0
+    assert held_back("caf\ufffd", ()) == 4  # an incomplete character waits for its next byte
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"prompt": "hi", "n": 9}, "n"),
+    ({"prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"prompt": "hi", "stop": [""]}, "stop"),
+    ({"prompt": "hi", "logprobs": 2}, "logprobs"),
+    ({"prompt": "hi", "top_p": 0}, "top_p"),
+    ({"prompt": "hi", "glass": {"method": "griffin", "lam": 0.3}}, "glass.lam"),
+    ({"prompt": "hi", "glass": "fast"}, "glass"),
+    ({"prompt": 5}, "prompt"),
+])
+def test_parse_request_names_the_bad_field(body, param):
+    from glass_llm.serve.protocol import GlassSettings, RequestError, parse_request
+
+    with pytest.raises(RequestError) as err:
+        parse_request("completion", body, GlassSettings("glass", 0.5), has_prior=True, max_batch=8)
+    assert err.value.param == param and err.value.status == 400
+
+
+def test_parse_request_defaults_and_batch_key():
+    from glass_llm.serve.protocol import GlassSettings, parse_request
+
+    default = GlassSettings("glass", 0.5)
+    a = parse_request("completion", {"prompt": "hi", "temperature": 0}, default, True, 8)
+    b = parse_request("completion", {"prompt": "ho", "temperature": 0, "max_tokens": 3}, default, True, 8)
+    c = parse_request("completion", {"prompt": "hi", "temperature": 0, "glass": {"density": 0.7}}, default, True, 8)
+    assert a.glass == default and a.sampling.greedy and a.n == 1 and not a.stream
+    assert a.batch_key() == b.batch_key() != c.batch_key()
+    assert c.glass == GlassSettings("glass", 0.7)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
