@@ -16,7 +16,11 @@ PATHS = ("sliced", "masked")
 class GlassConfig:
     """What to apply. ``lam``/``statistic`` default to the method's own settings.
 
-    density: one fraction for every FFN block, or a sequence with one per block.
+    density: one fraction for every FFN block, or a sequence with one per block. For
+    ``glass`` one fraction is the mean over blocks (weighted by size), spread across them by
+    the prior's sensitivity profile; a sequence overrides that schedule.
+    lam: the prompt ranking's weight. For ``glass`` the prior's calibration sets it per
+    block and prompt length, and ``lam`` shifts those in log-odds (0.5 keeps them).
     path: "sliced" (physically smaller weights, the fast path) or "masked" (unselected
     neurons zeroed, the reference path). share_batch: one neuron set for the whole batch,
     chosen from the rows' combined statistic (faster decode for large batches).

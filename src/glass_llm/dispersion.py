@@ -119,3 +119,45 @@ def check_table(table: torch.Tensor, windows: torch.Tensor, n_blocks: int) -> No
                          f"and the table {windows.numel()} windows: it was measured on another model")
     if not bool(((table >= 0) & (table <= 1)).all()):
         raise ValueError("the lam table holds values outside [0, 1]; recompute it")
+
+
+LAM_GRID = tuple(i / 20 for i in range(21))
+
+
+def window_score_lams(u2: torch.Tensor, lengths: torch.Tensor, prior_mean: torch.Tensor,
+                      windows: Sequence[int] = WINDOWS, horizon: int = 64, stride: int = 8,
+                      density: float = 0.5, grid: Sequence[float] = LAM_GRID) -> torch.Tensor:
+    """Score fusion's lam for each window length, one layer: the weight ``lam`` in
+    ``lam * (window's mean u^2) + (1 - lam) * (prior's mean u^2)`` whose top ``density``
+    neurons overlap most, on average, with the top neurons of the following ``horizon``
+    tokens. Same windows and arguments as :func:`window_lams`; NaN where none fits.
+
+    Both means are distributions over the neurons (each token's ``u^2`` sums to 1), so the
+    mix is the posterior-mean estimate of the generation's statistic when the prior counts
+    as ``n (1 - lam) / lam`` pseudo-tokens against the prompt's ``n``.
+    """
+    B, T, d = u2.shape
+    k = max(1, min(d, int(round(density * d))))
+    cum = torch.cat([torch.zeros(B, 1, d, dtype=torch.float64), u2.double().cumsum(1)], dim=1)
+    prior = prior_mean.double()
+    out = []
+    for w in windows:
+        locs, orcs = [], []
+        for s in range(0, T - w - horizon + 1, stride):
+            rows = (lengths >= s + w + horizon).nonzero().flatten()
+            if rows.numel():
+                locs.append((cum[rows, s + w] - cum[rows, s]) / w)
+                orcs.append(cum[rows, s + w + horizon] - cum[rows, s + w])
+        if not locs:
+            out.append(float("nan"))
+            continue
+        local, oracle = torch.cat(locs), torch.cat(orcs)
+        truth = torch.zeros(local.shape, dtype=torch.bool).scatter_(1, oracle.topk(k, dim=1).indices, True)
+        best, best_lam = -1.0, 0.0
+        for lam in grid:
+            top = (lam * local + (1 - lam) * prior).topk(k, dim=1).indices
+            hit = float(truth.gather(1, top).float().mean())
+            if hit > best + 1e-9:
+                best, best_lam = hit, float(lam)
+        out.append(best_lam)
+    return torch.tensor(out, dtype=torch.float32)

@@ -2,9 +2,11 @@
 
 Every method selects neurons by ``ranking.select(local, global, lam, density)``; a
 method only fixes which local statistic it uses, where its global scores come from
-and which ``lam`` it uses. New methods and new global sources plug in with the
-``register_method`` / ``register_global_source`` decorators, without touching the
-engine.
+and which ``lam`` it uses. The default ``glass`` goes beyond the paper with two
+calibrated settings (``adaptive`` lam, per-layer ``schedule``; see ``selection``);
+``glass-a``/``glass-i`` are the paper's method, unchanged. New methods and new global
+sources plug in with the ``register_method`` / ``register_global_source`` decorators,
+without touching the engine.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ class MethodSpec:
     statistic: str = "activation"
     global_source: str | None = "prior"
     dense: bool = False
+    # Beyond the paper (read from the prior's selection calibration, see selection.py):
+    adaptive: bool = False  # lam per block from the prompt's token count (dispersion.py)
+    schedule: bool = False  # per-block density under the one density asked for (schedule.py)
+    fusion: str = "rank"  # with adaptive: "rank" (weighted mean rank) or "score" (mixed mean statistic)
 
     @property
     def needs_prior(self) -> bool:
@@ -66,11 +72,17 @@ for _spec in (
     MethodSpec("dense", "the unmodified model (no sparsity)", lam=1.0, global_source=None, dense=True),
     MethodSpec("griffin", "prompt-only selection by activation (GRIFFIN, lam=1)", lam=1.0, global_source=None),
     MethodSpec("global", "static selection by the global prior alone (lam=0)", lam=0.0),
-    MethodSpec("glass", "GLASS: prompt activation ranks merged with the prior's (A-GLASS)"),
-    MethodSpec("glass-a", "A-GLASS: activation statistic, prompt merged with prior"),
+    MethodSpec("glass", "GLASS, calibrated: per-layer density and a lam that grows with the prompt's length",
+               adaptive=True, schedule=True),
+    MethodSpec("glass-a", "A-GLASS (the paper): activation statistic, prompt merged with prior"),
     MethodSpec("glass-i", "I-GLASS: impact statistic, prompt merged with prior", statistic="impact"),
     MethodSpec("magnitude", "static selection by weight norms ||W_gate[j]||*||W_up[j]||", lam=0.0, global_source="magnitude"),
     MethodSpec("random", "static random selection (seeded)", lam=0.0, global_source="random"),
+    MethodSpec("glass-schedule", "ablation of glass: per-layer density, fixed lam", schedule=True),
+    MethodSpec("glass-adaptive", "ablation of glass: adaptive lam, uniform density", adaptive=True),
+    MethodSpec("glass-score", "glass with score fusion: prompt and prior mean statistics mixed", adaptive=True,
+               schedule=True, fusion="score"),
+    MethodSpec("glass-score-adaptive", "ablation: score fusion, uniform density", adaptive=True, fusion="score"),
 ):
     register_method(_spec)
 

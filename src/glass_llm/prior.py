@@ -21,6 +21,7 @@ from torch import nn
 from .version import __version__
 from .adapters import FFNBlock, down_column_norms, find_ffn_blocks, weight_out_in
 from .io import atomic_file
+from .calibration_data import FORMAT_VERSION, Calibration
 from .stats import STATISTICS, finalize
 
 
@@ -33,6 +34,7 @@ class Prior:
     sums: torch.Tensor  # (n_blocks, d_ff) accumulated sum of u^2
     down_norms: torch.Tensor  # (n_blocks, d_ff) ||W_down[:, j]||
     meta: dict = field(default_factory=dict)
+    calibration: "Calibration | None" = None  # format 2: selection calibration (calibration_data)
 
     def scores_for(self, statistic: str) -> torch.Tensor:
         return torch.stack([finalize(s, statistic, n) for s, n in zip(self.sums, self.down_norms)])
@@ -44,23 +46,46 @@ class Prior:
     def check_matches(self, model: nn.Module, blocks: list[FFNBlock] | None = None) -> None:
         ident = model_identity(model, blocks)
         mine = self.meta.get("model", {})
-        for key in ("n_layers", "d_ff", "hidden_size", "model_type", "fingerprint"):
+        # Newer priors carry a small probe of weights, compared with a tolerance (the same
+        # weights in float32, bfloat16 or float16 round differently); older ones a hash.
+        keys = ["n_layers", "d_ff", "hidden_size", "model_type"]
+        if "probe" not in mine:
+            keys.append("fingerprint")
+        for key in keys:
             if mine.get(key) != ident[key]:
-                raise PriorError(
-                    f"this prior was built for another model ({key}: prior has {mine.get(key)!r}, "
-                    f"model has {ident[key]!r}; prior model: {mine.get('name', '?')}). "
-                    "Build a prior for this model with `glass prior MODEL -o FILE`."
-                )
+                self._mismatch(key, mine.get(key), ident[key])
+        if "probe" in mine and not _probes_match(mine["probe"], ident["probe"]):
+            self._mismatch("weights", "a probe of other values", "different FFN weights")
+
+    def _mismatch(self, key: str, prior_value, model_value) -> None:
+        raise PriorError(
+            f"this prior was built for another model ({key}: prior has {prior_value!r}, "
+            f"model has {model_value!r}; prior model: {self.meta.get('model', {}).get('name', '?')}). "
+            "Build a prior for this model with `glass prior MODEL -o FILE`."
+        )
+
+
+PROBE_RTOL = 2 ** -6  # bf16 keeps 8 significant bits (relative rounding <= 2**-9); fp16 keeps 11
+
+
+def _probes_match(a: list[float], b: list[float]) -> bool:
+    if len(a) != len(b):
+        return False
+    x, y = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    return bool(((x - y).abs() <= PROBE_RTOL * torch.maximum(x.abs(), y.abs()) + 1e-6).all())
 
 
 def model_identity(model: nn.Module, blocks: list[FFNBlock] | None = None) -> dict:
-    """Architecture, sizes and a fingerprint of the FFN weights (bf16-rounded, so the
-    same weights loaded in fp32, bf16 or fp16 are recognised)."""
+    """Architecture, sizes, a fingerprint of the FFN weights (bf16-rounded) and a probe of
+    64 weights that ``check_matches`` compares with a tolerance, so the same weights
+    loaded in float32, bfloat16 or float16 are recognised."""
     blocks = blocks if blocks is not None else find_ffn_blocks(model)
     h = hashlib.sha256()
+    probe: list[float] = []
     for b in (blocks[0], blocks[-1]):
         w = weight_out_in(b.output_module).detach()[:16, :64]
         h.update(w.to(torch.bfloat16).float().cpu().numpy().tobytes())
+        probe += [round(float(v), 7) for v in w[0, :32].float().cpu()]
     config = getattr(model, "config", None)
     return {
         "name": getattr(config, "_name_or_path", "") or type(model).__name__,
@@ -69,6 +94,7 @@ def model_identity(model: nn.Module, blocks: list[FFNBlock] | None = None) -> di
         "d_ff": blocks[0].d_ff,
         "hidden_size": weight_out_in(blocks[0].output_module).shape[0],
         "fingerprint": h.hexdigest()[:16],
+        "probe": probe,
     }
 
 
@@ -84,6 +110,10 @@ def save_prior(prior: Prior, path: str | os.PathLike) -> Path:
         tensors[stat] = prior.scores_for(stat).contiguous()
     meta = dict(prior.meta)
     meta.setdefault("glass_llm_version", __version__)
+    meta["format_version"] = FORMAT_VERSION if prior.calibration is not None else 1
+    if prior.calibration is not None:
+        tensors.update(prior.calibration.to_tensors())
+        meta["calibration"] = prior.calibration.meta
     with atomic_file(path) as tmp:
         save_file(tensors, str(tmp), metadata={"glass_prior": json.dumps(meta, sort_keys=True)})
     return path
@@ -112,7 +142,11 @@ def load_prior(path: str | os.PathLike) -> Prior:
     sums, norms = tensors["activation_sumsq"], tensors["down_col_norms"]
     if sums.shape != norms.shape or sums.dim() != 2 or not torch.isfinite(sums).all():
         raise PriorError(f"prior file {path} holds inconsistent tables; rebuild it with `glass prior`")
-    return Prior(sums=sums, down_norms=norms, meta=meta)
+    try:
+        calibration = Calibration.from_tensors(tensors, meta.get("calibration"))
+    except ValueError as err:
+        raise PriorError(f"prior file {path}: {err}; rebuild it with `glass prior`") from None
+    return Prior(sums=sums, down_norms=norms, meta=meta, calibration=calibration)
 
 
 def prior_from_sums(model: nn.Module, sums: list[torch.Tensor], n_tokens: int, source: dict,

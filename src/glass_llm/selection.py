@@ -1,17 +1,32 @@
 """Per-request neuron choice: the prompt's statistic fused with a global ranking.
 
-A ``Selector`` is built once when GLASS is applied. It holds, for every FFN block, the
-number of neurons to keep and the global ranking (already on the block's device, so a
-request only ranks its own prompt statistic). ``choose`` runs once per request, after the
-dense prefill, and returns the kept neuron indices of one block.
+A ``Selector`` is built once when GLASS is applied (``build_selector``). It holds, for
+every FFN block, the number of neurons to keep and the global ranking (already on the
+block's device, so a request only ranks its own prompt statistic). ``choose`` runs once
+per request, after the dense prefill, and returns the kept neuron indices of one block.
+
+Two settings go beyond the paper, both read from the prior's selection calibration
+(``calibration_data``) and used by the default ``glass`` method only:
+
+* ``schedule``: ``k`` differs per block, allocated from the sensitivity profile under the
+  user's one density (``schedule.allocate``); computed once, here;
+* ``adaptive``: lam differs per block and per request, looked up from the prompt's token
+  count (``dispersion.lam_for_tokens``), once per block per request: no decode-step cost.
+
+``glass-a``/``glass-i`` keep one fixed lam and a uniform density: their selections are
+exactly ``ranking.select`` (the paper's method).
 """
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from .adapters import FFNBlock, weight_out_in
-from .ranking import aggregate, ranks, select_smallest
+from .dispersion import lam_for_tokens, tilt
+from .ranking import aggregate, keep_count, ranks, select_smallest
+from .schedule import allocate
 from .stats import finalize
 
 
@@ -21,11 +36,14 @@ class Selector:
     lam: weight of the prompt ranking (1 = prompt only, 0 = global ranking only).
     global_scores: one (d_ff,) score vector per block, or None for prompt-only methods.
     down_norms: per-block ``||W_down[:, j]||`` for the impact statistic, else None.
+    lam_table, lam_windows: adaptive lam, (n_blocks, W) lams for prompts of ``lam_windows``
+    (W,) tokens; ``lam`` then only tilts them (``dispersion.tilt``; 0.5 keeps them).
     """
 
     def __init__(self, blocks: list[FFNBlock], k: list[int], lam: float, statistic: str,
                  global_scores: list[torch.Tensor] | None, down_norms: list[torch.Tensor] | None = None,
-                 share_batch: bool = False):
+                 share_batch: bool = False, lam_table: torch.Tensor | None = None,
+                 lam_windows: torch.Tensor | None = None, prior_means: list[torch.Tensor] | None = None):
         self.k = list(k)
         self.lam = float(lam)
         self.statistic = statistic
@@ -36,17 +54,35 @@ class Selector:
                              [ranks(g.float().to(d)) for g, d in zip(global_scores, devices)])
         self.down_norms = (None if down_norms is None else
                            [n.float().to(d) for n, d in zip(down_norms, devices)])
+        self.adaptive = lam_table is not None
+        if self.adaptive:
+            if lam_windows is None or lam_table.shape != (len(blocks), lam_windows.numel()):
+                raise ValueError("an adaptive lam needs a (blocks, windows) table and its windows")
+            if self.global_ranks is None:
+                raise ValueError("an adaptive lam needs global scores")
+            table = tilt(lam_table.float(), self.lam)
+            self.lam_rows = [table[i].to(d) for i, d in enumerate(devices)]
+            self.lam_windows = [lam_windows.float().to(d) for d in devices]
+        self.prior_means = (None if prior_means is None else
+                            [m.float().to(d) for m, d in zip(prior_means, devices)])
+        if self.prior_means is not None and not self.adaptive:
+            raise ValueError("score fusion (prior_means) needs an adaptive lam table")
 
     @property
     def uses_prompt(self) -> bool:
         return self.lam > 0
 
-    def choose(self, i: int, sums: torch.Tensor | None) -> torch.Tensor:
+    def lam_of(self, i: int, n_tokens: torch.Tensor) -> torch.Tensor:
+        """Block ``i``'s adaptive lam for prompts of ``n_tokens`` (B,) tokens, shape (B,)."""
+        return lam_for_tokens(self.lam_rows[i], self.lam_windows[i], n_tokens.to(self.devices[i]))
+
+    def choose(self, i: int, sums: torch.Tensor | None, n_tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Kept neurons of block ``i``, shape (S, k), sorted ascending; S = 1 when one set
         serves the whole batch (``share_batch`` or a static method), else the batch size.
 
         sums: (B, d_ff) accumulated prompt statistic of the block (float32), or None when
-        the method does not look at the prompt.
+        the method does not look at the prompt. n_tokens: (B,) prompt tokens per row
+        (padding excluded); an adaptive lam needs it.
         """
         if not self.uses_prompt:
             return select_smallest(self.global_ranks[i], self.k[i]).unsqueeze(0)
@@ -54,7 +90,59 @@ class Selector:
             raise ValueError("no prompt statistic was recorded; was the prompt empty?")
         if self.share_batch:
             sums = sums.sum(0, keepdim=True)
+            if n_tokens is not None:
+                n_tokens = n_tokens.sum(0, keepdim=True)
         local = finalize(sums, self.statistic, None if self.down_norms is None else self.down_norms[i])
         r_loc = ranks(local)
+        if self.adaptive:
+            if n_tokens is None:
+                raise ValueError("the adaptive lam needs the number of prompt tokens per row (n_tokens)")
+            lam = self.lam_of(i, n_tokens).unsqueeze(-1)
+            if self.prior_means is not None:  # score fusion: mix the mean statistics
+                mean = sums / n_tokens.to(sums.device, sums.dtype).clamp_min(1).unsqueeze(-1)
+                return select_smallest(-(lam * mean + (1 - lam) * self.prior_means[i]), self.k[i])
+            return select_smallest(lam * r_loc + (1 - lam) * self.global_ranks[i], self.k[i])
         r_glob = None if self.global_ranks is None or self.lam == 1 else self.global_ranks[i]
         return select_smallest(aggregate(r_loc, r_glob, self.lam), self.k[i])
+
+
+def _calibration_of(prior, model, n_blocks: int):
+    """The prior's selection calibration, computed now for an older prior (``model``
+    needed then) and kept on the prior object for the next request."""
+    from .calibration import ensure_calibrated
+
+    if prior is None:
+        raise ValueError("the 'glass' method reads its schedule and lam table from the prior; pass prior=...")
+    if prior.calibration is None:
+        if model is None:
+            raise ValueError("this prior has no selection calibration (an older file): rebuild it with "
+                             "`glass prior MODEL -o FILE`, or use method 'glass-a'")
+        prior.calibration = ensure_calibrated(model, None, prior, stream=sys.stderr).calibration
+    prior.calibration.check(n_blocks)
+    return prior.calibration
+
+
+def build_selector(blocks: list[FFNBlock], config, spec, lam: float, statistic: str,
+                   global_scores: list[torch.Tensor] | None, down_norms: list[torch.Tensor] | None,
+                   prior=None, model=None) -> Selector:
+    """The Selector for ``config`` (a ``GlassConfig``) and its method ``spec``.
+
+    A method with ``spec.schedule`` and one float density gets per-block ``k`` from the
+    prior's sensitivity profile; an explicit per-block density tuple overrides it. A
+    method with ``spec.adaptive`` gets the prior's lam table (``lam`` then tilts it).
+    ``model`` lets an older prior without calibration be calibrated on the spot.
+    """
+    d_ff = [b.d_ff for b in blocks]
+    per_block = isinstance(config.density, (list, tuple))
+    use_schedule = spec.schedule and not per_block and not spec.dense
+    use_adaptive = spec.adaptive and not spec.dense and 0 < lam < 1
+    cal = _calibration_of(prior, model, len(blocks)) if (use_schedule or use_adaptive) else None
+    if use_schedule:
+        k = allocate(cal.profile, cal.grid, d_ff, float(config.density))
+    else:
+        k = [keep_count(d, n) for d, n in zip(config.density_for(len(blocks)), d_ff)]
+    score = use_adaptive and spec.fusion == "score"
+    table = (cal.score_lam if score else cal.lam) if use_adaptive else None
+    means = list(prior.sums.float() / max(prior.n_tokens, 1)) if score else None
+    return Selector(blocks, k, lam, statistic, global_scores, down_norms, share_batch=config.share_batch,
+                    lam_table=table, lam_windows=cal.windows if use_adaptive else None, prior_means=means)

@@ -1,0 +1,170 @@
+"""Selection on the real SmolLM2 model: the paper's methods stay exact, the calibrated
+``glass`` (per-layer density, adaptive lam) reads its prior's calibration, and priors of
+both file formats load."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+
+import pytest
+import torch
+
+from glass_llm.adapters import find_ffn_blocks
+from glass_llm.calibrate import ActivationRecorder
+from glass_llm.calibration import calibrate_prior, ensure_calibrated
+from glass_llm.calibration_data import Calibration
+from glass_llm.config import GlassConfig
+from glass_llm.prior import PriorError, load_prior, save_prior
+from glass_llm.ranking import select
+from glass_llm.schedule import ScheduleError, budget
+from glass_llm.selection import Selector, build_selector
+from glass_llm.stats import finalize
+
+SMALL = {"n_seqs": 4, "seq_len": 40, "horizon": 16, "stride": 8, "gain_rows": 2, "gain_len": 16, "err_tokens": 128}
+TEXT = ["The river Thames flows through London and reaches the North Sea at its estuary.",
+        "Photosynthesis lets plants turn light, water and carbon dioxide into sugar."]
+
+
+@pytest.fixture(scope="module")
+def calibrated(smollm, smollm_prior):
+    model, tok = smollm
+    return calibrate_prior(model, tok, replace(smollm_prior, calibration=None), progress=False, **SMALL)
+
+
+@pytest.fixture(scope="module")
+def prompt_sums(smollm):
+    """Per-row prompt statistics of two real prompts of different lengths (left-padded)."""
+    model, tok = smollm
+    enc = [tok(t, add_special_tokens=False)["input_ids"] for t in TEXT]
+    enc = [enc[0][:6], enc[1][:14]]
+    width = max(len(e) for e in enc)
+    ids = torch.zeros(2, width, dtype=torch.long)
+    mask = torch.zeros(2, width, dtype=torch.long)
+    for r, e in enumerate(enc):
+        ids[r, width - len(e):], mask[r, width - len(e):] = torch.tensor(e), 1
+    rec = ActivationRecorder(model)
+    rec.per_row = True
+    with rec:
+        rec.run(model, ids, mask)
+    return rec.take_row_sums(), mask.sum(1)
+
+
+def _spec(name):
+    from glass_llm.methods import get_method
+
+    return get_method(name)
+
+
+def _selector(model, prior, method, density=0.5, lam=None):
+    blocks = find_ffn_blocks(model)
+    config = GlassConfig(method=method, density=density, lam=lam, prior=prior)
+    spec, lam, statistic = config.resolved()
+    glob = prior.scores_for(statistic)
+    return build_selector(blocks, config, spec, lam, statistic, list(glob), None, prior=prior), blocks
+
+
+def test_paper_method_is_unchanged_bit_for_bit(smollm, calibrated, prompt_sums):
+    model, _ = smollm
+    sums, n = prompt_sums
+    sel, blocks = _selector(model, calibrated, "glass-a")
+    assert not sel.adaptive and sel.k == [768] * len(blocks)
+    glob = calibrated.scores_for("activation")
+    for i in range(len(blocks)):
+        expected = select(finalize(sums[i], "activation"), glob[i], 0.5, 0.5)
+        assert torch.equal(sel.choose(i, sums[i], n), expected)
+
+
+def test_adaptive_lam_reduces_to_the_fixed_lam(smollm, calibrated, prompt_sums):
+    model, _ = smollm
+    sums, n = prompt_sums
+    blocks = find_ffn_blocks(model)
+    glob = list(calibrated.scores_for("activation"))
+    for lam in (0.3, 0.5):
+        table = torch.full((len(blocks), 7), lam)
+        sel = Selector(blocks, [700] * len(blocks), 0.5, "activation", glob, lam_table=table,
+                       lam_windows=torch.tensor([1.0, 2, 4, 8, 16, 32, 64]))
+        for i in (0, 7, len(blocks) - 1):
+            expected = select(finalize(sums[i], "activation"), glob[i], lam, 0.5, k=700)
+            assert torch.equal(sel.choose(i, sums[i], n), expected)
+
+
+def test_calibrated_glass_uses_schedule_and_per_row_lam(smollm, calibrated, prompt_sums):
+    model, _ = smollm
+    sums, n = prompt_sums
+    sel, blocks = _selector(model, calibrated, "glass")
+    d_ff = [b.d_ff for b in blocks]
+    assert sel.adaptive and sum(sel.k) == budget(0.5, d_ff) and len(set(sel.k)) > 1
+    lam = sel.lam_of(0, n)
+    assert lam.shape == (2,) and bool(((lam >= 0) & (lam <= 1)).all())
+    chosen = sel.choose(0, sums[0], n)
+    assert chosen.shape == (2, sel.k[0])
+    with pytest.raises(ValueError, match="n_tokens"):
+        sel.choose(0, sums[0])
+    # an explicit per-layer tuple overrides the schedule
+    tup, _ = _selector(model, calibrated, "glass", density=tuple([0.25] * len(blocks)))
+    assert tup.k == [384] * len(blocks)
+    # the ablations: one lever each
+    s_only, _ = _selector(model, calibrated, "glass-schedule")
+    a_only, _ = _selector(model, calibrated, "glass-adaptive")
+    assert s_only.k == sel.k and not s_only.adaptive
+    assert a_only.adaptive and a_only.k == [768] * len(blocks)
+
+
+def test_calibration_tables(smollm, calibrated):
+    model, _ = smollm
+    cal = calibrated.calibration
+    n = len(find_ffn_blocks(model))
+    assert cal.profile.shape == (n, cal.grid.numel()) and cal.lam.shape == (n, cal.windows.numel())
+    assert bool((cal.profile >= 0).all()) and bool(((cal.lam >= 0) & (cal.lam <= 1)).all())
+    # the sparser, the worse: each block's estimated KL falls as its density grows
+    assert bool((cal.profile[:, 0] >= cal.profile[:, -1]).all())
+    assert any("block" in line for line in cal.summary())
+
+
+def test_prior_formats_round_trip(tmp_path, smollm, calibrated):
+    model, _ = smollm
+    new = save_prior(calibrated, tmp_path / "v2.safetensors")
+    loaded = load_prior(new)
+    assert loaded.meta["format_version"] == 2
+    assert torch.equal(loaded.calibration.lam, calibrated.calibration.lam.float())
+    old = save_prior(replace(calibrated, calibration=None), tmp_path / "v1.safetensors")
+    loaded_old = load_prior(old)
+    assert loaded_old.calibration is None and loaded_old.meta["format_version"] == 1
+    assert torch.equal(loaded_old.sums, loaded.sums)
+
+
+def test_old_prior_is_calibrated_with_a_message(smollm, calibrated):
+    model, tok = smollm
+    old = replace(calibrated, calibration=None)
+    buf = io.StringIO()
+    new = ensure_calibrated(model, tok, old, stream=buf, **SMALL)
+    assert "no selection calibration" in buf.getvalue() and new.calibration is not None
+    assert ensure_calibrated(model, tok, new, stream=buf) is new
+    with pytest.raises(ValueError, match="rebuild it"):
+        _selector(model, old, "glass")
+
+
+def test_calibration_for_another_model_is_refused(smollm, calibrated):
+    model, _ = smollm
+    cal = calibrated.calibration
+    other = Calibration(grid=cal.grid, profile=cal.profile[:18], windows=cal.windows, lam=cal.lam[:18],
+                        score_lam=cal.score_lam[:18])
+    with pytest.raises(ScheduleError, match="another model"):
+        _selector(model, replace(calibrated, calibration=other), "glass")
+    with pytest.raises(ValueError, match="FFN blocks"):
+        _selector(model, calibrated, "glass", density=(0.5, 0.5))
+
+
+def test_broken_calibration_in_file_is_a_prior_error(tmp_path, calibrated):
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    path = save_prior(calibrated, tmp_path / "p.safetensors")
+    tensors = load_file(str(path))
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata()
+    del tensors["calibration.lam"]
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(PriorError, match="incomplete"):
+        load_prior(path)
