@@ -55,7 +55,8 @@ def loader(args):
         from ..models import load_model
         from ..serve.worker import Loaded
 
-        model, tok = load_model(args.model, dtype=args.dtype, device=getattr(args, "device", None) or "cpu")
+        placement = {name: getattr(args, name) for name in ("device", "device_map") if getattr(args, name, None)}
+        model, tok = load_model(args.model, dtype=args.dtype, **placement)
         prior = None
         if args.prior is not None or get_method(args.method).needs_prior_at(args.lam):
             prior = get_or_build_prior(model, tok, args.model, path=args.prior, n_tokens=args.prior_tokens)

@@ -78,6 +78,7 @@ class EventStream:
             event = await self.job.events.get()
             if event[0] == "error":
                 yield sse(error_body(event[1], "server_error"))
+                yield sse("[DONE]")
                 return
             if event[0] == "delta":
                 yield sse(reply.chunk(event[1], text=event[2]))

@@ -119,7 +119,7 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
 def run_batch(model, tokenizer, prompts: list[list[int]], rows: list[Row], sampling: Sampling,
               config: GlassConfig, prior=None, eos_ids: set[int] | None = None) -> None:
     """Generate every row (``rows[i]`` continues ``prompts[i]``); results go to the rows' ``emit``."""
-    device = next(model.parameters()).device
+    device = model.get_input_embeddings().weight.device  # where inputs go, also for a sharded model
     ids, mask = left_pad(prompts, tokenizer.pad_token_id)
     monitor = RowMonitor(rows, tokenizer, eos_token_ids(model, tokenizer) if eos_ids is None else eos_ids)
     gen = dict(max_new_tokens=max(r.max_tokens for r in rows), do_sample=not sampling.greedy,

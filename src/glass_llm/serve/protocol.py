@@ -156,7 +156,7 @@ def parse_glass(body: dict, default: GlassSettings, has_prior: bool) -> GlassSet
             config.resolved()
         except ValueError as err:
             raise RequestError(f"glass.{field}: {err}", param=f"glass.{field}") from None
-    if spec.needs_prior and (lam is None or lam < 1) and not has_prior:
+    if spec.needs_prior_at(lam) and not has_prior:
         raise RequestError(f"method {method!r} needs a global prior and this server has none; restart it with "
                            "--prior FILE or with --method set to a method that uses a prior", param="glass.method")
     return GlassSettings(method=method, density=float(density), lam=None if lam is None else float(lam))
