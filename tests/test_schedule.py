@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from glass_llm.dispersion import fill_missing, lam_for_tokens, tilt, window_lams
+from glass_llm.dispersion import fill_missing, lam_for_tokens, tilt, window_lams, window_score_lams
 from glass_llm.ranking import ranks
 from glass_llm.schedule import ScheduleError, allocate, budget, check_schedule, loss_curve, mean_density
 
@@ -117,3 +117,17 @@ def test_tilt_and_fill():
     assert filled.tolist() == [[pytest.approx(0.2)] * 3]
     with pytest.raises(ValueError, match="too short"):
         fill_missing(torch.tensor([[float("nan")] * 3]))
+
+
+def test_score_lam_trusts_the_view_that_predicts_the_following_tokens():
+    g = torch.Generator().manual_seed(2)
+    B, T, d = 4, 96, 200
+    truth = torch.rand(d, generator=g) ** 4
+    steady = (truth / truth.sum()).expand(B, T, d).clone()  # every token like the prior
+    noisy_prior = torch.rand(d, generator=g)
+    noisy_prior /= noisy_prior.sum()
+    assert float(window_score_lams(steady, torch.full((B,), T), noisy_prior, windows=(4,), horizon=32)[0]) == 1.0
+    shifting = torch.rand(B, T, d, generator=g)  # tokens unrelated to each other
+    shifting /= shifting.sum(-1, keepdim=True)
+    lam = window_score_lams(shifting, torch.full((B,), T), noisy_prior, windows=(4,), horizon=32)
+    assert 0.0 <= float(lam[0]) <= 1.0

@@ -49,8 +49,8 @@ def window_lams(u2: torch.Tensor, lengths: torch.Tensor, global_scores: torch.Te
         raise ValueError(f"expected u2 (B, T, d_ff), lengths (B,) and global scores (d_ff,), got "
                          f"{tuple(u2.shape)}, {tuple(lengths.shape)}, {tuple(global_scores.shape)}")
     B, T, d = u2.shape
-    cum = torch.cat([torch.zeros(B, 1, d, dtype=torch.float64), u2.double().cumsum(1)], dim=1)
-    r_glob = ranks(global_scores.float()).double()
+    cum = torch.cat([torch.zeros(B, 1, d), u2.float().cumsum(1)], dim=1)
+    r_glob = ranks(global_scores.float())
     out = []
     for w in windows:
         num, den = 0.0, 0.0
@@ -60,10 +60,9 @@ def window_lams(u2: torch.Tensor, lengths: torch.Tensor, global_scores: torch.Te
                 continue
             local = cum[rows, s + w] - cum[rows, s]
             oracle = cum[rows, s + w + horizon] - cum[rows, s + w]
-            r_loc, r_orc = ranks(local).double(), ranks(oracle).double()
-            diff = r_glob - r_loc
-            num += float(((r_glob - r_orc) * diff).sum())
-            den += float(diff.square().sum())
+            diff = r_glob - ranks(local)  # integers below 2**24: exact in float32
+            num += float(((r_glob - ranks(oracle)) * diff).double().sum())
+            den += float(diff.double().square().sum())
         out.append(min(1.0, max(0.0, num / den)) if den > 0 else float("nan"))
     return torch.tensor(out, dtype=torch.float32)
 
@@ -138,8 +137,8 @@ def window_score_lams(u2: torch.Tensor, lengths: torch.Tensor, prior_mean: torch
     """
     B, T, d = u2.shape
     k = max(1, min(d, int(round(density * d))))
-    cum = torch.cat([torch.zeros(B, 1, d, dtype=torch.float64), u2.double().cumsum(1)], dim=1)
-    prior = prior_mean.double()
+    cum = torch.cat([torch.zeros(B, 1, d), u2.float().cumsum(1)], dim=1)
+    prior = prior_mean.float()
     out = []
     for w in windows:
         locs, orcs = [], []
@@ -153,11 +152,15 @@ def window_score_lams(u2: torch.Tensor, lengths: torch.Tensor, prior_mean: torch
             continue
         local, oracle = torch.cat(locs), torch.cat(orcs)
         truth = torch.zeros(local.shape, dtype=torch.bool).scatter_(1, oracle.topk(k, dim=1).indices, True)
-        best, best_lam = -1.0, 0.0
-        for lam in grid:
+        def overlap(lam: float) -> float:
             top = (lam * local + (1 - lam) * prior).topk(k, dim=1).indices
-            hit = float(truth.gather(1, top).float().mean())
-            if hit > best + 1e-9:
-                best, best_lam = hit, float(lam)
-        out.append(best_lam)
+            return float(truth.gather(1, top).float().mean())
+
+        coarse = list(grid[::2])  # then the neighbours of the best coarse point
+        scores = {lam: overlap(lam) for lam in coarse}
+        j = grid.index(max(coarse, key=lambda lam: (scores[lam], -lam)))
+        for lam in grid[max(0, j - 1):j + 2]:
+            if lam not in scores:
+                scores[lam] = overlap(lam)
+        out.append(float(max(scores, key=lambda lam: (scores[lam], -lam))))
     return torch.tensor(out, dtype=torch.float32)
