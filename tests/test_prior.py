@@ -82,3 +82,115 @@ def test_atomic_write_keeps_old_file_on_failure(smollm_prior, tmp_path, monkeypa
         save_prior(smollm_prior, path)
     assert path.read_bytes() == before
     assert sorted(f.name for f in tmp_path.iterdir()) == ["p.safetensors"]
+
+
+# --- the default prior: one per model, shared by every command ---------------------------------
+
+
+def test_every_command_resolves_the_same_default_prior(tmp_path):
+    import inspect
+
+    from glass_llm.build import get_or_build_prior
+    from glass_llm.cli import build_parser
+    from glass_llm.lmeval import GlassLM
+    from glass_llm.prior_cache import DEFAULT_PRIOR_SOURCE, DEFAULT_PRIOR_TOKENS, default_prior_path
+
+    parser = build_parser()
+    expected = default_prior_path("smollm2-135m")
+    assert expected == default_prior_path("smollm2-135m", DEFAULT_PRIOR_SOURCE, DEFAULT_PRIOR_TOKENS)
+    for argv in (["demo"], ["generate", "smollm2-135m", "hi"], ["bench"], ["serve"],
+                 ["eval", "--out", str(tmp_path)]):
+        args = parser.parse_args(argv)
+        source = getattr(args, "prior_source", DEFAULT_PRIOR_SOURCE)
+        assert default_prior_path(args.model, source, args.prior_tokens) == expected, argv
+    args = parser.parse_args(["prior"])
+    assert default_prior_path(args.model, args.source, args.tokens) == expected
+    # the library and the harness model default to it too (None means the default)
+    assert inspect.signature(get_or_build_prior).parameters["n_tokens"].default is None
+    assert inspect.signature(GlassLM.__init__).parameters["prior_tokens"].default is None
+
+
+def test_a_cached_larger_prior_is_used_and_a_named_missing_one_is_an_error(smollm, smollm_prior, tmp_path,
+                                                                           monkeypatch):
+    from glass_llm.build import get_or_build_prior
+    from glass_llm.prior_cache import default_prior_path, find_cached_prior, list_cached_priors
+
+    monkeypatch.setenv("GLASS_LLM_CACHE", str(tmp_path))
+    model, tok = smollm
+    assert find_cached_prior("smollm2-135m", "self", 8192) is None
+    big = save_prior(smollm_prior, default_prior_path("smollm2-135m", "self", 16384))
+    save_prior(smollm_prior, default_prior_path("smollm2-135m", "self", 4096))
+    assert find_cached_prior("smollm2-135m", "self", 8192) == big
+    assert find_cached_prior("smollm2-135m", "self", 2048) == big  # the largest that is large enough
+    assert find_cached_prior("gemma3-270m", "self", 8192) is None
+    before = sorted(p.name for p in (tmp_path / "priors").iterdir())
+    got = get_or_build_prior(model, tok, "smollm2-135m", n_tokens=8192)  # loads; builds nothing
+    assert torch.equal(got.sums, smollm_prior.sums)
+    assert sorted(p.name for p in (tmp_path / "priors").iterdir()) == before
+    listed = {(c.model, c.source, c.tokens) for c in list_cached_priors()}
+    assert listed == {("smollm2-135m", "self", smollm_prior.n_tokens)}
+    with pytest.raises(PriorError, match="does not exist"):
+        get_or_build_prior(model, tok, "smollm2-135m", path=tmp_path / "missing.safetensors")
+    assert not (tmp_path / "missing.safetensors").exists()
+
+
+# --- self-sampling: batched, single-pass, the same tokens as a second pass would count ----------
+
+
+def test_batched_sampling_equals_one_sequence_per_forward(smollm):
+    """N sequences per forward sample the same tokens as one per forward (each sequence
+    has its own uniforms) and record the same statistic. Exact float equality is not
+    possible: a batch of N and a batch of 1 take different BLAS paths, so logits and
+    activations differ in the last bits. The sums agree to 1e-4 (relative); a rounding
+    difference could in principle move a uniform across a token boundary of the CDF,
+    measured at about 1 token in 10^3-10^4, so the sequences here are short."""
+    from glass_llm.adapters import find_ffn_blocks
+    from glass_llm.self_sample import sample_and_record
+
+    model, tok = smollm
+    blocks = find_ffn_blocks(model)
+    seqs = [0, 3, 4, 6]
+    sums, counts, tokens = sample_and_record(model, tok, blocks, seqs, 12, seed=5)
+    for r, i in enumerate(seqs):
+        s1, c1, t1 = sample_and_record(model, tok, blocks, [i], 12, seed=5)
+        assert torch.equal(t1[0], tokens[r]) and int(c1[0]) == int(counts[r])
+        for a, b in zip(s1, sums):
+            assert torch.allclose(a[0], b[r], rtol=1e-4, atol=1e-6)
+
+
+def test_single_pass_statistic_equals_a_second_pass_over_the_sampled_text(smollm):
+    """The statistic recorded while sampling covers exactly the generated tokens up to and
+    including EOS (no prompt token, nothing after EOS): the same as a teacher-forced pass."""
+    from glass_llm.adapters import find_ffn_blocks
+    from glass_llm.calibrate import ActivationRecorder
+    from glass_llm.self_sample import eos_ids_of, sample_and_record, self_prompts
+
+    model, tok = smollm
+    blocks = find_ffn_blocks(model)
+    seqs, L = [4, 5, 8], 32
+    sums, counts, tokens = sample_and_record(model, tok, blocks, seqs, L, seed=0)
+    eos = set(eos_ids_of(model, tok))
+    assert any(int(c) < L for c in counts), "needs a sequence that ends in EOS"
+    prompts = self_prompts(tok)
+    for r, i in enumerate(seqs):
+        gen = tokens[r].tolist()
+        n = next((t + 1 for t, x in enumerate(gen) if x in eos), L)
+        assert n == int(counts[r])
+        prompt = prompts[i % len(prompts)]
+        ids = torch.tensor([prompt + gen[:n]])
+        mask = torch.zeros_like(ids)
+        mask[0, len(prompt):] = 1
+        rec = ActivationRecorder(model, blocks)
+        with rec:
+            rec.run(model, ids, mask, attention_mask=torch.ones_like(ids))
+        assert rec.tokens == n
+        for a, b in zip(rec.sums, sums):
+            assert torch.allclose(a, b[r], rtol=1e-4, atol=1e-5)
+
+
+def test_prior_is_independent_of_the_batch_size(smollm):
+    model, tok = smollm
+    one = build_prior(model, tok, n_tokens=40, seq_len=12, batch_size=1, seed=2, progress=False)
+    four = build_prior(model, tok, n_tokens=40, seq_len=12, batch_size=4, seed=2, progress=False)
+    assert one.n_tokens == four.n_tokens and one.meta["source"]["sequences"] == four.meta["source"]["sequences"]
+    assert torch.allclose(one.sums, four.sums, rtol=1e-4, atol=1e-5)

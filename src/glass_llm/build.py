@@ -2,16 +2,19 @@
 
 Self-sampling (the default, docs/method.md section 3): sequences are sampled at temperature 1
 from the full distribution, starting at BOS and, for chat models, also from an empty
-user turn. Batch ``i`` is seeded with ``seed + i``, so the sequences depend on the
-batch index only: a run split over several processes samples the same text, and the
-set of batches read depends on the seed and the token budget only (see
-``build_self_prior_sums``), so 1 and N processes build the same prior up to float
-summation order.
+user turn, and the statistic is recorded in the same forwards that sample them
+(``self_sample``). Sequence ``i`` depends on the seed and ``i`` only, and the sequences
+that enter the prior are ``0 .. S-1`` with ``S`` set by the token budget (see
+``build_self_prior_sums``): 1 and N processes, and any batch size, build the same prior
+up to float rounding.
 The statistic is accumulated over the generated tokens (up to and including EOS).
 """
 
 from __future__ import annotations
 
+import math
+import sys
+import time
 from typing import Callable
 
 import torch
@@ -21,41 +24,8 @@ from tqdm.auto import tqdm
 from .adapters import find_ffn_blocks
 from .calibrate import ActivationRecorder
 from .prior import Prior, prior_from_sums
-
-
-def _self_prompts(tokenizer, chat_turn: bool) -> list[int]:
-    if chat_turn and getattr(tokenizer, "chat_template", None):
-        enc = tokenizer.apply_chat_template([{"role": "user", "content": ""}], add_generation_prompt=True,
-                                            return_dict=True)
-        return list(enc["input_ids"])
-    bos = tokenizer.bos_token_id
-    if bos is None:
-        bos = tokenizer.eos_token_id
-    return [bos]
-
-
-def _generated_mask(seqs: torch.Tensor, prompt_len: int, eos_ids: set[int]) -> torch.Tensor:
-    mask = torch.zeros_like(seqs)
-    for r in range(seqs.shape[0]):
-        for t in range(prompt_len, seqs.shape[1]):
-            mask[r, t] = 1
-            if int(seqs[r, t]) in eos_ids:
-                break
-    return mask
-
-
-@torch.no_grad()
-def sample_batch(model: nn.Module, tokenizer, index: int, seq_len: int, batch_size: int, seed: int):
-    """Sample one batch of sequences (chat turn on odd batches for chat models)."""
-    prompt = _self_prompts(tokenizer, chat_turn=index % 2 == 1)
-    ids = torch.tensor([prompt] * batch_size, device=model.device)
-    torch.manual_seed(seed + index)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    seqs = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0, top_k=0,
-                          top_p=1.0, max_new_tokens=seq_len, min_new_tokens=1, pad_token_id=pad)
-    eos = model.generation_config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    return seqs, _generated_mask(seqs.cpu(), len(prompt), eos_ids).to(seqs.device)
+from .prior_cache import DEFAULT_PRIOR_SOURCE, DEFAULT_PRIOR_TOKENS, DEFAULT_SAMPLE_BATCH, DEFAULT_SAMPLE_LEN
+from .self_sample import sample_and_record
 
 
 def batch_indices(n_batches: int, rank: int = 0, world: int = 1) -> list[int]:
@@ -64,8 +34,8 @@ def batch_indices(n_batches: int, rank: int = 0, world: int = 1) -> list[int]:
 
 
 def batches_needed(counts: list[int], n_tokens: int) -> int | None:
-    """The number of batches ``B`` to read: the smallest ``B`` such that batches
-    ``0 .. B-1`` hold at least ``n_tokens`` tokens, given the token counts of batches
+    """The number of items ``B`` to read: the smallest ``B`` such that items
+    ``0 .. B-1`` hold at least ``n_tokens`` tokens, given the token counts of items
     ``0, 1, 2, ...`` (in index order); ``None`` when ``counts`` does not reach it yet."""
     total = 0
     for i, c in enumerate(counts):
@@ -88,52 +58,53 @@ AllSum = Callable[[torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
-def build_self_prior_sums(model, tokenizer, n_tokens: int = 16384, seq_len: int = 128, batch_size: int = 16,
-                          seed: int = 0, rank: int = 0, world: int = 1, progress: bool = True,
-                          all_sum: AllSum = _identity) -> tuple[list[torch.Tensor], int, int]:
-    """Sample batches and accumulate the statistic until ``n_tokens`` generated tokens.
+def build_self_prior_sums(model, tokenizer, n_tokens: int = DEFAULT_PRIOR_TOKENS, seq_len: int = DEFAULT_SAMPLE_LEN,
+                          batch_size: int = DEFAULT_SAMPLE_BATCH, seed: int = 0, rank: int = 0, world: int = 1,
+                          progress: bool = True, all_sum: AllSum = _identity) -> tuple[list[torch.Tensor], int, int]:
+    """Sample sequences and accumulate the statistic until ``n_tokens`` generated tokens.
 
-    Which batches enter the prior depends on the seed and ``n_tokens`` only, not on the
-    number of processes: batches ``0 .. B-1``, with ``B`` the first count whose batches
-    hold ``n_tokens`` tokens (:func:`batches_needed`). Work runs in rounds of ``world``
-    batches (batch ``round * world + rank`` on this process); ``all_sum`` sums a tensor
-    over all processes (identity for one process) and shares the token count of every
-    batch of the round, so every process knows ``B`` as soon as it is reached and all stop
-    after the same round. A batch of that last round with index ``>= B`` is dropped.
+    Which sequences enter the prior depends on the seed and ``n_tokens`` only, not on
+    the batch size or the number of processes: sequences ``0 .. S-1``, with ``S`` the
+    first count whose sequences hold ``n_tokens`` tokens (:func:`batches_needed`). Work
+    runs in rounds of ``world`` batches (sequences ``(round * world + rank) * batch_size``
+    onwards on this process); ``all_sum`` sums a tensor over all processes (identity
+    for one process) and shares the token count of every sequence of the round, so every
+    process knows ``S`` as soon as it is reached and all stop after the same round.
+    Sequences of that last round with index ``>= S`` are dropped.
 
-    Each batch's statistic is computed on its own in float32 (the same numbers on any
-    process) and added into float64 totals, so the split over processes changes the
-    result only by float64 rounding.
+    Each sequence's statistic is summed in float32 on its own row and added into float64
+    totals in index order, so the split changes the result only by float rounding.
 
-    Returns ``(sums, tokens, n_batches)``: this process's per-block float64 sums over
-    its batches, its token count (sum both over processes for the prior) and ``B``.
+    Returns ``(sums, tokens, S)``: this process's per-block float64 sums over its
+    sequences, its token count (sum both over processes for the prior) and ``S``.
     """
+    if seq_len < 1 or batch_size < 1:
+        raise ValueError(f"seq_len and batch_size must be >= 1, got {seq_len} and {batch_size}")
     blocks = find_ffn_blocks(model)
     totals = [torch.zeros(b.d_ff, dtype=torch.float64) for b in blocks]
-    counts: list[int] = []  # generated tokens of batch 0, 1, 2, ... (the same on every process)
+    counts: list[int] = []  # generated tokens of sequence 0, 1, 2, ... (the same on every process)
     mine = 0
-    n_batches: int | None = None
+    n_seqs: int | None = None
     bar = tqdm(total=n_tokens, desc="sampling prior text", unit="tok", disable=not progress)
     rnd = 0
-    while n_batches is None:
-        index = rnd * world + rank
-        seqs, mask = sample_batch(model, tokenizer, index, seq_len, batch_size, seed)
-        rec = ActivationRecorder(model, blocks)
-        with rec:
-            rec.run(model, seqs, mask, attention_mask=torch.ones_like(seqs))
-        round_counts = torch.zeros(world, dtype=torch.int64)
-        round_counts[rank] = rec.tokens
+    while n_seqs is None:
+        first = (rnd * world + rank) * batch_size
+        indices = list(range(first, first + batch_size))
+        sums, row_counts, _ = sample_and_record(model, tokenizer, blocks, indices, seq_len, seed)
+        round_counts = torch.zeros(world * batch_size, dtype=torch.int64)
+        round_counts[rank * batch_size:(rank + 1) * batch_size] = row_counts
         round_counts = all_sum(round_counts)
         before = sum(counts)
         counts.extend(int(c) for c in round_counts)
-        n_batches = batches_needed(counts, n_tokens)
-        if n_batches is None or index < n_batches:
-            _add_into(totals, rec.sums)
-            mine += rec.tokens
+        n_seqs = batches_needed(counts, n_tokens)
+        for r, i in enumerate(indices):
+            if n_seqs is None or i < n_seqs:
+                _add_into(totals, [s[r] for s in sums])
+                mine += int(row_counts[r])
         bar.update(min(sum(counts), n_tokens) - min(before, n_tokens))
         rnd += 1
     bar.close()
-    return totals, mine, n_batches
+    return totals, mine, n_seqs
 
 
 def text_batches(tokenizer, texts: list[str], n_tokens: int, seq_len: int, batch_size: int) -> list[list[list[int]]]:
@@ -160,7 +131,7 @@ def text_batches(tokenizer, texts: list[str], n_tokens: int, seq_len: int, batch
 
 
 @torch.no_grad()
-def build_text_prior_sums(model, tokenizer, texts: list[str], n_tokens: int = 16384, seq_len: int = 128,
+def build_text_prior_sums(model, tokenizer, texts: list[str], n_tokens: int = DEFAULT_PRIOR_TOKENS, seq_len: int = 128,
                           batch_size: int = 16, rank: int = 0, world: int = 1,
                           progress: bool = True) -> tuple[list[torch.Tensor], int, int]:
     """Accumulate the statistic over text: this process reads batches ``rank, rank +
@@ -188,11 +159,13 @@ def build_text_prior_sums(model, tokenizer, texts: list[str], n_tokens: int = 16
     return totals, mine, len(batches)
 
 
-def build_prior(model: nn.Module, tokenizer, source: str = "self", n_tokens: int = 16384, seq_len: int = 128,
-                batch_size: int = 16, seed: int = 0, progress: bool = True, rank: int = 0, world: int = 1,
-                all_sum: AllSum = _identity) -> Prior:
+def build_prior(model: nn.Module, tokenizer, source: str = DEFAULT_PRIOR_SOURCE, n_tokens: int = DEFAULT_PRIOR_TOKENS,
+                seq_len: int | None = None, batch_size: int | None = None, seed: int = 0, progress: bool = True,
+                rank: int = 0, world: int = 1, all_sum: AllSum = _identity) -> Prior:
     """Build a prior. ``source`` is "self", a corpus name or a text file.
 
+    ``seq_len``/``batch_size`` default to the sampling shape of ``prior_cache`` for
+    "self" and to 128-token chunks in batches of 16 for text.
     On several processes pass this process's ``rank``, the ``world`` size and an
     ``all_sum`` that sums a tensor over all processes (see ``glass_llm.distributed``):
     the work is split, sums and token counts are summed, and every process returns the
@@ -203,13 +176,18 @@ def build_prior(model: nn.Module, tokenizer, source: str = "self", n_tokens: int
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} is outside a world of {world} processes")
     if source == "self":
-        sums, count, n_batches = build_self_prior_sums(model, tokenizer, n_tokens, seq_len, batch_size, seed,
-                                                       rank=rank, world=world, progress=progress, all_sum=all_sum)
+        seq_len = DEFAULT_SAMPLE_LEN if seq_len is None else seq_len
+        batch_size = DEFAULT_SAMPLE_BATCH if batch_size is None else batch_size
+        sums, count, n_seqs = build_self_prior_sums(model, tokenizer, n_tokens, seq_len, batch_size, seed,
+                                                    rank=rank, world=world, progress=progress, all_sum=all_sum)
         info = {"kind": "self", "seq_len": seq_len, "batch_size": batch_size, "seed": seed, "temperature": 1.0,
-                "requested_tokens": n_tokens, "batches": n_batches}
+                "requested_tokens": n_tokens, "sequences": n_seqs, "batches": math.ceil(n_seqs / batch_size),
+                "sampler": "inverse-cdf-per-sequence"}
     else:
         from .corpora import load_texts
 
+        seq_len = 128 if seq_len is None else seq_len
+        batch_size = 16 if batch_size is None else batch_size
         texts = load_texts(source)
         sums, count, n_batches = build_text_prior_sums(model, tokenizer, texts, n_tokens, seq_len, batch_size,
                                                        rank=rank, world=world, progress=progress)
@@ -220,33 +198,39 @@ def build_prior(model: nn.Module, tokenizer, source: str = "self", n_tokens: int
     return prior_from_sums(model, list(table), count, info)
 
 
-def get_or_build_prior(model: nn.Module, tokenizer, model_name: str, source: str = "self", n_tokens: int = 16384,
-                       path=None, progress: bool = True, seed: int = 0, rank: int = 0, world: int = 1,
-                       all_sum: AllSum = _identity) -> Prior:
-    """Load the prior at ``path`` (which must exist), or else the cached prior for
-    ``model_name``, building and caching that one first if it does not exist yet.
+def get_or_build_prior(model: nn.Module, tokenizer, model_name: str, source: str = DEFAULT_PRIOR_SOURCE,
+                       n_tokens: int | None = None, path=None, progress: bool = True, seed: int = 0, rank: int = 0,
+                       world: int = 1, all_sum: AllSum = _identity) -> Prior:
+    """Load the prior at ``path`` (which must exist), or else the cached prior of
+    ``model_name`` from ``source`` with at least ``n_tokens`` tokens (default
+    :data:`~glass_llm.prior_cache.DEFAULT_PRIOR_TOKENS`), building and caching one first
+    if there is none.
 
     On several processes (``rank``, ``world``, ``all_sum`` as for :func:`build_prior`)
     every process calls this: the prior is loaded when every process sees the file, and
     otherwise built by all of them together and written by rank 0.
     """
-    from pathlib import Path
-
-    from .commands.common import default_prior_path
     from .prior import load_prior, save_prior
+    from .prior_cache import build_notice, default_prior_path, find_cached_prior, record_rate
 
     if path is not None:  # a file the user named: never built silently in its place
         prior = load_prior(path)
         prior.check_matches(model)
         return prior
-    path = default_prior_path(model_name, source, n_tokens)
-    have = int(all_sum(torch.tensor([int(Path(path).is_file())], dtype=torch.int64))[0])
+    n_tokens = DEFAULT_PRIOR_TOKENS if n_tokens is None else int(n_tokens)
+    found = find_cached_prior(model_name, source, n_tokens)
+    have = int(all_sum(torch.tensor([int(found is not None)], dtype=torch.int64))[0])
     if have == world:
-        prior = load_prior(path)
+        prior = load_prior(found)
         prior.check_matches(model)
         return prior
+    if rank == 0:
+        print(build_notice(model_name, source, n_tokens), file=sys.stderr, flush=True)
+    start = time.perf_counter()
     prior = build_prior(model, tokenizer, source=source, n_tokens=n_tokens, seed=seed, progress=progress and rank == 0,
                         rank=rank, world=world, all_sum=all_sum)
     if rank == 0:
-        save_prior(prior, path)
+        save_prior(prior, default_prior_path(model_name, source, n_tokens))
+        if source == DEFAULT_PRIOR_SOURCE and world == 1:
+            record_rate(model_name, prior.n_tokens / max(time.perf_counter() - start, 1e-9))
     return prior

@@ -1,7 +1,11 @@
-"""glass lm-eval [HARNESS RUN OPTIONS]: the lm-evaluation-harness ``run`` command with the
-``glass`` model registered and the offline tasks on the include path.
+"""glass lm-eval [run|ls|validate] [HARNESS OPTIONS]: the lm-evaluation-harness command line
+with the ``glass`` model registered and the offline tasks on the include path.
 
-Every option goes to the harness unchanged (``--model`` defaults to ``glass``). Example:
+Every option goes to the harness unchanged; without a sub-command it is ``run``, where
+``--model`` defaults to ``glass``. Examples:
+
+    glass lm-eval ls tasks
+    glass lm-eval validate --tasks glass_offline
 
     glass lm-eval --model_args pretrained=smollm2-135m,method=glass,density=0.5 \\
         --tasks glass_offline --limit 100 --batch_size 8 --output_path results/
@@ -22,12 +26,18 @@ def register(sub) -> None:
     p = sub.add_parser("lm-eval", aliases=["lm_eval"], help="run lm-evaluation-harness tasks on a GLASS model",
                        description=__doc__, prefix_chars="+", add_help=False,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("harness_args", nargs=argparse.REMAINDER, help="options of `lm_eval run`")
+    p.add_argument("harness_args", nargs=argparse.REMAINDER,
+                   help="a harness sub-command (run, ls, validate; default run) and its options")
     p.set_defaults(func=run)
 
 
 def harness_options(args: list[str]) -> list[str]:
-    """The harness options with ``--model glass`` added when no model is named."""
+    """The harness arguments; for ``run`` (named or implied) ``--model glass`` is added
+    when no model is named."""
+    from ..lmeval import HARNESS_COMMANDS
+
+    if args and args[0] in HARNESS_COMMANDS and args[0] != "run":
+        return list(args)
     if args and args[0] == "run":
         args = args[1:]
     if not any(a == "--model" or a.startswith("--model=") for a in args):

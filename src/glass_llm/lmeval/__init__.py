@@ -16,7 +16,8 @@ Model arguments (``--model_args`` keys): ``pretrained`` (alias such as
 ``smollm2-135m``/``gemma3-270m``, ``.gguf`` file or model folder), ``method``
 (dense, griffin, glass, glass-a, glass-i, global, magnitude, random), ``density``,
 ``lam``, ``statistic``, ``prior`` (a prior file), ``prior_tokens``/``prior_source``
-(for a prior built and cached on first use), ``path`` (sliced or masked),
+(the cached default prior of every ``glass`` command unless given; see
+``prior_cache``), ``path`` (sliced or masked),
 ``share_batch``, ``dtype``, ``device``, ``batch_size``.
 
 How requests are evaluated
@@ -106,7 +107,7 @@ class GlassLM(HFLM):
         lam: float | str | None = None,
         statistic: str | None = None,
         prior: Prior | str | os.PathLike | None = None,
-        prior_tokens: int | str = 16384,
+        prior_tokens: int | str | None = None,
         prior_source: str = "self",
         path: str = "sliced",
         share_batch: bool | str = False,
@@ -143,12 +144,13 @@ class GlassLM(HFLM):
         super().__init__(pretrained=model, tokenizer=tok, device=device, batch_size=batch_size, **kwargs)
         self.model_name = name
         prior_obj = self._resolve_prior(prior, spec.needs_prior and resolved_lam < 1 and config.density < 1,
-                                        int(prior_tokens), prior_source)
+                                        None if prior_tokens in (None, "", "None") else int(prior_tokens),
+                                        prior_source)
         self.glass_config = replace(config, prior=prior_obj)
         self.method = spec.name
         self.lam = resolved_lam
 
-    def _resolve_prior(self, prior, needed: bool, n_tokens: int, source: str) -> Prior | None:
+    def _resolve_prior(self, prior, needed: bool, n_tokens: int | None, source: str) -> Prior | None:
         if isinstance(prior, Prior):
             prior.check_matches(self.model)
             return prior
@@ -276,23 +278,29 @@ def simple_evaluate(**kwargs: Any) -> dict:
     return lm_eval.simple_evaluate(**kwargs)
 
 
+HARNESS_COMMANDS = ("run", "ls", "validate")  # the sub-commands of the harness's command line
+
+
 def harness_argv(argv: list[str]) -> list[str]:
-    """Arguments for the harness's ``run`` command: ``argv`` plus the offline task
-    folder as ``--include_path`` (the harness accepts only one such folder)."""
+    """Arguments for the harness's command line: ``argv`` (``run`` when it names no
+    sub-command) plus the offline task folder as ``--include_path`` (the harness accepts
+    only one such folder), so ``ls`` and ``validate`` see the offline tasks too."""
     argv = list(argv)
-    if argv and argv[0] == "run":
-        argv = argv[1:]
+    command = argv.pop(0) if argv and argv[0] in HARNESS_COMMANDS else "run"
     if any(a == "--include_path" or a.startswith("--include_path=") for a in argv):
         raise ValueError(
             "glass lm-eval passes its offline task folder as --include_path itself and the harness takes only "
             "one; to add task folders, call glass_llm.lmeval.simple_evaluate(..., "
             "task_manager=glass_llm.lmeval.task_manager(include_path=[...]))"
         )
-    return ["run", *argv, "--include_path", str(TASKS_DIR)]
+    if any(a in ("-h", "--help") for a in argv):
+        return [command, *argv]
+    return [command, *argv, "--include_path", str(TASKS_DIR)]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the harness's command line (``lm_eval run ...``) with this plugin loaded."""
+    """Run the harness's command line (``lm_eval run|ls|validate ...``) with this plugin
+    loaded and the offline tasks on the include path."""
     from lm_eval.__main__ import cli_evaluate
 
     argv = sys.argv[1:] if argv is None else argv

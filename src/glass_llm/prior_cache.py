@@ -1,0 +1,169 @@
+"""The default prior of a model: its settings, where it is cached, and how to find it.
+
+Every command that needs a prior and is not given a file (``demo``, ``generate``,
+``eval``, ``bench``, ``lm-eval``) and :func:`glass_llm.build.get_or_build_prior` use
+the defaults below, so one prior per model serves them all. A cached prior counts when
+it was built from the same source with at least the requested number of tokens; the
+largest such file is used. Files live in ``$GLASS_LLM_CACHE/priors`` and are named
+``MODEL-SOURCE-TOKENS.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .models import cache_dir
+
+DEFAULT_PRIOR_SOURCE = "self"
+# Chosen by the prior-size ablation in BENCHMARKS.md: the smallest self-sampled size
+# whose KL to dense matches the larger ones within the measured spread.
+DEFAULT_PRIOR_TOKENS = 8192
+# Self-sampling shape: sequences per forward and tokens per sequence, where sampling
+# throughput peaks on a 2-core CPU for SmolLM2-135M and Gemma-3-270m
+# (benchmarks/prior_speed.py).
+DEFAULT_SAMPLE_BATCH = 64
+DEFAULT_SAMPLE_LEN = 128
+
+_RATES_FILE = "rates.json"
+
+
+def prior_dir() -> Path:
+    return cache_dir() / "priors"
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def _source_tag(source: str) -> str:
+    return _safe(Path(source).name)
+
+
+def _model_tag(model_name: str) -> str:
+    return _safe(str(model_name).strip("/"))[-80:]
+
+
+def default_prior_path(model_name: str, source: str = DEFAULT_PRIOR_SOURCE,
+                       n_tokens: int = DEFAULT_PRIOR_TOKENS) -> Path:
+    """Where the prior of ``model_name`` built from ``source`` with ``n_tokens`` is cached."""
+    return prior_dir() / f"{_model_tag(model_name)}-{_source_tag(source)}-{int(n_tokens)}.safetensors"
+
+
+def _tokens_in_name(path: Path, prefix: str) -> int | None:
+    stem = path.name[: -len(".safetensors")] if path.name.endswith(".safetensors") else None
+    if stem is None or not stem.startswith(prefix):
+        return None
+    rest = stem[len(prefix):]
+    return int(rest) if rest.isdigit() else None
+
+
+def find_cached_prior(model_name: str, source: str = DEFAULT_PRIOR_SOURCE,
+                      min_tokens: int = DEFAULT_PRIOR_TOKENS) -> Path | None:
+    """The largest cached prior of ``model_name`` from ``source`` with at least
+    ``min_tokens`` tokens, or None."""
+    prefix = f"{_model_tag(model_name)}-{_source_tag(source)}-"
+    best: tuple[int, Path] | None = None
+    folder = prior_dir()
+    if not folder.is_dir():
+        return None
+    for path in folder.glob(f"{prefix}*.safetensors"):
+        n = _tokens_in_name(path, prefix)
+        if n is not None and n >= min_tokens and path.is_file() and (best is None or n > best[0]):
+            best = (n, path)
+    return None if best is None else best[1]
+
+
+@dataclass(frozen=True)
+class CachedPrior:
+    path: Path
+    model: str
+    source: str
+    tokens: int
+    size_bytes: int
+
+
+def _read_meta(path: Path) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as fh:
+            return json.loads((fh.metadata() or {}).get("glass_prior", "{}"))
+    except Exception:  # an unreadable file is listed as such, never fatal here
+        return {}
+
+
+def list_cached_priors() -> list[CachedPrior]:
+    """Every prior in the cache folder, with the model and source its name and metadata give."""
+    folder = prior_dir()
+    out = []
+    for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+        meta = _read_meta(path)
+        src = meta.get("source", {})
+        source = src.get("name", src.get("kind", "?")) if src else "?"
+        head, _, size = path.name[: -len(".safetensors")].rpartition("-")
+        tag = f"-{_source_tag(source)}"
+        model = head[: -len(tag)] if size.isdigit() and head.endswith(tag) else meta.get("model", {}).get("name", "?")
+        tokens = int(meta.get("n_tokens", 0)) if meta else 0
+        out.append(CachedPrior(path=path, model=model if meta else "unreadable", source=source, tokens=tokens,
+                               size_bytes=path.stat().st_size))
+    return out
+
+
+def format_cached(priors: list[CachedPrior]) -> str:
+    if not priors:
+        return f"no cached priors in {prior_dir()}"
+    lines = [f"{'model':<24} {'source':<12} {'tokens':>7} {'size':>8}  path"]
+    for p in priors:
+        lines.append(f"{p.model:<24} {p.source:<12} {p.tokens:>7} {p.size_bytes / 1024:>6.0f}KB  {p.path}")
+    return "\n".join(lines)
+
+
+# --- build-time estimates -------------------------------------------------------------
+
+def _rates_path() -> Path:
+    return prior_dir() / _RATES_FILE
+
+
+def measured_rate(model_name: str) -> float | None:
+    """Prior tokens/s of the last build of ``model_name`` on this machine, if any."""
+    try:
+        rates = json.loads(_rates_path().read_text(encoding="utf-8"))
+        rate = float(rates.get(_model_tag(model_name), 0))
+    except (OSError, ValueError, AttributeError):
+        return None
+    return rate if rate > 0 else None
+
+
+def record_rate(model_name: str, tokens_per_s: float) -> None:
+    """Remember the build rate (written atomically; best effort: never fails a build)."""
+    path = _rates_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            rates = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            rates = {}
+        rates[_model_tag(model_name)] = round(float(tokens_per_s), 1)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(rates, fh, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def build_notice(model_name: str, source: str, n_tokens: int) -> str:
+    """What is about to be built, how long it should take, and how to build it ahead of time."""
+    what = "text the model samples itself" if source == DEFAULT_PRIOR_SOURCE else f"text from {source}"
+    rate = measured_rate(model_name)
+    eta = f"about {max(1, round(n_tokens / rate))} s at {rate:.0f} tokens/s (the last build here)" if rate else \
+        "the first build on this machine (no rate measured yet)"
+    src = "" if source == DEFAULT_PRIOR_SOURCE else f" --source {source}"
+    size = "" if n_tokens == DEFAULT_PRIOR_TOKENS else f" --tokens {n_tokens}"
+    return (f"no cached prior for {model_name} with >= {n_tokens} tokens from {source}: building one from "
+            f"{n_tokens} tokens of {what}, {eta}; cached in {default_prior_path(model_name, source, n_tokens)}.\n"
+            f"To build it once ahead of time: glass prior {model_name}{src}{size}")
