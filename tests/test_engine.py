@@ -9,46 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import transformers as tf
 
 from glass_llm import GlassConfig, GlassError, UnsupportedModelError, apply_glass, find_ffn_blocks
 from glass_llm.teacher import continuation_logits
 
-SMALL = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-             max_position_embeddings=128)
-
-
-def _tiny(kind: str):
-    torch.manual_seed(0)
-    if kind == "llama":
-        cfg = tf.LlamaConfig(**SMALL, num_key_value_heads=2)
-    elif kind == "qwen2":
-        cfg = tf.Qwen2Config(**SMALL, num_key_value_heads=2)
-    elif kind == "qwen3":
-        cfg = tf.Qwen3Config(**SMALL, num_key_value_heads=2, head_dim=8)
-    elif kind == "mistral":
-        cfg = tf.MistralConfig(**SMALL, num_key_value_heads=2)
-    elif kind == "phi3":
-        cfg = tf.Phi3Config(**SMALL, num_key_value_heads=2, pad_token_id=0)
-    elif kind == "gemma3":
-        cfg = tf.Gemma3TextConfig(**SMALL, num_key_value_heads=2, head_dim=8, sliding_window=16)
-    elif kind == "gpt2":
-        cfg = tf.GPT2Config(vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_inner=64, n_positions=128)
-    elif kind == "opt":
-        cfg = tf.OPTConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64,
-                           max_position_embeddings=128, word_embed_proj_dim=32)
-    else:
-        raise KeyError(kind)
-    model = tf.AutoModelForCausalLM.from_config(cfg).eval()
-    # random init gives near-identical neurons; spread them so selection matters
-    with torch.no_grad():
-        for block in find_ffn_blocks(model):
-            for mod in block.input_modules:
-                mod.weight.mul_(torch.rand_like(mod.weight) * 4)
-    return model
-
-
-ARCHS = ["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma3", "gpt2", "opt"]
+from tiny import ARCHS, tiny_model as _tiny
 
 
 @pytest.mark.parametrize("kind", ARCHS)

@@ -128,7 +128,7 @@ def down_column_norms(block: FFNBlock) -> torch.Tensor:
 def magnitude_scores(block: FFNBlock) -> torch.Tensor:
     """Static weight-magnitude score per neuron: the product of the neuron's input-row
     norms over all input projections (``||W_gate[j]|| * ||W_up[j]||`` when gated)."""
-    score = torch.ones(block.d_ff)
+    score = torch.ones(block.d_ff, device=weight_out_in(block.output_module).device)
     for mod in block.input_modules:
         rows = weight_out_in(mod).detach().float().norm(dim=1)
         for part in rows.split(block.d_ff):

@@ -4,14 +4,15 @@ One process runs every variant in interleaved rounds (dense, FFN-skipped, sparse
 each density, repeated), all with the same greedy ``model.generate`` call, so that
 every figure is a ratio of runs taken under the same conditions.
 
-Per run, forward hooks on the model timestamp each forward pass:
+Per run, a stopping criterion that never stops timestamps every generated token (after
+synchronising the device), from outside the model's forward, so compiled decoding is timed
+the same way:
 
-* prefill: the first forward (dense, records the prompt statistic);
-* selection: the engine's work at the start of the first decode step (rank, select,
-  gather the compact weights), measured between a hook that runs before the engine's
-  and one that runs after it;
-* decode: from the end of the prefill to the end of the last forward, minus the
-  selection; it covers ``steps`` decode forwards and the generation loop around them.
+* prefill: up to the first token, minus the selection;
+* selection: the engine's work right after the prefill forward (rank, select, gather the
+  compact weights), timed by the engine (``GlassHandle.select_s``);
+* decode: from the first token to the last; it covers ``steps`` decode forwards and the
+  generation loop around them. A step's time is the median interval between tokens.
 
 The ideal: the same model with every FFN block replaced by a module that returns zeros
 (restored afterwards) gives the decode step without FFN; the difference to the dense
@@ -20,7 +21,8 @@ step is the FFN time. Slicing to ``density`` can at best scale the FFN time by
 ``efficiency = achieved speed-up / ideal speed-up``.
 
 Peak memory is the process's resident-set high-water mark (``VmHWM``), reset before
-every run where the kernel allows it (``/proc/self/clear_refs``).
+every run where the kernel allows it (``/proc/self/clear_refs``), and on a GPU the peak
+allocated device memory (``torch.cuda.max_memory_allocated``).
 """
 
 from __future__ import annotations
@@ -111,32 +113,32 @@ def peak_rss_mb() -> float:
     return kb / 1024.0
 
 
-class StepClock:
-    """Timestamps the forward passes of one ``generate`` call.
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); a no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
-    ``before`` runs ahead of every other forward pre-hook, ``after_hooks`` after all of
-    them (register it last), ``end`` after the forward. Attach with ``attach``, detach
-    with ``detach``; the hooks only append a time to a list.
+
+class StepClock:
+    """Timestamps the tokens of one ``generate`` call, from outside the model's forward.
+
+    It is a stopping criterion that never stops: ``generate`` calls it once per new
+    token, after the forward and the token choice, so it also works when the decode
+    forward is compiled. The device is synchronised before every timestamp.
     """
 
-    def __init__(self) -> None:
-        self.before: list[float] = []
-        self.after_hooks: list[float] = []
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.end: list[float] = []
-        self._handles: list = []
 
-    def attach(self, model: nn.Module) -> None:
-        clock = time.perf_counter
-        self._handles = [
-            model.register_forward_pre_hook(lambda m, a: self.before.append(clock()), prepend=True),
-            model.register_forward_pre_hook(lambda m, a: self.after_hooks.append(clock())),
-            model.register_forward_hook(lambda m, a, o: self.end.append(clock())),
-        ]
+    def start(self) -> float:
+        synchronize(self.device)
+        return time.perf_counter()
 
-    def detach(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        synchronize(self.device)
+        self.end.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 @dataclass
@@ -153,6 +155,7 @@ class RunTiming:
     compact_mb: float = 0.0
     median_step_s: float = 0.0
     load_before: float = 0.0
+    peak_device_mb: float = 0.0
 
     @property
     def mean_step_s(self) -> float:
@@ -203,44 +206,55 @@ def _compact_mb(handle: GlassHandle | None) -> float:
     return total / 2**20
 
 
+def _model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def timed_generate(model: nn.Module, input_ids: torch.Tensor, gen_tokens: int, variant: str,
                    config: GlassConfig | None = None, prior=None,
                    generate_kwargs: dict | None = None) -> RunTiming:
     """Greedy-generate exactly ``gen_tokens`` tokens and time its phases.
 
     ``config`` None runs the model as it is (dense, or FFN-skipped inside ``ffn_skipped``).
+    Prefill is the first token's time minus the selection (which runs right after the
+    prefill forward and is timed by the engine); decode is from the first token to the last.
     """
+    from transformers import StoppingCriteriaList
+
+    device = _model_device(model)
+    input_ids = input_ids.to(device)
+    clock = StepClock(device)
     kwargs = dict(max_new_tokens=gen_tokens, min_new_tokens=gen_tokens, do_sample=False,
-                  attention_mask=torch.ones_like(input_ids))
+                  attention_mask=torch.ones_like(input_ids), stopping_criteria=StoppingCriteriaList([clock]))
     kwargs.update(generate_kwargs or {})
     gc.collect()
     load = _load_average()
     reset_peak_rss()
-    clock = StepClock()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     handle = None
     with torch.inference_mode():
         try:
             if config is not None:
                 handle = apply_glass(model, config, prior=prior)
-            clock.attach(model)
-            t0 = time.perf_counter()
+            t0 = clock.start()
             out = model.generate(input_ids, **kwargs)
-            t1 = time.perf_counter()
+            t1 = clock.start()
             compact = _compact_mb(handle)
+            select_s = 0.0 if handle is None else handle.select_s
         finally:
-            clock.detach()
             if handle is not None:
                 handle.remove()
     new = out.shape[1] - input_ids.shape[1]
     if new != gen_tokens or len(clock.end) != gen_tokens:
-        raise BenchError(f"{variant}: generated {new} tokens in {len(clock.end)} forwards, expected {gen_tokens}")
-    select_s = (clock.after_hooks[1] - clock.before[1]) if len(clock.before) > 1 else 0.0
-    decode_s = (clock.end[-1] - clock.end[0]) - select_s
-    intervals = [b - a for a, b in zip(clock.end[1:], clock.end[2:])] or [decode_s]
-    return RunTiming(variant=variant, total_s=t1 - t0, prefill_s=clock.end[0] - clock.before[0],
+        raise BenchError(f"{variant}: generated {new} tokens in {len(clock.end)} steps, expected {gen_tokens}")
+    decode_s = clock.end[-1] - clock.end[0]
+    intervals = [b - a for a, b in zip(clock.end, clock.end[1:])] or [decode_s]
+    peak_dev = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
+    return RunTiming(variant=variant, total_s=t1 - t0, prefill_s=clock.end[0] - t0 - select_s,
                      select_s=select_s, decode_s=decode_s, steps=len(clock.end) - 1,
                      peak_rss_mb=peak_rss_mb(), compact_mb=compact,
-                     median_step_s=_median(intervals), load_before=load)
+                     median_step_s=_median(intervals), load_before=load, peak_device_mb=peak_dev)
 
 
 # ---------------------------------------------------------------------------------
@@ -283,6 +297,8 @@ class BenchRecord:
     select_in_decode_steps: float
     peak_rss_mb: float
     dense_peak_rss_mb: float
+    peak_device_mb: float
+    dense_peak_device_mb: float
     compact_weights_mb: float
     ffn_share: float
     dense_step_ms: float
@@ -370,6 +386,8 @@ def summarize(runs: dict[str, list[RunTiming]], settings: BenchSettings, model_n
             ideal_speedup=ideal, efficiency=speedup / ideal, e2e_speedup=dense_e2e / e2e,
             select_ms=sel * 1e3, select_in_decode_steps=sel / dense_step,
             peak_rss_mb=max(r.peak_rss_mb for r in sp), dense_peak_rss_mb=max(r.peak_rss_mb for r in dense),
+            peak_device_mb=max(r.peak_device_mb for r in sp),
+            dense_peak_device_mb=max(r.peak_device_mb for r in dense),
             compact_weights_mb=_median([r.compact_mb for r in sp]), ffn_share=ffn / dense_step,
             dense_step_ms=dense_step * 1e3, sparse_step_ms=step * 1e3, skip_ffn_step_ms=skip_step * 1e3,
             dense_e2e_s=dense_e2e, sparse_e2e_s=e2e, prefill_ms=_median([r.prefill_s for r in dense]) * 1e3,
@@ -412,8 +430,11 @@ def machine_info() -> dict:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
             "transformers": transformers.__version__, "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
 
 
 def format_table(records: Sequence[BenchRecord]) -> str:

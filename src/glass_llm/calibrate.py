@@ -17,7 +17,9 @@ from .stats import accumulate_activation
 class ActivationRecorder:
     def __init__(self, model: nn.Module, blocks: list[FFNBlock] | None = None):
         self.blocks = blocks if blocks is not None else find_ffn_blocks(model)
-        self.sums: list[torch.Tensor] = [torch.zeros(b.d_ff) for b in self.blocks]
+        # float32 sums on each block's own device: no copy between devices per forward
+        self.sums: list[torch.Tensor] = [torch.zeros(b.d_ff, device=b.output_module.weight.device)
+                                         for b in self.blocks]
         self.tokens = 0
         self.per_row = False
         self._row_sums: list[torch.Tensor | None] = [None] * len(self.blocks)
@@ -47,7 +49,7 @@ class ActivationRecorder:
             if self.per_row:
                 self._row_sums[i] = s if self._row_sums[i] is None else self._row_sums[i] + s
             else:
-                self.sums[i] += s.sum(0).to(self.sums[i].device)
+                self.sums[i] += s.sum(0)
             return None
 
         return hook

@@ -13,104 +13,49 @@ every block and gathers their compact weights; later steps use them.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 from torch import nn
 
-from .adapters import FFNBlock, down_column_norms, find_ffn_blocks
+from .adapters import FFNBlock, down_column_norms, find_ffn_blocks, weight_out_in
+from .config import PATHS, GlassConfig  # noqa: F401  (re-exported)
 from .errors import UserError
-from .methods import DEFAULT_LAM, GLOBAL_SOURCES, MethodSpec, get_method
-from .prior import Prior, load_prior
-from .ranking import check_density, check_lam, keep_count, ranks, select
+from .methods import GLOBAL_SOURCES, MethodSpec
+from .prior import load_prior
+from .ranking import keep_count
+from .selection import Selector
 from .sliced import BlockState, NeuronInput, NeuronOutput, compact_block
-from .stats import STATISTICS, finalize
-
-PATHS = ("sliced", "masked")
 
 
 class GlassError(RuntimeError, UserError):
     """GLASS cannot run in the requested way."""
 
 
-@dataclass(frozen=True)
-class GlassConfig:
-    """What to apply. ``lam``/``statistic`` default to the method's own settings.
-
-    density: one fraction for every FFN block, or a sequence with one per block.
-    path: "sliced" (physically smaller weights, the fast path) or "masked" (unselected
-    neurons zeroed, the reference path). share_batch: one neuron set for the whole batch,
-    chosen from the rows' combined statistic (faster decode for large batches).
-    """
-
-    method: str = "glass"
-    density: float | tuple[float, ...] = 0.5
-    lam: float | None = None
-    statistic: str | None = None
-    prior: Prior | str | os.PathLike | None = None
-    path: str = "sliced"
-    share_batch: bool = False
-    seed: int = 0
-
-    def densities(self) -> tuple[float, ...]:
-        if isinstance(self.density, (list, tuple)):
-            if not self.density:
-                raise ValueError("per-layer density needs one value per FFN block, got an empty list")
-            return tuple(self.density)
-        return (self.density,)
-
-    def density_for(self, n_blocks: int) -> list[float]:
-        """One density per block; a sequence must have exactly ``n_blocks`` values."""
-        d = self.densities()
-        if len(d) == 1 and not isinstance(self.density, (list, tuple)):
-            return [d[0]] * n_blocks
-        if len(d) != n_blocks:
-            raise ValueError(f"per-layer density has {len(d)} values but the model has {n_blocks} FFN blocks")
-        return list(d)
-
-    def resolved(self) -> tuple[MethodSpec, float, str]:
-        spec = get_method(self.method)
-        for d in self.densities():
-            check_density(d)
-        if self.lam is not None:
-            check_lam(self.lam)
-            if spec.lam is not None and float(self.lam) != spec.lam:
-                raise ValueError(
-                    f"method {spec.name!r} fixes lam={spec.lam:g}; use method 'glass' to choose lam yourself"
-                )
-        lam = spec.lam if spec.lam is not None else (DEFAULT_LAM if self.lam is None else float(self.lam))
-        statistic = self.statistic or spec.statistic
-        if statistic not in STATISTICS:
-            raise ValueError(f"unknown statistic {statistic!r}; choose one of {', '.join(STATISTICS)}")
-        if self.path not in PATHS:
-            raise ValueError(f"unknown path {self.path!r}; choose 'sliced' or 'masked'")
-        return spec, lam, statistic
-
-
 class GlassHandle:
     """The applied state. ``remove()`` (or leaving a ``with`` block) undoes everything."""
 
     def __init__(self, model: nn.Module, config: GlassConfig, blocks: list[FFNBlock], spec: MethodSpec,
-                 lam: float, statistic: str, global_scores: list[torch.Tensor] | None):
+                 lam: float, statistic: str, selector: Selector):
         self.model = model
         self.config = config
         self.blocks = blocks
         self.spec = spec
         self.lam = lam
         self.statistic = statistic
+        self.selector = selector
         self.densities = config.density_for(len(blocks))
-        self.k = [keep_count(d, b.d_ff) for d, b in zip(self.densities, blocks)]
+        self.k = selector.k
         self.active = not spec.dense and any(k < b.d_ff for k, b in zip(self.k, blocks))
-        self._global = global_scores
-        self._global_ranks = None if global_scores is None else [ranks(g) for g in global_scores]
-        self._down_norms = [down_column_norms(b) for b in blocks] if statistic == "impact" else None
         self.states = [BlockState(d_ff=b.d_ff) for b in blocks]
+        self.devices = selector.devices
         self._originals: list[tuple[nn.Module, str, nn.Module]] = []
         self._outputs: list[NeuronOutput] = []
         self._inputs: list[list[NeuronInput]] = []
-        self._hook = None
+        self._hooks: list = []
         self.phase = "idle"  # idle -> prefill -> decode
         self.selections: list[torch.Tensor] | None = None
+        self.select_s = 0.0  # wall time of the last selection (device-synchronised)
         if self.active:
             self._install()
 
@@ -130,17 +75,20 @@ class GlassHandle:
             setattr(block.owner, block.layout.output, out)
             self._inputs.append(ins)
             self._outputs.append(out)
-        self._hook = self.model.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
+        self._hooks = [self.model.register_forward_pre_hook(self._pre_forward, with_kwargs=True),
+                       self.model.register_forward_hook(self._post_forward, with_kwargs=True)]
 
     def remove(self) -> None:
         """Restore the original modules; the model computes exactly as before."""
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
         for owner, name, orig in reversed(self._originals):
             setattr(owner, name, orig)
         self._originals = []
         self._release()
+        for st in self.states:
+            st.release_compact()
         self.active = False
 
     def __enter__(self) -> "GlassHandle":
@@ -150,12 +98,16 @@ class GlassHandle:
         self.remove()
 
     def _release(self) -> None:
+        """Forget the current request (compact buffers stay allocated for the next one)."""
         for st in self.states:
-            st.release_compact()
             st.mode, st.sums, st.token_mask, st.neuron_mask, st.selected = "dense", None, None, None, None
 
     # request state machine -------------------------------------------------------
+    # Both hooks return at once inside a compiled region: transformers compiles only the
+    # decode forward, where the neuron sets are already chosen and nothing changes.
     def _pre_forward(self, module, args, kwargs):
+        if torch.compiler.is_compiling():
+            return None
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is None:
             ids = kwargs.get("inputs_embeds")
@@ -167,6 +119,14 @@ class GlassHandle:
             self.select()
         elif self.phase == "idle":
             raise GlassError("a decode step arrived before any prefill; start with the full prompt and an empty cache")
+        return None
+
+    def _post_forward(self, module, args, kwargs, output):
+        # Select right after a prefill that keeps a KV cache, so that no decode step
+        # (compiled or not) carries selection work; a forward without a cache cannot be
+        # followed by a decode step and keeps its statistic for a later call.
+        if not torch.compiler.is_compiling() and self.phase == "prefill" and kwargs.get("use_cache") is not False:
+            self.select()
         return None
 
     def begin_request(self, batch: int, length: int, attention_mask: torch.Tensor | None, device) -> None:
@@ -181,41 +141,46 @@ class GlassHandle:
                 raise ValueError(f"empty prompt in batch row(s) {empty}: every row needs at least one unpadded token")
         else:
             token_mask = torch.ones(batch, length, device=device)
-        for st in self.states:
-            st.mode, st.token_mask = "record", token_mask
+        if self.selector.uses_prompt:
+            on_device = {}
+            for st, dev in zip(self.states, self.devices):
+                if dev not in on_device:
+                    on_device[dev] = token_mask.to(device=dev, dtype=torch.float32)
+                st.mode, st.token_mask = "record", on_device[dev]
         self.phase = "prefill"
         self.selections = None
 
     @torch.no_grad()
     def select(self) -> list[torch.Tensor]:
         """Choose every block's neurons from the recorded prompt and build compact weights."""
+        t0 = _synced_time(self.devices)
         selections = []
         for i, (st, block) in enumerate(zip(self.states, self.blocks)):
-            local = None
-            if self.lam > 0:
-                if st.sums is None:
-                    raise GlassError("no prompt statistic was recorded; was the prompt empty?")
-                sums = st.sums.sum(0, keepdim=True) if self.config.share_batch else st.sums
-                local = finalize(sums, self.statistic, None if self._down_norms is None else self._down_norms[i])
-            glob = None if self._global is None else self._global[i]
-            if self.lam == 0:
-                chosen = select(None, glob, 0.0, 1.0, k=self.k[i]).unsqueeze(0)
-            else:
-                chosen = select(local, glob, self.lam, 1.0, k=self.k[i])
-            chosen = chosen.to(self._outputs[i].original.weight.device)
+            chosen = self.selector.choose(i, st.sums)
             st.selected = chosen
             if self.config.path == "sliced":
                 compact_block(st, self._inputs[i], self._outputs[i], chosen)
                 st.mode = "sliced"
             else:
-                mask = torch.zeros(chosen.shape[0], block.d_ff, device=chosen.device)
+                dtype = weight_out_in(self._outputs[i].original).dtype
+                mask = torch.zeros(chosen.shape[0], block.d_ff, dtype=dtype, device=chosen.device)
                 st.neuron_mask = mask.scatter_(1, chosen, 1.0)
                 st.mode = "masked"
             st.sums, st.token_mask = None, None
             selections.append(chosen)
         self.selections = selections
         self.phase = "decode"
+        self.select_s = _synced_time(self.devices) - t0
         return selections
+
+
+def _synced_time(devices) -> float:
+    """``time.perf_counter()`` after every CUDA device in ``devices`` has finished its work."""
+    import time
+
+    for dev in {d for d in devices if d.type == "cuda"}:
+        torch.cuda.synchronize(dev)
+    return time.perf_counter()
 
 
 def apply_glass(model: nn.Module, config: GlassConfig | None = None, **overrides) -> GlassHandle:
@@ -235,5 +200,7 @@ def apply_glass(model: nn.Module, config: GlassConfig | None = None, **overrides
             if prior.sums.shape[0] != len(blocks):
                 raise GlassError("prior and model disagree on the number of FFN blocks")
         global_scores = GLOBAL_SOURCES[spec.global_source](blocks, prior, statistic, config.seed)
-        global_scores = [g.float() for g in global_scores]
-    return GlassHandle(model, config, blocks, spec, lam, statistic, global_scores)
+    k = [keep_count(d, b.d_ff) for d, b in zip(config.density_for(len(blocks)), blocks)]
+    down_norms = [down_column_norms(b) for b in blocks] if statistic == "impact" else None
+    selector = Selector(blocks, k, lam, statistic, global_scores, down_norms, share_batch=config.share_batch)
+    return GlassHandle(model, config, blocks, spec, lam, statistic, selector)

@@ -128,20 +128,57 @@ def resolve(name: str) -> Path | str:
     return name
 
 
-def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype | str = torch.float32, device: str = "cpu",
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` (or None): the first CUDA device when there is one, else the CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:K") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelNotAvailableError(f"device {device!r} was requested but CUDA is not available here; use --device cpu")
+    return dev
+
+
+def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+    """``auto`` (or None): bfloat16 on CUDA, float32 elsewhere; else the named dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    return getattr(torch, dtype)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where the model takes its inputs: the device of its input embeddings."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if emb is not None and getattr(emb, "weight", None) is not None:
+        return emb.weight.device
+    return next(model.parameters()).device
+
+
+def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype | str | None = "auto", device: str | None = "auto",
                device_map: str | dict | None = None, max_memory: dict | None = None):
     """Return ``(model, tokenizer)`` in eval mode.
 
     ``name``: an alias (``smollm2-135m``, ``gemma3-270m``), a ``.gguf`` path, a local
     transformers folder, or a hub id (needs a reachable hub or a filled HF cache).
+    ``device``: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:K``;
+    ``dtype``: ``auto`` (bfloat16 on CUDA, float32 on the CPU) or a dtype name.
     ``device_map``/``max_memory`` shard a model too large for one device across several
     (transformers/accelerate placement, e.g. ``device_map="auto"``); ``device`` is then
     ignored.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+    dev = resolve_device(device) if device_map is None else resolve_device("auto")
+    dtype = resolve_dtype(dtype, dev)
     where = resolve(name)
     try:
         tok = AutoTokenizer.from_pretrained(where)
@@ -157,5 +194,5 @@ def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype | str = torch.float
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     if device_map is None:
-        model = model.to(device)
+        model = model.to(dev)
     return model.eval(), tok

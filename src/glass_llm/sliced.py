@@ -16,14 +16,13 @@ Both wrappers of one block share a ``BlockState``. Modes:
   (the weights are read once per step, as in the dense model); or ("bmm") 3-D weights,
   one slice per row, and a batched matmul (reads batch x density of the weights).
 
-Sliced weights are built once per request by ``compact_block`` and live in the state.
-The compact rows of all input projections of a block (gate and up) are stacked into
-one matrix, so a decode step computes them with one matmul: the first input wrapper
-called with an input ``x`` computes every part and leaves the others' outputs in the
-state; a sibling called with the same tensor object ``x`` takes its part from there.
-A sibling called with another tensor computes its own rows alone, so the result never
-depends on the call order (the owning MLP must not modify ``x`` in place between its
-projections, which no supported architecture does).
+Sliced weights are gathered once per request by ``compact_block`` into buffers that the
+state keeps for as long as GLASS is applied: with one neuron set for the batch the
+shapes depend only on the density, so every request writes into the same tensors (a
+compiled decode step is reused, and addresses stay fixed). The compact rows of all input
+projections of a block (gate and up) are stacked in one matrix; each input wrapper
+reads its own contiguous part of it. A decode step does no Python work beyond the
+wrappers' mode check.
 """
 
 from __future__ import annotations
@@ -58,9 +57,7 @@ class BlockState:
     part_biases: tuple[torch.Tensor | None, ...] = ()
     weight_out: torch.Tensor | None = None  # (d_out, k) or (S, k, d_out)
     bias_out: torch.Tensor | None = None  # the output projection's own bias (not sliced)
-    pending: list | None = None  # [x, outputs not yet taken by the sibling wrappers]
     row_mask: torch.Tensor | None = None  # (S, U): per-row sets over their union ("union")
-    stack_inputs: bool = True  # one matmul for all input projections (False: one each)
     batch_kernel: str = "union"  # per-row sets: "union" (2-D + row mask) or "bmm" (3-D)
     extra: dict = field(default_factory=dict)
 
@@ -69,10 +66,9 @@ class BlockState:
         return [t for t in (self.weight_in, self.bias_in, self.weight_out) if t is not None]
 
     def release_compact(self) -> None:
-        """Drop the compact weights and anything left between wrapper calls."""
+        """Drop the compact weights."""
         self.weight_in = self.bias_in = self.weight_out = self.bias_out = self.row_mask = None
         self.part_sizes, self.part_weights, self.part_biases = (), (), ()
-        self.pending = None
 
 
 def _by_row(t: torch.Tensor, rows: int) -> torch.Tensor:
@@ -112,25 +108,7 @@ class NeuronInput(nn.Module):
         st = self.state
         if st.mode != "sliced":
             return self.original(x)
-        if len(st.part_sizes) == 1:
-            return _project(x, st.weight_in, st.bias_in)
-        if not st.stack_inputs:
-            return _project(x, st.part_weights[self.part], st.part_biases[self.part])
-        pending = st.pending
-        if pending is not None and pending[0] is x and pending[1][self.part] is not None:
-            y = pending[1][self.part]
-            pending[1][self.part] = None
-            if all(p is None for p in pending[1]):
-                st.pending = None
-            return y
-        if pending is not None and pending[0] is x:
-            # this part was already taken for this input: compute it alone
-            return _project(x, st.part_weights[self.part], st.part_biases[self.part])
-        parts = list(_project(x, st.weight_in, st.bias_in).split(st.part_sizes, dim=-1))
-        y = parts[self.part]
-        parts[self.part] = None
-        st.pending = [x, parts]
-        return y
+        return _project(x, st.part_weights[self.part], st.part_biases[self.part])
 
 
 class NeuronOutput(nn.Module):
@@ -145,7 +123,6 @@ class NeuronOutput(nn.Module):
         st = self.state
         mode = st.mode
         if mode == "sliced":
-            st.pending = None
             if st.row_mask is not None:
                 z = _row_scale(z, st.row_mask)
             w, b = st.weight_out, st.bias_out
@@ -164,6 +141,13 @@ class NeuronOutput(nn.Module):
         return self.original(z)
 
 
+def _buffer(old: torch.Tensor | None, like: torch.Tensor, shape: tuple[int, ...], zero: bool = False) -> torch.Tensor:
+    """``old`` when it already has this shape, dtype and device (reused in place), else a new tensor."""
+    if old is not None and tuple(old.shape) == shape and old.dtype == like.dtype and old.device == like.device:
+        return old.zero_() if zero else old
+    return like.new_zeros(shape) if zero else like.new_empty(shape)
+
+
 @torch.no_grad()
 def compact_block(state: BlockState, inputs: list[NeuronInput], output: NeuronOutput,
                   selected: torch.Tensor) -> None:
@@ -173,9 +157,8 @@ def compact_block(state: BlockState, inputs: list[NeuronInput], output: NeuronOu
     2-D weights over the union of the sets plus a row mask (``batch_kernel`` "union"),
     or 3-D weights with one slice per row ("bmm").
     Every piece is gathered straight from the full weight into its place in the stacked
-    compact matrix (no full-size or intermediate copy).
+    compact matrix; buffers of the previous request are reused when the shapes agree.
     """
-    state.release_compact()
     d_ff = state.d_ff
     if state.batch_kernel not in ("union", "bmm"):
         raise ValueError(f"unknown batch kernel {state.batch_kernel!r}; choose 'union' or 'bmm'")
@@ -199,9 +182,9 @@ def compact_block(state: BlockState, inputs: list[NeuronInput], output: NeuronOu
         sizes.append(wrapper.fused * k)
     w0 = pieces[0][0]
     K = k * len(pieces)
-    weight_in = w0.new_empty((K, w0.shape[1]) if S == 1 else (S, K, w0.shape[1]))
+    weight_in = _buffer(state.weight_in, w0, (K, w0.shape[1]) if S == 1 else (S, K, w0.shape[1]))
     has_bias = any(b is not None for _, b, _ in pieces)
-    bias_in = w0.new_zeros((K,) if S == 1 else (S, K)) if has_bias else None
+    bias_in = _buffer(state.bias_in, w0, (K,) if S == 1 else (S, K), zero=True) if has_bias else None
     for s in range(S):
         for j, (w, b, off) in enumerate(pieces):
             idx = selected[s] + off if off else selected[s]
@@ -209,15 +192,18 @@ def compact_block(state: BlockState, inputs: list[NeuronInput], output: NeuronOu
             torch.index_select(w, 0, idx, out=weight_in[rows] if S == 1 else weight_in[s, rows])
             if b is not None:
                 torch.index_select(b, 0, idx, out=bias_in[rows] if S == 1 else bias_in[s, rows])
+    if state.weight_in is not weight_in:  # new buffers: new views of them
+        state.part_weights = tuple(weight_in.split(sizes, dim=-2))
+        state.part_biases = (tuple(bias_in.split(sizes, dim=-1)) if bias_in is not None
+                             else tuple(None for _ in sizes))
     state.weight_in, state.bias_in, state.part_sizes = weight_in, bias_in, tuple(sizes)
     state.row_mask = row_mask
-    state.part_weights = tuple(weight_in.split(sizes, dim=-2))
-    state.part_biases = (tuple(bias_in.split(sizes, dim=-1)) if bias_in is not None
-                         else tuple(None for _ in sizes))
     w_out = weight_out_in(output.original).detach()  # (d_out, d_ff)
     b_out = getattr(output.original, "bias", None)
     state.bias_out = None if b_out is None else b_out.detach()
     if S == 1:
-        state.weight_out = w_out.index_select(1, selected[0])  # (d_out, k)
+        weight_out = _buffer(state.weight_out, w_out, (w_out.shape[0], k))
+        torch.index_select(w_out, 1, selected[0], out=weight_out)  # (d_out, k)
     else:
-        state.weight_out = w_out.t()[selected]  # (S, k, d_out)
+        weight_out = w_out.t()[selected]  # (S, k, d_out)
+    state.weight_out = weight_out

@@ -32,7 +32,7 @@ def accumulate_activation(z: torch.Tensor, mask: torch.Tensor | None = None) -> 
     if mask is not None:
         if mask.shape != z.shape[:2]:
             raise ValueError(f"mask shape {tuple(mask.shape)} does not match activations {tuple(z.shape[:2])}")
-        u2 = u2 * mask.to(u2.dtype).unsqueeze(-1)
+        u2 = u2 * mask.to(device=u2.device, dtype=u2.dtype).unsqueeze(-1)
     return u2.sum(dim=1)
 
 
