@@ -12,13 +12,18 @@ from glass_llm import GlassConfig, apply_glass
 from glass_llm.teacher import continuation_logits
 
 METHODS = ["griffin", "glass", "glass-a", "glass-i", "global", "magnitude", "random"]
+DTYPES = ["bfloat16", "float16"]
 
 
-@pytest.fixture(scope="module", params=["bfloat16", "float16"])
-def half(request, smollm):
-    model, tok = smollm
-    dtype = getattr(torch, request.param)
-    return copy.deepcopy(model).to(dtype), tok, dtype
+@pytest.fixture(scope="module")
+def halves(smollm):
+    model, _ = smollm
+    return {name: copy.deepcopy(model).to(getattr(torch, name)) for name in DTYPES}
+
+
+@pytest.fixture(scope="module", params=DTYPES)
+def half(request, halves, smollm):
+    return halves[request.param], smollm[1], getattr(torch, request.param)
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +35,11 @@ def text(smollm):
     return enc["input_ids"], cont
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_half_sliced_equals_masked(half, text, smollm, smollm_prior, method):
-    model, _, dtype = half
+# every method in bfloat16 (the GPU default); the two selection families in float16
+@pytest.mark.parametrize("dtype_name,method", [("bfloat16", m) for m in METHODS] +
+                         [("float16", "griffin"), ("float16", "glass")])
+def test_half_sliced_equals_masked(halves, text, smollm, smollm_prior, dtype_name, method):
+    model, dtype = halves[dtype_name], getattr(torch, dtype_name)
     prompt, cont = text
     cfg = GlassConfig(method=method, density=0.5, prior=smollm_prior)
     masked_cfg = GlassConfig(method=method, density=0.5, prior=smollm_prior, path="masked")

@@ -311,6 +311,14 @@ class BenchRecord:
     sparse_tok_s_mean: float
     speedup_mean: float
     max_load_avg: float
+    dense_weight_mb: float = 0.0
+    sparse_weight_mb: float = 0.0
+    roofline_speedup: float = 0.0
+    dense_gb_s: float = 0.0
+    sparse_gb_s: float = 0.0
+    compiled: bool = False
+    warmup_s: float = 0.0
+    dense_warmup_s: float = 0.0
     raw: dict = field(default_factory=dict, repr=False)
 
     def to_json(self, with_raw: bool = False) -> dict:
@@ -335,30 +343,54 @@ def _variants(settings: BenchSettings) -> list[tuple[str, GlassConfig | None, bo
 def run_rounds(model: nn.Module, input_ids: torch.Tensor, settings: BenchSettings, prior=None,
                generate_kwargs: dict | None = None, progress=None) -> dict[str, list[RunTiming]]:
     """Warm every variant up once, then run ``repeats`` interleaved rounds; returns the
-    timings per variant name."""
+    timings per variant name (the warm-up run, which pays any compilation, under
+    ``NAME:warmup``)."""
     variants = _variants(settings)
     runs: dict[str, list[RunTiming]] = {name: [] for name, _, _ in variants}
+    runs.update({f"{name}:warmup": [] for name, _, _ in variants})
     for rnd in range(-1, settings.repeats):
         n = settings.warmup_tokens if rnd < 0 else settings.gen_tokens
         for name, config, skip in variants:
             ctx = ffn_skipped(model) if skip else contextlib.nullcontext()
             with ctx:
                 timing = timed_generate(model, input_ids, n, name, config, prior, generate_kwargs)
-            if rnd >= 0:
-                runs[name].append(timing)
+            runs[name if rnd >= 0 else f"{name}:warmup"].append(timing)
             if progress is not None:
                 progress(f"round {rnd + 1}/{settings.repeats} {name}: {1e3 * timing.median_step_s:.1f} ms/step"
                          + (" (warm-up)" if rnd < 0 else ""))
     return runs
 
 
+def linear_weight_bytes(model: nn.Module) -> tuple[int, list[int]]:
+    """Bytes of weight a decode step reads: every Linear/Conv1D weight and bias (each
+    storage counted once; an embedding lookup reads one row and is left out), and the
+    part of it in each FFN block."""
+    seen: set[int] = set()
+    total = 0
+    for module in model.modules():
+        if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
+            for t in (module.weight, getattr(module, "bias", None)):
+                if t is not None and t.untyped_storage().data_ptr() not in seen:
+                    seen.add(t.untyped_storage().data_ptr())
+                    total += t.numel() * t.element_size()
+    ffn = []
+    for block in find_ffn_blocks(model):
+        ffn.append(sum(t.numel() * t.element_size() for m in (*block.input_modules, block.output_module)
+                       for t in (m.weight, getattr(m, "bias", None)) if t is not None))
+    return total, ffn
+
+
 def summarize(runs: dict[str, list[RunTiming]], settings: BenchSettings, model_name: str, batch: int,
-              prompt_tokens: int, dtype: str) -> list[BenchRecord]:
+              prompt_tokens: int, dtype: str, weight_bytes: tuple[int, list[int]] | None = None,
+              compiled: bool = False) -> list[BenchRecord]:
     """Turn the timings into one record per density.
 
     A decode step's time is the median of the run's per-step intervals (robust to other
     processes' bursts), then the median over rounds; the ``*_mean`` fields use the
     run's total decode time instead. End-to-end times are whole ``generate`` calls.
+    ``weight_bytes`` (from :func:`linear_weight_bytes`) adds the memory-bandwidth view:
+    bytes of weight read per step, dense and sparse, the roofline speed-up (their ratio:
+    what a step bound by weight reads alone would gain) and the achieved GB/s.
     """
     dense, skip = runs["dense"], runs["skip-ffn"]
     dense_step = _median([r.median_step_s for r in dense])
@@ -378,6 +410,10 @@ def summarize(runs: dict[str, list[RunTiming]], settings: BenchSettings, model_n
         e2e = _median([r.total_s for r in sp])
         sparse_mean = _median([r.mean_step_s for r in sp])
         used = [*dense, *skip, *sp]
+        dense_bytes = sparse_bytes = 0
+        if weight_bytes is not None:
+            dense_bytes, ffn_bytes = weight_bytes
+            sparse_bytes = dense_bytes - sum(int((1.0 - float(d)) * b) for b in ffn_bytes)
         records.append(BenchRecord(
             model=model_name, density=float(d), batch=batch, method=settings.method,
             share_batch=settings.share_batch, prompt_tokens=prompt_tokens, gen_tokens=settings.gen_tokens,
@@ -393,6 +429,11 @@ def summarize(runs: dict[str, list[RunTiming]], settings: BenchSettings, model_n
             dense_e2e_s=dense_e2e, sparse_e2e_s=e2e, prefill_ms=_median([r.prefill_s for r in dense]) * 1e3,
             dense_tok_s_mean=batch / dense_mean, sparse_tok_s_mean=batch / sparse_mean,
             speedup_mean=dense_mean / sparse_mean, max_load_avg=max(r.load_before for r in used),
+            dense_weight_mb=dense_bytes / 2**20, sparse_weight_mb=sparse_bytes / 2**20,
+            roofline_speedup=dense_bytes / sparse_bytes if sparse_bytes else 0.0,
+            dense_gb_s=dense_bytes / dense_step / 1e9, sparse_gb_s=sparse_bytes / step / 1e9,
+            compiled=compiled, warmup_s=_median([r.total_s for r in runs.get(f"{name}:warmup", [])] or [0.0]),
+            dense_warmup_s=_median([r.total_s for r in runs.get("dense:warmup", [])] or [0.0]),
             raw={n: [asdict(r) for r in runs[n]] for n in ("dense", "skip-ffn", name)},
         ))
     return records
@@ -410,7 +451,9 @@ def benchmark(model: nn.Module, input_ids: torch.Tensor, settings: BenchSettings
             raise BenchError(f"densities must be in (0, 1), got {d}")
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     runs = run_rounds(model, input_ids, settings, prior, generate_kwargs, progress)
-    return summarize(runs, settings, model_name, int(input_ids.shape[0]), int(input_ids.shape[1]), dtype)
+    compiled = "compile_config" in (generate_kwargs or {})
+    return summarize(runs, settings, model_name, int(input_ids.shape[0]), int(input_ids.shape[1]), dtype,
+                     weight_bytes=linear_weight_bytes(model), compiled=compiled)
 
 
 # ---------------------------------------------------------------------------------
@@ -440,11 +483,13 @@ def machine_info() -> dict:
 def format_table(records: Sequence[BenchRecord]) -> str:
     """A plain-text table of the records."""
     head = (f"{'batch':>5} {'dens':>5} {'dense t/s':>9} {'sparse t/s':>10} {'speedup':>7} {'ideal':>6} "
-            f"{'effic':>6} {'e2e':>6} {'sel ms':>7} {'sel/step':>8} {'ffn%':>5} {'RSS MB':>7} {'+W MB':>6}")
+            f"{'effic':>6} {'roof':>6} {'GB/s':>5} {'e2e':>6} {'sel ms':>7} {'sel/step':>8} {'ffn%':>5} "
+            f"{'RSS MB':>7} {'+W MB':>6}")
     lines = [head]
     for r in records:
         lines.append(
             f"{r.batch:>5} {r.density:>5.2f} {r.dense_tok_s:>9.1f} {r.sparse_tok_s:>10.1f} {r.speedup:>6.2f}x "
-            f"{r.ideal_speedup:>5.2f}x {r.efficiency:>6.3f} {r.e2e_speedup:>5.2f}x {r.select_ms:>7.1f} "
-            f"{r.select_in_decode_steps:>8.2f} {100 * r.ffn_share:>4.0f}% {r.peak_rss_mb:>7.0f} {r.compact_weights_mb:>6.1f}")
+            f"{r.ideal_speedup:>5.2f}x {r.efficiency:>6.3f} {r.roofline_speedup:>5.2f}x {r.sparse_gb_s:>5.1f} "
+            f"{r.e2e_speedup:>5.2f}x {r.select_ms:>7.1f} {r.select_in_decode_steps:>8.2f} {100 * r.ffn_share:>4.0f}% "
+            f"{r.peak_rss_mb:>7.0f} {r.compact_weights_mb:>6.1f}")
     return "\n".join(lines)

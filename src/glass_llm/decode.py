@@ -20,14 +20,23 @@ from torch import nn
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
+DEFAULT_MAX_CACHE_LEN = 1024
+
+
 def compile_kwargs(model: nn.Module, mode: str | None = None, backend: str = "inductor",
-                   fullgraph: bool = True) -> dict:
+                   fullgraph: bool = True, max_cache_len: int = DEFAULT_MAX_CACHE_LEN) -> dict:
     """``generate`` keyword arguments for a compiled decode step on ``model``'s device.
 
     mode: torch.compile mode (default: ``reduce-overhead``, i.e. CUDA graphs, on CUDA;
     ``default`` elsewhere). backend: a torch.compile backend (``eager``/``aot_eager``
-    check that the step traces as one graph without code generation).
+    check that the step traces as one graph without code generation). max_cache_len:
+    the static KV cache's length (prompt + new tokens at most); every request up to it
+    reuses one cache shape, so the decode step is compiled once (a longer request grows
+    the cache and compiles again). Each step attends over the whole cache, so a
+    smaller value is faster for short requests.
     """
+    if max_cache_len < 2:
+        raise ValueError(f"max_cache_len must be >= 2, got {max_cache_len}")
     from transformers import CompileConfig
 
     device = next(model.parameters()).device
@@ -38,7 +47,7 @@ def compile_kwargs(model: nn.Module, mode: str | None = None, backend: str = "in
     config = CompileConfig(fullgraph=fullgraph, dynamic=False, backend=backend, mode=mode)
     if device.type != "cuda":
         config._compile_all_devices = True  # transformers compiles on the CPU only when asked
-    return {"cache_implementation": "static", "compile_config": config}
+    return {"cache_implementation": "static", "compile_config": config, "max_cache_len": int(max_cache_len)}
 
 
 def compiled_frames() -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
-from .common import add_model_arg, floats, ints
+from .common import add_compile_arg, compile_generate_kwargs, add_model_arg, add_prior_tokens_arg, floats, ints, model_kwargs
 
 
 def register(sub) -> None:
@@ -26,12 +26,13 @@ def register(sub) -> None:
                    help="one neuron set per batch (from the rows' combined statistic) instead of one per row")
     p.add_argument("--method", default="glass", help="selection method (default glass; see `glass generate`)")
     p.add_argument("--prior", default=None, help="prior file (built and cached on first use if omitted)")
-    p.add_argument("--prior-tokens", type=int, default=8192, help="tokens for a prior built on demand")
+    add_prior_tokens_arg(p)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object (a list of objects for several densities or batches)")
     p.add_argument("--raw", action="store_true", help="with --json: include every run's timings")
     p.add_argument("--quiet", action="store_true", help="no progress on standard error")
+    add_compile_arg(p)
     p.set_defaults(func=run)
 
 
@@ -53,14 +54,15 @@ def run(args) -> int:
     _, lam, _ = GlassConfig(method=args.method).resolved()
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     say(f"loading {args.model} ...")
-    model, tok = load_model(args.model, dtype=args.dtype)
+    model, tok = load_model(args.model, **model_kwargs(args))
     prior = None
     if get_method(args.method).needs_prior_at(lam):
         prior = get_or_build_prior(model, tok, args.model, path=args.prior, n_tokens=args.prior_tokens,
                                    progress=not args.quiet)
     settings = BenchSettings(densities=tuple(args.density), gen_tokens=args.gen_tokens, repeats=args.repeats,
                              method=args.method, share_batch=args.share_batch)
-    gen_kwargs = {"pad_token_id": tok.pad_token_id}
+    gen_kwargs = {"pad_token_id": tok.pad_token_id,
+                  **compile_generate_kwargs(args, model, args.prompt_tokens + args.gen_tokens)}
     records = []
     for batch in args.batch:
         ids = make_prompts(tok, batch, args.prompt_tokens)
@@ -71,13 +73,17 @@ def run(args) -> int:
         print(json.dumps(objs[0] if len(objs) == 1 else objs, indent=2))
         return 0
     info = machine_info()
-    print(f"{args.model} ({args.dtype}), method {args.method}{', shared batch set' if args.share_batch else ''}; "
+    where = str(next(model.parameters()).device)
+    compiled = ", compiled decode" if args.compile else ""
+    print(f"{args.model} ({records[0].dtype} on {where}{compiled}), method {args.method}{', shared batch set' if args.share_batch else ''}; "
           f"prompt {args.prompt_tokens} tokens, {args.gen_tokens} new tokens greedy, median of {args.repeats} "
           f"interleaved rounds")
-    print(f"{info['cpu']}, {info['cores']} cores, torch {info['torch']}, {info['threads']} threads\n")
+    gpus = f", GPU {', '.join(info['gpus'])}" if info.get("gpus") else ""
+    print(f"{info['cpu']}, {info['cores']} cores{gpus}, torch {info['torch']}, {info['threads']} threads\n")
     print(format_table(records))
     print("\nspeedup = sparse/dense decode tokens/s; ideal = FFN time scaled by density (from a run with the FFN "
           "blocks skipped);\neffic = speedup/ideal; e2e = end-to-end (prefill + selection + decode) speed-up; "
-          "sel = one-off selection + slicing;\nffn% = FFN share of a dense decode step; RSS = peak resident memory "
+          "sel = one-off selection + slicing;\nroof = bandwidth roofline speed-up (weight bytes read per step, dense/"
+          "sparse); GB/s = sparse weight bytes per step / step time;\nffn% = FFN share of a dense decode step; RSS = peak resident memory "
           "of the sparse runs; +W = compact weights.")
     return 0

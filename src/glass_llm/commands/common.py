@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from ..models import DEFAULT_MODEL, cache_dir
+from ..models import DEFAULT_MODEL
+from ..prior_cache import DEFAULT_PRIOR_TOKENS
 
 
 def floats(text: str) -> list[float]:
@@ -32,12 +32,42 @@ def add_model_arg(p: argparse.ArgumentParser, positional: bool = True) -> None:
         p.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=help_ + f" (default {DEFAULT_MODEL})")
     else:
         p.add_argument("--model", default=DEFAULT_MODEL, help=help_)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="auto",
+                   help="auto (default: CUDA when available, else CPU), cpu, cuda or cuda:K")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights dtype (default auto: bfloat16 on CUDA, float32 on the CPU)")
+    p.add_argument("--device-map", default=None, metavar="MAP",
+                   help="'auto' spreads a model too big for one device over all visible devices")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
-def default_prior_path(model_name: str, source: str = "self", n_tokens: int = 16384) -> Path:
-    """Where priors built on demand are cached."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(model_name).strip("/"))[-80:]
-    src = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(source).name)
-    return cache_dir() / "priors" / f"{safe}-{src}-{n_tokens}.safetensors"
+def add_prior_tokens_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prior-tokens", type=int, default=DEFAULT_PRIOR_TOKENS,
+                   help="use a cached prior of at least this many tokens, or build one "
+                        f"(default {DEFAULT_PRIOR_TOKENS}, the default prior every command shares)")
+
+
+def add_compile_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compile", action="store_true",
+                   help="compile the decode step (static KV cache; CUDA graphs on a GPU); the first request "
+                        "pays the compile time, later ones of the same density reuse it")
+    p.add_argument("--max-cache-len", type=int, default=None,
+                   help="static KV cache length with --compile (default: prompt + new tokens, rounded up to 256)")
+
+
+def compile_generate_kwargs(args: argparse.Namespace, model, needed: int) -> dict:
+    """``generate`` kwargs for ``--compile`` (empty without it); ``needed`` = prompt + new tokens."""
+    if not getattr(args, "compile", False):
+        return {}
+    from ..decode import compile_kwargs
+
+    length = args.max_cache_len or -(-needed // 256) * 256
+    if length < needed:
+        raise ValueError(f"--max-cache-len {length} is shorter than prompt + new tokens ({needed})")
+    return compile_kwargs(model, max_cache_len=length)
+
+
+def model_kwargs(args: argparse.Namespace, device: str | None = None) -> dict:
+    """The load_model keyword arguments of a command's --device/--dtype/--device-map."""
+    return {"dtype": args.dtype, "device": device or args.device, "device_map": args.device_map}
+

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import add_model_arg, floats, ints, names
+from .common import add_model_arg, add_prior_tokens_arg, floats, ints, names, model_kwargs
 
 
 def register(sub) -> None:
@@ -38,7 +38,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="prompts per work item / generation batch")
     p.add_argument("--prior", default=None, help="prior file (default: built and cached on first use)")
     p.add_argument("--prior-source", default="self", help="source of a prior built on demand (default 'self')")
-    p.add_argument("--prior-tokens", type=int, default=16384, help="tokens for a prior built on demand")
+    add_prior_tokens_arg(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the random method and of prior sampling")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -56,7 +56,7 @@ def run(args) -> int:
 
     if distributed.should_launch(args.nproc):
         return distributed.launch(args, args.nproc)
-    with distributed.init(timeout_s=args.dist_timeout) as ctx:
+    with distributed.init(device=args.device, timeout_s=args.dist_timeout) as ctx:
         return _run(args, ctx)
 
 
@@ -82,7 +82,7 @@ def _run(args, ctx) -> int:
     docs = load_texts(settings.corpus)  # fail on a bad corpus before loading the model
     print(f"loading {args.model} ...", file=sys.stderr)
     with ctx.local_main_first():  # the first load may convert and cache the model
-        model, tok = load_model(args.model, dtype=args.dtype)
+        model, tok = load_model(args.model, **model_kwargs(args, device=str(ctx.device)))
     prior, prior_info = None, {}
     if settings.needs_prior():
         if args.prior:

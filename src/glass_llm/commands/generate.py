@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from .common import add_model_arg
+from .common import add_compile_arg, add_model_arg, add_prior_tokens_arg, compile_generate_kwargs, model_kwargs
 
 
 def register(sub) -> None:
@@ -16,7 +16,7 @@ def register(sub) -> None:
     p.add_argument("--density", type=float, default=0.5, help="fraction of FFN neurons kept while decoding")
     p.add_argument("--lam", type=float, default=None, help="weight of the prompt ranking (glass methods)")
     p.add_argument("--prior", default=None, help="prior file (built and cached on first use if omitted)")
-    p.add_argument("--prior-tokens", type=int, default=16384, help="tokens for a prior built on demand")
+    add_prior_tokens_arg(p)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=0.7)
@@ -24,6 +24,7 @@ def register(sub) -> None:
     p.add_argument("--num-beams", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--raw", action="store_true", help="do not apply the tokenizer's chat template")
+    add_compile_arg(p)
     p.set_defaults(func=run)
 
 
@@ -43,13 +44,13 @@ def run(args) -> int:
     from ..build import get_or_build_prior
     from ..engine import GlassConfig, apply_glass
     from ..methods import get_method
-    from ..models import load_model
+    from ..models import load_model, model_device
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     config = GlassConfig(method=args.method, density=args.density, lam=args.lam)
     spec, lam, _ = config.resolved()
-    model, tok = load_model(args.model, dtype=args.dtype)
-    enc = encode_prompt(tok, prompt, args.raw)
+    model, tok = load_model(args.model, **model_kwargs(args))
+    enc = encode_prompt(tok, prompt, args.raw).to(model_device(model))
     prior = None
     if get_method(args.method).needs_prior_at(lam):
         prior = get_or_build_prior(model, tok, args.model, path=args.prior, n_tokens=args.prior_tokens)
@@ -60,6 +61,7 @@ def run(args) -> int:
         gen.update(temperature=args.temperature, top_p=args.top_p)
     if args.num_beams == 1:
         gen["streamer"] = streamer
+    gen.update(compile_generate_kwargs(args, model, enc["input_ids"].shape[1] + args.max_new_tokens))
     with apply_glass(model, config, prior=prior):
         t0 = time.perf_counter()
         out = model.generate(**enc, **gen)
