@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup clean
+.PHONY: demo prior test setup clean
 
 setup: $(STAMP)
 
@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml requirements.lock models.lock
 
 demo: $(STAMP)
 	$(VENV)/bin/glass demo
+
+prior: $(STAMP)
+	$(VENV)/bin/glass prior
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)

@@ -151,7 +151,7 @@ def compare_with_paper(results: list[dict], model: str) -> str:
 
 def ablation(args, out: Path) -> int:
     """Prior size and source, SmolLM2-135M, calibration split, density 0.5."""
-    from glass_llm.commands.common import default_prior_path
+    from glass_llm.prior_cache import default_prior_path
 
     lam = args.lam or "0.5"
     priors = {}

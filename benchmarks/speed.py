@@ -41,7 +41,7 @@ def run_suite(models: list[str], cases: list[str], threads: int | None) -> None:
 
     from glass_llm.bench import BenchSettings, benchmark, format_table, machine_info, make_prompts
     from glass_llm.build import get_or_build_prior
-    from glass_llm.commands.common import default_prior_path
+    from glass_llm.prior_cache import default_prior_path
     from glass_llm.models import load_model
 
     if threads:

@@ -89,10 +89,10 @@ def test_unknown_hub_model_offline():
 
 
 def test_generate_and_prior(smollm_prior, tmp_path):
-    from glass_llm.commands.common import default_prior_path
+    from glass_llm.prior_cache import find_cached_prior
 
-    prior = default_prior_path("smollm2-135m", "self", 2048)
-    assert prior.is_file()
+    prior = find_cached_prior("smollm2-135m", "self", 2048)  # the file smollm_prior came from
+    assert prior is not None and prior.is_file()
     out = _run("generate", "smollm2-135m", "Name a colour.", "--prior", str(prior), "--max-new-tokens", "8")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() and "glass, density 0.5" in out.stderr
@@ -105,8 +105,25 @@ def test_generate_and_prior(smollm_prior, tmp_path):
 
 
 def test_demo_runs_end_to_end(smollm_prior):
-    out = _run("demo", "--max-new-tokens", "12", "--prior-tokens", "2048")
+    out = _run("demo", "--max-new-tokens", "12", "--prior-tokens", "2048", "--densities", "0.7,0.5",
+               "--bench-tokens", "4", "--repeats", "1")
     assert out.returncode == 0, out.stderr
+    assert "building" not in out.stderr  # the cached prior is found
     for name in ("dense", "griffin", "glass"):
         assert f"--- {name}" in out.stdout
-    assert "KL(dense||m)" in out.stdout and "speed-up" in out.stdout
+    assert "KL(dense||m)" in out.stdout and "speed-up" in out.stdout and "Texts at density" in out.stdout
+
+
+def test_prior_list_shows_the_cached_default_prior(smollm_prior):
+    out = _run("prior", "--list")
+    assert out.returncode == 0, out.stderr
+    assert "smollm2-135m" in out.stdout and "self" in out.stdout and str(smollm_prior.n_tokens) in out.stdout
+
+
+def test_lm_eval_sub_commands_pass_through_with_the_offline_tasks():
+    from glass_llm.lm_eval_tasks import SUITE_TAG, TASK_NAMES
+
+    out = _run("lm-eval", "ls", "tasks")
+    assert out.returncode == 0, out.stderr
+    for name in (*TASK_NAMES, SUITE_TAG):
+        assert name in out.stdout

@@ -94,9 +94,9 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(smollm_prior):
-    from glass_llm.commands.common import default_prior_path
+    from glass_llm.prior_cache import find_cached_prior
 
-    prior = default_prior_path(MODEL, n_tokens=2048)  # the file smollm_prior was cached in
+    prior = find_cached_prior(MODEL, "self", 2048)  # the file smollm_prior was cached in
     port = _free_port()
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen([sys.executable, "-m", "glass_llm", "serve", MODEL, "--port", str(port),

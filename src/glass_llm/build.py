@@ -57,6 +57,13 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 AllSum = Callable[[torch.Tensor], torch.Tensor]
 
 
+def sampling_batch(n_tokens: int, seq_len: int, batch_size: int) -> int:
+    """Sequences per forward: ``batch_size``, but no more than one full batch of
+    ``seq_len`` tokens per sequence needs for ``n_tokens`` (so a small prior does not
+    sample a large batch it cannot use). Independent of the number of processes."""
+    return max(1, min(batch_size, -(-n_tokens // seq_len)))
+
+
 @torch.no_grad()
 def build_self_prior_sums(model, tokenizer, n_tokens: int = DEFAULT_PRIOR_TOKENS, seq_len: int = DEFAULT_SAMPLE_LEN,
                           batch_size: int = DEFAULT_SAMPLE_BATCH, seed: int = 0, rank: int = 0, world: int = 1,
@@ -80,6 +87,7 @@ def build_self_prior_sums(model, tokenizer, n_tokens: int = DEFAULT_PRIOR_TOKENS
     """
     if seq_len < 1 or batch_size < 1:
         raise ValueError(f"seq_len and batch_size must be >= 1, got {seq_len} and {batch_size}")
+    batch_size = sampling_batch(n_tokens, seq_len, batch_size)
     blocks = find_ffn_blocks(model)
     totals = [torch.zeros(b.d_ff, dtype=torch.float64) for b in blocks]
     counts: list[int] = []  # generated tokens of sequence 0, 1, 2, ... (the same on every process)
@@ -177,7 +185,7 @@ def build_prior(model: nn.Module, tokenizer, source: str = DEFAULT_PRIOR_SOURCE,
         raise ValueError(f"rank {rank} is outside a world of {world} processes")
     if source == "self":
         seq_len = DEFAULT_SAMPLE_LEN if seq_len is None else seq_len
-        batch_size = DEFAULT_SAMPLE_BATCH if batch_size is None else batch_size
+        batch_size = sampling_batch(n_tokens, seq_len, DEFAULT_SAMPLE_BATCH if batch_size is None else batch_size)
         sums, count, n_seqs = build_self_prior_sums(model, tokenizer, n_tokens, seq_len, batch_size, seed,
                                                     rank=rank, world=world, progress=progress, all_sum=all_sum)
         info = {"kind": "self", "seq_len": seq_len, "batch_size": batch_size, "seed": seed, "temperature": 1.0,
@@ -200,11 +208,13 @@ def build_prior(model: nn.Module, tokenizer, source: str = DEFAULT_PRIOR_SOURCE,
 
 def get_or_build_prior(model: nn.Module, tokenizer, model_name: str, source: str = DEFAULT_PRIOR_SOURCE,
                        n_tokens: int | None = None, path=None, progress: bool = True, seed: int = 0, rank: int = 0,
-                       world: int = 1, all_sum: AllSum = _identity) -> Prior:
+                       world: int = 1, all_sum: AllSum = _identity, calibrate: bool = True) -> Prior:
     """Load the prior at ``path`` (which must exist), or else the cached prior of
     ``model_name`` from ``source`` with at least ``n_tokens`` tokens (default
     :data:`~glass_llm.prior_cache.DEFAULT_PRIOR_TOKENS`), building and caching one first
-    if there is none.
+    if there is none. With ``calibrate`` a cached prior carries the selection calibration
+    of the ``glass`` method (``glass_llm.calibration``): computed once, when the prior is
+    built or first loaded without one, and stored with it, so no later command redoes it.
 
     On several processes (``rank``, ``world``, ``all_sum`` as for :func:`build_prior`)
     every process calls this: the prior is loaded when every process sees the file, and
@@ -223,14 +233,31 @@ def get_or_build_prior(model: nn.Module, tokenizer, model_name: str, source: str
     if have == world:
         prior = load_prior(found)
         prior.check_matches(model)
+        if calibrate and prior.calibration is None:
+            prior = calibrated(model, tokenizer, prior, seed, progress and rank == 0)
+            if rank == 0:
+                save_prior(prior, found)
         return prior
     if rank == 0:
         print(build_notice(model_name, source, n_tokens), file=sys.stderr, flush=True)
     start = time.perf_counter()
     prior = build_prior(model, tokenizer, source=source, n_tokens=n_tokens, seed=seed, progress=progress and rank == 0,
                         rank=rank, world=world, all_sum=all_sum)
+    elapsed = time.perf_counter() - start
+    if calibrate:
+        prior = calibrated(model, tokenizer, prior, seed, progress and rank == 0)
     if rank == 0:
         save_prior(prior, default_prior_path(model_name, source, n_tokens))
         if source == DEFAULT_PRIOR_SOURCE and world == 1:
-            record_rate(model_name, prior.n_tokens / max(time.perf_counter() - start, 1e-9))
+            record_rate(model_name, prior.n_tokens / max(elapsed, 1e-9))
     return prior
+
+
+def calibrated(model: nn.Module, tokenizer, prior: Prior, seed: int = 0, progress: bool = True) -> Prior:
+    """``prior`` with the ``glass`` method's selection calibration (the same on every process)."""
+    from .calibration import calibrate_prior
+
+    if progress:
+        print("calibrating the glass selection on the model's own samples (once per prior) ...", file=sys.stderr,
+              flush=True)
+    return calibrate_prior(model, tokenizer, prior, seed=seed, progress=progress)

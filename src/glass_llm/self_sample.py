@@ -116,7 +116,7 @@ def sample_and_record(model: nn.Module, tokenizer, blocks: list[FFNBlock], indic
 
     Returns ``(sums, counts, tokens)``: per block the (rows, d_ff) float32 sums over each
     row's recorded tokens, each row's recorded token count, and the sampled tokens
-    (rows, seq_len) (tokens after a row's EOS are sampled but not recorded).
+    (rows, seq_len; zeros after a row's EOS: a finished row leaves the batch).
     """
     from transformers import DynamicCache
 

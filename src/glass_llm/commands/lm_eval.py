@@ -42,6 +42,11 @@ def harness_options(args: list[str]) -> list[str]:
         args = args[1:]
     if not any(a == "--model" or a.startswith("--model=") for a in args):
         args = ["--model", "glass", *args]
+    if not any(a == "--device" or a.startswith("--device=") for a in args):
+        # the harness would record its own default (cuda:0) even for a run on the CPU
+        from ..models import resolve_device
+
+        args = [*args, "--device", str(resolve_device("auto"))]
     return args
 
 

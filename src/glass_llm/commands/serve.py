@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from ..errors import UserError
-from .common import add_model_arg
+from .common import add_model_arg, add_prior_tokens_arg
 
 
 def register(sub) -> None:
@@ -22,7 +22,7 @@ def register(sub) -> None:
     p.add_argument("--density", type=float, default=0.5, help="default fraction of FFN neurons kept while decoding")
     p.add_argument("--lam", type=float, default=None, help="default weight of the prompt ranking (glass methods)")
     p.add_argument("--prior", default=None, help="prior file (built and cached on first use if omitted)")
-    p.add_argument("--prior-tokens", type=int, default=16384, help="tokens for a prior built on demand")
+    add_prior_tokens_arg(p)
     p.add_argument("--max-batch", type=int, default=8, help="most sequences decoded together (default 8)")
     p.add_argument("--share-batch", action="store_true", help="one neuron set per batch instead of one per request")
     p.add_argument("--batch-wait-ms", type=float, default=10.0,

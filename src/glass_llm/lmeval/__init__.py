@@ -112,8 +112,8 @@ class GlassLM(HFLM):
         path: str = "sliced",
         share_batch: bool | str = False,
         tokenizer: Any = None,
-        dtype: str = "float32",
-        device: str | None = "cpu",
+        dtype: str = "auto",
+        device: str | None = None,
         batch_size: int | str | None = 8,
         **kwargs: Any,
     ) -> None:
@@ -254,7 +254,8 @@ class GlassLM(HFLM):
 
     def get_model_info(self) -> dict:
         info = super().get_model_info()
-        info.update(glass_method=self.method, glass_density=self.glass_config.density, glass_lam=self.lam,
+        info.update(glass_device=str(next(self.model.parameters()).device),
+                    glass_method=self.method, glass_density=self.glass_config.density, glass_lam=self.lam,
                     glass_prior=None if self.glass_config.prior is None else "loaded")
         return info
 
