@@ -50,12 +50,6 @@ def prompt_sums(smollm):
     return rec.take_row_sums(), mask.sum(1)
 
 
-def _spec(name):
-    from glass_llm.methods import get_method
-
-    return get_method(name)
-
-
 def _selector(model, prior, method, density=0.5, lam=None):
     blocks = find_ffn_blocks(model)
     config = GlassConfig(method=method, density=density, lam=lam, prior=prior)

@@ -36,7 +36,7 @@ from .adapters import FFNBlock, find_ffn_blocks, weight_out_in
 from .calibration_data import Calibration
 from .dispersion import WINDOWS, fill_missing, window_lams, window_score_lams
 from .prior import Prior
-from .ranking import keep_count, ranks
+from .ranking import keep_count
 from .self_sample import sample_and_record, self_prompts
 
 SEQ_OFFSET = 1 << 20
