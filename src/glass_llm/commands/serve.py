@@ -26,7 +26,7 @@ def register(sub) -> None:
     p.add_argument("--max-batch", type=int, default=8, help="most sequences decoded together (default 8)")
     p.add_argument("--share-batch", action="store_true", help="one neuron set per batch instead of one per request")
     p.add_argument("--batch-wait-ms", type=float, default=10.0,
-                   help="how long the first request of a batch waits for others to join (default 10)")
+                   help="a new batch gathers requests until none arrives for this long, at most 5x (default 10)")
     p.add_argument("--max-tokens", type=int, default=256, help="tokens generated when a request does not say")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)

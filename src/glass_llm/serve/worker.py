@@ -118,16 +118,19 @@ class Worker:
 
     def _next_batch(self) -> list[Job] | None:
         """Oldest waiting job plus every waiting job that can share its batch; None to stop."""
+        wait = 0.0
         if not self._backlog:
             first = self._queue.get()
             if first is None:
                 return None
             self._backlog.append(first)
-            if self.batch_wait:
-                time.sleep(self.batch_wait)  # let requests sent at the same moment join
+            wait = self.batch_wait  # requests sent together arrive a little apart: gather until quiet
+        give_up = time.monotonic() + 5 * wait
         while True:
+            full = sum(job.req.n for job in self._backlog) >= self.max_batch
             try:
-                job = self._queue.get_nowait()
+                job = self._queue.get(timeout=wait) if wait and not full and time.monotonic() < give_up \
+                    else self._queue.get_nowait()
             except queue.Empty:
                 break
             if job is None:
