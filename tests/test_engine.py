@@ -126,13 +126,13 @@ def test_lam_one_is_griffin_topk_and_lam_zero_is_static(smollm, smollm_prior):
         rec.run(model, enc["input_ids"])
     k = keep_count(0.5, 1536)
     expected = [torch.topk(activation_from_sums(s), k).indices.sort().values for s in rec.sums]
-    with apply_glass(model, GlassConfig(method="glass", lam=1.0, density=0.5, prior=smollm_prior)) as h:
+    with apply_glass(model, GlassConfig(method="glass-a", lam=1.0, density=0.5, prior=smollm_prior)) as h:
         model.generate(**enc, max_new_tokens=2, do_sample=False)
         got = [s[0] for s in h.selections]
     assert all(torch.equal(a, b) for a, b in zip(expected, got))
     sets = []
     for text in ["Hello there", "A completely different prompt about chemistry and atoms."]:
-        with apply_glass(model, GlassConfig(method="glass", lam=0.0, density=0.5, prior=smollm_prior)) as h:
+        with apply_glass(model, GlassConfig(method="glass-a", lam=0.0, density=0.5, prior=smollm_prior)) as h:
             model.generate(**tok(text, return_tensors="pt"), max_new_tokens=2, do_sample=False)
             sets.append(h.selections)
     assert all(torch.equal(a, b) for a, b in zip(*sets))

@@ -64,6 +64,10 @@ def test_glass_lm_eval_command_forwards_to_the_harness():
     argv = harness_argv(opts)
     assert argv[0] == "run" and argv[-2:] == ["--include_path", str(TASKS_DIR)]
     assert harness_options(["--model", "hf", "--tasks", "x"])[:2] == ["--model", "hf"]
+    # the run records the device it really uses, not the harness's cuda:0 default
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    assert opts[opts.index("--device") + 1] == want
+    assert harness_options(["--tasks", "x", "--device", "cpu"]).count("--device") == 1
     with pytest.raises(ValueError, match="include_path"):
         harness_argv(["--tasks", "x", "--include_path", "/elsewhere"])
 

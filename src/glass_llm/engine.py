@@ -24,7 +24,7 @@ from .errors import UserError
 from .methods import GLOBAL_SOURCES, MethodSpec
 from .prior import load_prior
 from .ranking import keep_count
-from .selection import Selector
+from .selection import Selector, build_selector
 from .sliced import BlockState, NeuronInput, NeuronOutput, compact_block
 
 
@@ -55,6 +55,7 @@ class GlassHandle:
         self._hooks: list = []
         self.phase = "idle"  # idle -> prefill -> decode
         self.selections: list[torch.Tensor] | None = None
+        self.prompt_tokens: torch.Tensor | None = None  # (B,) unpadded prompt tokens per row
         self.select_s = 0.0  # wall time of the last selection (device-synchronised)
         if self.active:
             self._install()
@@ -141,6 +142,7 @@ class GlassHandle:
                 raise ValueError(f"empty prompt in batch row(s) {empty}: every row needs at least one unpadded token")
         else:
             token_mask = torch.ones(batch, length, device=device)
+        self.prompt_tokens = token_mask.sum(1).float()
         if self.selector.uses_prompt:
             on_device = {}
             for st, dev in zip(self.states, self.devices):
@@ -156,7 +158,7 @@ class GlassHandle:
         t0 = _synced_time(self.devices)
         selections = []
         for i, (st, block) in enumerate(zip(self.states, self.blocks)):
-            chosen = self.selector.choose(i, st.sums)
+            chosen = self.selector.choose(i, st.sums, self.prompt_tokens)
             st.selected = chosen
             if self.config.path == "sliced":
                 compact_block(st, self._inputs[i], self._outputs[i], chosen)
@@ -190,17 +192,19 @@ def apply_glass(model: nn.Module, config: GlassConfig | None = None, **overrides
     if any(isinstance(m, (NeuronInput, NeuronOutput)) for m in model.modules()):
         raise GlassError("GLASS is already applied to this model; call handle.remove() first")
     blocks = find_ffn_blocks(model)
-    global_scores = None
-    if not spec.dense and lam < 1 and spec.global_source is not None:
+    prior = None
+    if spec.global_source == "prior" and not spec.dense and (lam < 1 or spec.schedule):
         prior = config.prior
         if isinstance(prior, (str, os.PathLike)):
             prior = load_prior(prior)
-        if spec.global_source == "prior" and prior is not None:
+        if prior is not None:
             prior.check_matches(model, blocks)
             if prior.sums.shape[0] != len(blocks):
                 raise GlassError("prior and model disagree on the number of FFN blocks")
+    global_scores = None
+    if not spec.dense and lam < 1 and spec.global_source is not None:
         global_scores = GLOBAL_SOURCES[spec.global_source](blocks, prior, statistic, config.seed)
-    k = [keep_count(d, b.d_ff) for d, b in zip(config.density_for(len(blocks)), blocks)]
     down_norms = [down_column_norms(b) for b in blocks] if statistic == "impact" else None
-    selector = Selector(blocks, k, lam, statistic, global_scores, down_norms, share_batch=config.share_batch)
+    selector = build_selector(blocks, config, spec, lam, statistic, global_scores, down_norms,
+                              prior=prior, model=model)
     return GlassHandle(model, config, blocks, spec, lam, statistic, selector)
