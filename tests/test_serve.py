@@ -66,6 +66,34 @@ def test_parse_request_defaults_and_batch_key():
     assert c.glass == GlassSettings("glass", 0.7)
 
 
+def test_worker_batches_equal_settings_up_to_max_batch():
+    import asyncio
+
+    from glass_llm.serve.protocol import GlassSettings, parse_request
+    from glass_llm.serve.worker import Job, Worker
+
+    loop = asyncio.new_event_loop()
+    default = GlassSettings("glass", 0.5)
+
+    def job(glass: dict | None = None, n: int = 1) -> Job:
+        body = {"prompt": "hi", "temperature": 0, "n": n, **({"glass": glass} if glass else {})}
+        return Job(parse_request("completion", body, default, True, 4), loop)
+
+    worker = Worker(load=lambda: None, max_batch=4, batch_wait=0)
+    a1, a2, b1, a3, b2, a4, a5 = job(), job(), job({"method": "griffin"}), job(n=2), job({"method": "griffin"}), \
+        job(), job()
+    a4.cancel()  # its client left while it waited
+    for j in (a1, a2, b1, a3, b2, a4, a5):
+        worker._queue.put(j)
+    assert worker._next_batch() == [a1, a2, a3]  # 4 rows: a5 would be the fifth
+    assert a4.events.qsize() == 0 and loop.run_until_complete(a4.events.get()) == ("done", 0, "cancelled", 0)
+    assert worker._next_batch() == [b1, b2]
+    assert worker._next_batch() == [a5]
+    worker._queue.put(None)
+    assert worker._next_batch() is None
+    loop.close()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
