@@ -141,7 +141,7 @@ def sample_and_record(model: nn.Module, tokenizer, blocks: list[FFNBlock], indic
     try:
         # every distinct prompt is run once (always as the same small batch), then its
         # cache and next-token logits are copied to the rows that start from it
-        logits = model(input_ids=ids, attention_mask=attn, position_ids=positions, past_key_values=cache,
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=positions, cache=cache,
                        use_cache=True, logits_to_keep=1).logits[:, -1]
         kind = torch.tensor([i % len(prompts) for i in indices], device=device)
         cache.batch_select_indices(kind)
@@ -155,7 +155,7 @@ def sample_and_record(model: nn.Module, tokenizer, blocks: list[FFNBlock], indic
             attn = torch.cat([attn, torch.ones((len(live), 1), dtype=attn.dtype, device=device)], dim=1)
             rec.recording = True
             logits = model(input_ids=tok.unsqueeze(1).to(device), attention_mask=attn,
-                           position_ids=next_pos.unsqueeze(1), past_key_values=cache, use_cache=True,
+                           position_ids=next_pos.unsqueeze(1), cache=cache, use_cache=True,
                            logits_to_keep=1).logits[:, -1]
             rec.recording = False
             next_pos = next_pos + 1
