@@ -19,12 +19,13 @@ from pathlib import Path
 from .models import cache_dir
 
 DEFAULT_PRIOR_SOURCE = "self"
-# Chosen by the prior-size ablation in BENCHMARKS.md: the smallest self-sampled size
-# whose KL to dense matches the larger ones within the measured spread.
+# 8192 self-sampled tokens: the size `glass demo` used. The prior-size ablation
+# (2048 / 8192 / 16384 tokens, benchmarks/prior_speed.py and `glass eval --prior`) that
+# should confirm it as the smallest size without a fidelity cost has not been run yet.
 DEFAULT_PRIOR_TOKENS = 8192
-# Self-sampling shape: sequences per forward and tokens per sequence, where sampling
-# throughput peaks on a 2-core CPU for SmolLM2-135M and Gemma-3-270m
-# (benchmarks/prior_speed.py).
+# Self-sampling shape: sequences per forward and new tokens per sequence. On a loaded
+# 2-core CPU, SmolLM2-135M sampled about 110 tokens/s at 64 x 128 and 140 at 128 x 128
+# (one run each); a batch is capped at what the token budget needs (build.sampling_batch).
 DEFAULT_SAMPLE_BATCH = 64
 DEFAULT_SAMPLE_LEN = 128
 
