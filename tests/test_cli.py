@@ -127,3 +127,16 @@ def test_lm_eval_sub_commands_pass_through_with_the_offline_tasks():
     assert out.returncode == 0, out.stderr
     for name in (*TASK_NAMES, SUITE_TAG):
         assert name in out.stdout
+
+
+@pytest.mark.parametrize("command,extra", [
+    ("demo", []), ("prior", []), ("generate", ["hello"]), ("eval", ["--out", "x"]), ("bench", []), ("serve", []),
+])
+def test_every_model_command_takes_device_and_dtype(command, extra):
+    from glass_llm.cli import build_parser
+    from glass_llm.commands.common import model_kwargs
+
+    args = build_parser().parse_args([command, "smollm2-135m", *extra, "--device", "cpu", "--dtype", "bfloat16"])
+    assert model_kwargs(args) == {"dtype": "bfloat16", "device": "cpu", "device_map": None}
+    auto = build_parser().parse_args([command, "smollm2-135m", *extra])
+    assert (auto.device, auto.dtype) == ("auto", "auto")

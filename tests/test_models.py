@@ -44,3 +44,23 @@ def test_bad_paths(tmp_path):
 def test_cache_dir_follows_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("GLASS_LLM_CACHE", str(tmp_path / "c"))
     assert models.cache_dir() == tmp_path / "c"
+
+
+def test_device_and_dtype_resolution():
+    import torch
+
+    from glass_llm.models import ModelNotAvailableError, resolve_device, resolve_dtype
+
+    cuda = torch.cuda.is_available()
+    assert resolve_device("auto").type == ("cuda" if cuda else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert resolve_dtype("float16", torch.device("cpu")) == torch.float16
+    with pytest.raises(ValueError, match="unknown dtype"):
+        resolve_dtype("float8", torch.device("cpu"))
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("tpu:banana")
+    if not cuda:
+        with pytest.raises(ModelNotAvailableError, match="CUDA is not available"):
+            resolve_device("cuda")
