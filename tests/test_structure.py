@@ -11,7 +11,7 @@ import glass_llm
 PACKAGE = Path(glass_llm.__file__).resolve().parent
 MAX_LINES = 350
 # modules still above the limit, with the line count they may not grow past
-OVERSIZE = {"glass_llm.bench": 450}
+OVERSIZE: dict[str, int] = {}
 
 
 def _module_name(path: Path) -> str:

@@ -1,0 +1,228 @@
+"""The figures of a decode-speed benchmark: records, their summary and a plain table.
+
+``glass_llm.bench`` runs the interleaved rounds and times them; this module turns the
+timings into one ``BenchRecord`` per density (speed-ups, the skip-FFN ideal, the
+bandwidth roofline, selection cost, memory) and formats them. Pure arithmetic on the
+timings, tested on synthetic ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .adapters import find_ffn_blocks
+
+@dataclass
+class RunTiming:
+    """One ``generate`` call."""
+
+    variant: str
+    total_s: float
+    prefill_s: float
+    select_s: float
+    decode_s: float
+    steps: int
+    peak_rss_mb: float
+    compact_mb: float = 0.0
+    median_step_s: float = 0.0
+    load_before: float = 0.0
+    peak_device_mb: float = 0.0
+
+    @property
+    def mean_step_s(self) -> float:
+        return self.decode_s / max(1, self.steps)
+
+
+@dataclass
+class BenchSettings:
+    """What to run. ``densities`` are the fractions of FFN neurons kept while decoding."""
+
+    densities: Sequence[float] = (0.25, 0.5, 0.75)
+    gen_tokens: int = 256
+    repeats: int = 3
+    method: str = "glass"
+    share_batch: bool = False
+    warmup_tokens: int = 8
+
+
+@dataclass
+class BenchRecord:
+    """One (batch, density) line of the benchmark; ratios compare runs of the same rounds."""
+
+    model: str
+    density: float
+    batch: int
+    method: str
+    share_batch: bool
+    prompt_tokens: int
+    gen_tokens: int
+    repeats: int
+    threads: int
+    dtype: str
+    dense_tok_s: float
+    sparse_tok_s: float
+    speedup: float
+    ideal_speedup: float
+    efficiency: float
+    e2e_speedup: float
+    select_ms: float
+    select_in_decode_steps: float
+    peak_rss_mb: float
+    dense_peak_rss_mb: float
+    peak_device_mb: float
+    dense_peak_device_mb: float
+    compact_weights_mb: float
+    ffn_share: float
+    dense_step_ms: float
+    sparse_step_ms: float
+    skip_ffn_step_ms: float
+    dense_e2e_s: float
+    sparse_e2e_s: float
+    prefill_ms: float
+    dense_tok_s_mean: float
+    sparse_tok_s_mean: float
+    speedup_mean: float
+    max_load_avg: float
+    dense_weight_mb: float = 0.0
+    sparse_weight_mb: float = 0.0
+    roofline_speedup: float = 0.0
+    dense_gb_s: float = 0.0
+    sparse_gb_s: float = 0.0
+    compiled: bool = False
+    warmup_s: float = 0.0
+    dense_warmup_s: float = 0.0
+    raw: dict = field(default_factory=dict, repr=False)
+
+    def to_json(self, with_raw: bool = False) -> dict:
+        d = asdict(self)
+        if not with_raw:
+            d.pop("raw")
+        return d
+
+
+def _median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def linear_weight_bytes(model: nn.Module) -> tuple[int, list[int]]:
+    """Bytes of weight a decode step reads: every Linear/Conv1D weight and bias (each
+    storage counted once; an embedding lookup reads one row and is left out), and the
+    part of it in each FFN block."""
+    seen: set[int] = set()
+    total = 0
+    for module in model.modules():
+        if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
+            for t in (module.weight, getattr(module, "bias", None)):
+                if t is not None and t.untyped_storage().data_ptr() not in seen:
+                    seen.add(t.untyped_storage().data_ptr())
+                    total += t.numel() * t.element_size()
+    ffn = []
+    for block in find_ffn_blocks(model):
+        ffn.append(sum(t.numel() * t.element_size() for m in (*block.input_modules, block.output_module)
+                       for t in (m.weight, getattr(m, "bias", None)) if t is not None))
+    return total, ffn
+
+
+def summarize(runs: dict[str, list[RunTiming]], settings: BenchSettings, model_name: str, batch: int,
+              prompt_tokens: int, dtype: str, weight_bytes: tuple[int, list[int]] | None = None,
+              compiled: bool = False) -> list[BenchRecord]:
+    """Turn the timings into one record per density.
+
+    A decode step's time is the median of the run's per-step intervals (robust to other
+    processes' bursts), then the median over rounds; the ``*_mean`` fields use the
+    run's total decode time instead. End-to-end times are whole ``generate`` calls.
+    ``weight_bytes`` (from :func:`linear_weight_bytes`) adds the memory-bandwidth view:
+    bytes of weight read per step, dense and sparse, the roofline speed-up (their ratio:
+    what a step bound by weight reads alone would gain) and the achieved GB/s.
+    """
+    dense, skip = runs["dense"], runs["skip-ffn"]
+    dense_step = _median([r.median_step_s for r in dense])
+    skip_step = _median([r.median_step_s for r in skip])
+    ffn = max(0.0, dense_step - skip_step)
+    dense_mean = _median([r.mean_step_s for r in dense])
+    dense_e2e = _median([r.total_s for r in dense])
+    records = []
+    for d in settings.densities:
+        name = f"d={d:g}"
+        sp = runs[name]
+        step = _median([r.median_step_s for r in sp])
+        ideal_step = skip_step + float(d) * ffn
+        speedup = dense_step / step
+        ideal = dense_step / ideal_step
+        sel = _median([r.select_s for r in sp])
+        e2e = _median([r.total_s for r in sp])
+        sparse_mean = _median([r.mean_step_s for r in sp])
+        used = [*dense, *skip, *sp]
+        dense_bytes = sparse_bytes = 0
+        if weight_bytes is not None:
+            dense_bytes, ffn_bytes = weight_bytes
+            sparse_bytes = dense_bytes - sum(int((1.0 - float(d)) * b) for b in ffn_bytes)
+        records.append(BenchRecord(
+            model=model_name, density=float(d), batch=batch, method=settings.method,
+            share_batch=settings.share_batch, prompt_tokens=prompt_tokens, gen_tokens=settings.gen_tokens,
+            repeats=settings.repeats, threads=torch.get_num_threads(), dtype=dtype,
+            dense_tok_s=batch / dense_step, sparse_tok_s=batch / step, speedup=speedup,
+            ideal_speedup=ideal, efficiency=speedup / ideal, e2e_speedup=dense_e2e / e2e,
+            select_ms=sel * 1e3, select_in_decode_steps=sel / dense_step,
+            peak_rss_mb=max(r.peak_rss_mb for r in sp), dense_peak_rss_mb=max(r.peak_rss_mb for r in dense),
+            peak_device_mb=max(r.peak_device_mb for r in sp),
+            dense_peak_device_mb=max(r.peak_device_mb for r in dense),
+            compact_weights_mb=_median([r.compact_mb for r in sp]), ffn_share=ffn / dense_step,
+            dense_step_ms=dense_step * 1e3, sparse_step_ms=step * 1e3, skip_ffn_step_ms=skip_step * 1e3,
+            dense_e2e_s=dense_e2e, sparse_e2e_s=e2e, prefill_ms=_median([r.prefill_s for r in dense]) * 1e3,
+            dense_tok_s_mean=batch / dense_mean, sparse_tok_s_mean=batch / sparse_mean,
+            speedup_mean=dense_mean / sparse_mean, max_load_avg=max(r.load_before for r in used),
+            dense_weight_mb=dense_bytes / 2**20, sparse_weight_mb=sparse_bytes / 2**20,
+            roofline_speedup=dense_bytes / sparse_bytes if sparse_bytes else 0.0,
+            dense_gb_s=dense_bytes / dense_step / 1e9, sparse_gb_s=sparse_bytes / step / 1e9,
+            compiled=compiled, warmup_s=_median([r.total_s for r in runs.get(f"{name}:warmup", [])] or [0.0]),
+            dense_warmup_s=_median([r.total_s for r in runs.get("dense:warmup", [])] or [0.0]),
+            raw={n: [asdict(r) for r in runs[n]] for n in ("dense", "skip-ffn", name)},
+        ))
+    return records
+
+
+# ---------------------------------------------------------------------------------
+# reporting
+
+
+def machine_info() -> dict:
+    """CPU model, core count, torch/transformers versions and threads, for the record."""
+    import os
+    import platform
+
+    import transformers
+
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def format_table(records: Sequence[BenchRecord]) -> str:
+    """A plain-text table of the records."""
+    head = (f"{'batch':>5} {'dens':>5} {'dense t/s':>9} {'sparse t/s':>10} {'speedup':>7} {'ideal':>6} "
+            f"{'effic':>6} {'roof':>6} {'GB/s':>5} {'e2e':>6} {'sel ms':>7} {'sel/step':>8} {'ffn%':>5} "
+            f"{'RSS MB':>7} {'+W MB':>6}")
+    lines = [head]
+    for r in records:
+        lines.append(
+            f"{r.batch:>5} {r.density:>5.2f} {r.dense_tok_s:>9.1f} {r.sparse_tok_s:>10.1f} {r.speedup:>6.2f}x "
+            f"{r.ideal_speedup:>5.2f}x {r.efficiency:>6.3f} {r.roofline_speedup:>5.2f}x {r.sparse_gb_s:>5.1f} "
+            f"{r.e2e_speedup:>5.2f}x {r.select_ms:>7.1f} {r.select_in_decode_steps:>8.2f} {100 * r.ffn_share:>4.0f}% "
+            f"{r.peak_rss_mb:>7.0f} {r.compact_weights_mb:>6.1f}")
+    return "\n".join(lines)
