@@ -77,7 +77,7 @@ def choose_density(kl: dict[tuple[str, float], float], densities) -> tuple[float
     readable = [d for d in densities if kl[("glass", d)] <= READABLE_KL]
     if not readable:
         d = max(densities)
-        return d, (f"GLASS's KL exceeds {READABLE_KL:g} at every density, so the densest one ({d:g}) is shown")
+        return d, f"density {d:g}: GLASS's KL exceeds {READABLE_KL:g} at every density, so the densest one is shown"
     d = max(readable, key=lambda x: (kl[("griffin", x)] - kl[("glass", x)], -x))
     gap = kl[("griffin", d)] - kl[("glass", d)]
     rest = [x for x in densities if x not in readable]
