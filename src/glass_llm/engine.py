@@ -23,7 +23,6 @@ from .config import PATHS, GlassConfig  # noqa: F401  (re-exported)
 from .errors import UserError
 from .methods import GLOBAL_SOURCES, MethodSpec
 from .prior import load_prior
-from .ranking import keep_count
 from .selection import Selector, build_selector
 from .sliced import BlockState, NeuronInput, NeuronOutput, compact_block
 
