@@ -34,6 +34,10 @@ def test_help_lists_the_workflow():
     (["generate", "smollm2-135m", "hi", "--method", "best"], "unknown method 'best'"),
     (["generate", "smollm2-135m", "hi", "--lam", "2"], "lam must be in [0, 1]"),
     (["generate", "smollm2-135m", "   ", "--method", "griffin"], "empty prompt"),
+    (["generate", "smollm2-135m", "hi", "--refresh", "-2"], "refresh must be a whole number"),
+    (["generate", "smollm2-135m", "hi", "--method", "griffin", "--refresh", "8", "--compile"],
+     "cannot be combined with --compile"),
+    (["bench", "smollm2-135m", "--method", "glass-refresh", "--compile"], "cannot be combined with --compile"),
 ])
 def test_bad_input_is_a_clear_error(args, message, capsys):
     assert main(args) == 2
@@ -96,6 +100,10 @@ def test_generate_and_prior(smollm_prior, tmp_path):
     out = _run("generate", "smollm2-135m", "Name a colour.", "--prior", str(prior), "--max-new-tokens", "8")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() and "glass, density 0.5" in out.stderr
+    out = _run("generate", "smollm2-135m", "Name a colour.", "--prior", str(prior), "--max-new-tokens", "8",
+               "--refresh", "3")
+    assert out.returncode == 0, out.stderr
+    assert "2 refreshes every 3 tokens" in out.stderr
     out = _run("generate", "smollm2-135m", "hi", "--prior", str(tmp_path / "corrupt.safetensors"))
     assert out.returncode == 2 and "does not exist" in out.stderr
     bad = tmp_path / "bad.safetensors"

@@ -51,3 +51,24 @@ def test_one_record_per_density_with_its_own_ideal():
     assert low.ideal_speedup == pytest.approx(100 / (60 + 0.25 * 40))
     assert low.speedup == pytest.approx(100 / 80)
     assert low.efficiency == pytest.approx((100 / 80) / (100 / 70))  # 0.875
+
+
+def test_mask_refreshes_are_spread_over_the_steps():
+    runs = {
+        "dense": [_run("dense", 0.100, 1.1) for _ in range(3)],
+        "skip-ffn": [_run("skip-ffn", 0.060, 0.6) for _ in range(3)],
+        "d=0.5": [],
+    }
+    for per_refresh in (0.15, 0.20, 0.25):  # 2 refreshes over 10 steps each run
+        r = _run("d=0.5", 0.080, 1.0)
+        r.refreshes, r.refresh_s = 2, 2 * per_refresh
+        runs["d=0.5"].append(r)
+    (rec,) = summarize(runs, BenchSettings(densities=(0.5,), gen_tokens=11, repeats=3), "m", batch=1,
+                       prompt_tokens=16, dtype="float32")
+    assert rec.sparse_step_ms == pytest.approx(80.0 + 2 * 200.0 / 10)  # the median run's refreshes, per step
+    assert rec.speedup == pytest.approx(100 / 120)
+    assert rec.refreshes == 2 and rec.refresh_ms == pytest.approx(200.0)
+    assert rec.refresh_in_decode_steps == pytest.approx(2.0)
+    from glass_llm.bench_summary import format_table
+
+    assert "2 mask refreshes per run, 200.0 ms each = 2.00 dense steps" in format_table([rec])

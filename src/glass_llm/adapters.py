@@ -120,6 +120,40 @@ def find_ffn_blocks(model: nn.Module) -> list[FFNBlock]:
     return blocks
 
 
+# Attribute names under which transformers' FFN owners keep their activation function
+# (Llama/Qwen/Gemma ``act_fn``, Phi-3/OPT ``activation_fn``, GPT-2 ``act``).
+ACTIVATION_NAMES = ("act_fn", "activation_fn", "act")
+
+
+def activation_of(block: FFNBlock):
+    """The block's activation function, read from its owner module."""
+    for name in ACTIVATION_NAMES:
+        fn = getattr(block.owner, name, None)
+        if callable(fn):
+            return fn
+    raise UnsupportedModelError(
+        f"{block.path} has no activation function under any of the names {', '.join(ACTIVATION_NAMES)}; "
+        "mask refresh needs it to recompute the FFN's intermediate activations")
+
+
+def ffn_intermediate(block: FFNBlock, x: torch.Tensor, inputs: list[nn.Module] | None = None) -> torch.Tensor:
+    """The dense intermediate activation ``z`` (the output projection's input) of ``x``.
+
+    ``inputs`` are the input projections to use (default: the block's own; pass the
+    original modules while GLASS has wrapped them). Gated layouts compute
+    ``act(gate(x)) * up(x)`` (Phi-3: gate and up halves of one fused matrix), plain ones
+    ``act(fc(x))``: what the owners' own forwards compute, dropout aside (inference).
+    """
+    mods = inputs if inputs is not None else block.input_modules
+    act = activation_of(block)
+    if block.layout.fused == 2:
+        gate, up = mods[0](x).chunk(2, dim=-1)
+        return act(gate) * up
+    if len(mods) == 2:
+        return act(mods[0](x)) * mods[1](x)
+    return act(mods[0](x))
+
+
 def down_column_norms(block: FFNBlock) -> torch.Tensor:
     """``||W_down[:, j]||_2`` for every neuron j (float32, shape (d_ff,))."""
     return weight_out_in(block.output_module).detach().float().norm(dim=0)

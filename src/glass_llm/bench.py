@@ -228,6 +228,7 @@ def timed_generate(model: nn.Module, input_ids: torch.Tensor, gen_tokens: int, v
             t1 = clock.start()
             compact = _compact_mb(handle)
             select_s = 0.0 if handle is None else handle.select_s
+            refreshes, refresh_s = (0, 0.0) if handle is None else (handle.refreshes, handle.refresh_s)
         finally:
             if handle is not None:
                 handle.remove()
@@ -240,7 +241,8 @@ def timed_generate(model: nn.Module, input_ids: torch.Tensor, gen_tokens: int, v
     return RunTiming(variant=variant, total_s=t1 - t0, prefill_s=clock.end[0] - t0 - select_s,
                      select_s=select_s, decode_s=decode_s, steps=len(clock.end) - 1,
                      peak_rss_mb=peak_rss_mb(), compact_mb=compact,
-                     median_step_s=_median(intervals), load_before=load, peak_device_mb=peak_dev)
+                     median_step_s=_median(intervals), load_before=load, peak_device_mb=peak_dev,
+                     refreshes=refreshes, refresh_s=refresh_s)
 
 
 # ---------------------------------------------------------------------------------
@@ -251,7 +253,8 @@ def _variants(settings: BenchSettings) -> list[tuple[str, GlassConfig | None, bo
     out: list[tuple[str, GlassConfig | None, bool]] = [("dense", None, False), ("skip-ffn", None, True)]
     for d in settings.densities:
         out.append((f"d={d:g}", GlassConfig(method=settings.method, density=float(d),
-                                              share_batch=settings.share_batch), False))
+                                              share_batch=settings.share_batch, refresh=settings.refresh),
+                    False))
     return out
 
 

@@ -34,10 +34,18 @@ class RunTiming:
     median_step_s: float = 0.0
     load_before: float = 0.0
     peak_device_mb: float = 0.0
+    refreshes: int = 0  # mask refreshes during the decode, and their total wall time
+    refresh_s: float = 0.0
 
     @property
     def mean_step_s(self) -> float:
         return self.decode_s / max(1, self.steps)
+
+    @property
+    def step_s(self) -> float:
+        """The typical decode step: the median interval plus the mask refreshes spread over
+        every step (a refresh lands in one step every R, which the median leaves out)."""
+        return self.median_step_s + self.refresh_s / max(1, self.steps)
 
 
 @dataclass
@@ -50,6 +58,7 @@ class BenchSettings:
     method: str = "glass"
     share_batch: bool = False
     warmup_tokens: int = 8
+    refresh: int | None = None  # None: the method's own setting
 
 
 @dataclass
@@ -98,6 +107,9 @@ class BenchRecord:
     compiled: bool = False
     warmup_s: float = 0.0
     dense_warmup_s: float = 0.0
+    refreshes: float = 0.0
+    refresh_ms: float = 0.0
+    refresh_in_decode_steps: float = 0.0
     raw: dict = field(default_factory=dict, repr=False)
 
     def to_json(self, with_raw: bool = False) -> dict:
@@ -136,7 +148,8 @@ def summarize(runs: dict[str, list[RunTiming]], settings: BenchSettings, model_n
     """Turn the timings into one record per density.
 
     A decode step's time is the median of the run's per-step intervals (robust to other
-    processes' bursts), then the median over rounds; the ``*_mean`` fields use the
+    processes' bursts) plus the run's mask refreshes spread over its steps, then the
+    median over rounds; the ``*_mean`` fields use the
     run's total decode time instead. End-to-end times are whole ``generate`` calls.
     ``weight_bytes`` (from :func:`linear_weight_bytes`) adds the memory-bandwidth view:
     bytes of weight read per step, dense and sparse, the roofline speed-up (their ratio:
@@ -152,11 +165,13 @@ def summarize(runs: dict[str, list[RunTiming]], settings: BenchSettings, model_n
     for d in settings.densities:
         name = f"d={d:g}"
         sp = runs[name]
-        step = _median([r.median_step_s for r in sp])
+        step = _median([r.step_s for r in sp])
         ideal_step = skip_step + float(d) * ffn
         speedup = dense_step / step
         ideal = dense_step / ideal_step
         sel = _median([r.select_s for r in sp])
+        n_refresh = _median([r.refreshes for r in sp])
+        per_refresh = _median([r.refresh_s / r.refreshes for r in sp if r.refreshes] or [0.0])
         e2e = _median([r.total_s for r in sp])
         sparse_mean = _median([r.mean_step_s for r in sp])
         used = [*dense, *skip, *sp]
@@ -184,6 +199,7 @@ def summarize(runs: dict[str, list[RunTiming]], settings: BenchSettings, model_n
             dense_gb_s=dense_bytes / dense_step / 1e9, sparse_gb_s=sparse_bytes / step / 1e9,
             compiled=compiled, warmup_s=_median([r.total_s for r in runs.get(f"{name}:warmup", [])] or [0.0]),
             dense_warmup_s=_median([r.total_s for r in runs.get("dense:warmup", [])] or [0.0]),
+            refreshes=n_refresh, refresh_ms=per_refresh * 1e3, refresh_in_decode_steps=per_refresh / dense_step,
             raw={n: [asdict(r) for r in runs[n]] for n in ("dense", "skip-ffn", name)},
         ))
     return records
@@ -225,4 +241,9 @@ def format_table(records: Sequence[BenchRecord]) -> str:
             f"{r.ideal_speedup:>5.2f}x {r.efficiency:>6.3f} {r.roofline_speedup:>5.2f}x {r.sparse_gb_s:>5.1f} "
             f"{r.e2e_speedup:>5.2f}x {r.select_ms:>7.1f} {r.select_in_decode_steps:>8.2f} {100 * r.ffn_share:>4.0f}% "
             f"{r.peak_rss_mb:>7.0f} {r.compact_weights_mb:>6.1f}")
+    for r in records:
+        if r.refreshes:
+            lines.append(f"batch {r.batch}, density {r.density:g}: {r.refreshes:g} mask refreshes per run, "
+                         f"{r.refresh_ms:.1f} ms each = {r.refresh_in_decode_steps:.2f} dense steps "
+                         "(spread over the steps in sparse t/s)")
     return "\n".join(lines)

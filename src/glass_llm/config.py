@@ -24,6 +24,9 @@ class GlassConfig:
     path: "sliced" (physically smaller weights, the fast path) or "masked" (unselected
     neurons zeroed, the reference path). share_batch: one neuron set for the whole batch,
     chosen from the rows' combined statistic (faster decode for large batches).
+    refresh: re-select every ``refresh`` generated tokens from the prompt's statistic plus
+    the generated tokens' own (recomputed densely from their kept FFN inputs), fused with
+    the prior as at the first selection; None keeps the method's setting, 0 is off.
     """
 
     method: str = "glass"
@@ -34,6 +37,17 @@ class GlassConfig:
     path: str = "sliced"
     share_batch: bool = False
     seed: int = 0
+    refresh: int | None = None
+
+    def refresh_every(self, spec: MethodSpec) -> int:
+        """Generated tokens between re-selections (0: one neuron set for the whole decode).
+        ``refresh`` None takes the method's own setting, 0 turns refresh off."""
+        r = spec.refresh if self.refresh is None else self.refresh
+        if r is None:
+            return 0
+        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+            raise ValueError(f"refresh must be a whole number of generated tokens >= 1 (or 0 for off), got {r!r}")
+        return 0 if spec.dense else r
 
     def densities(self) -> tuple[float, ...]:
         if isinstance(self.density, (list, tuple)):
@@ -65,6 +79,7 @@ class GlassConfig:
         statistic = self.statistic or spec.statistic
         if statistic not in STATISTICS:
             raise ValueError(f"unknown statistic {statistic!r}; choose one of {', '.join(STATISTICS)}")
+        self.refresh_every(spec)
         if self.path not in PATHS:
             raise ValueError(f"unknown path {self.path!r}; choose 'sliced' or 'masked'")
         return spec, lam, statistic

@@ -18,13 +18,14 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from .adapters import FFNBlock, down_column_norms, find_ffn_blocks, weight_out_in
+from .adapters import FFNBlock, down_column_norms, ffn_intermediate, find_ffn_blocks, weight_out_in
 from .config import PATHS, GlassConfig  # noqa: F401  (re-exported)
 from .errors import UserError
 from .methods import GLOBAL_SOURCES, MethodSpec
 from .prior import load_prior
 from .selection import Selector, build_selector
 from .sliced import BlockState, NeuronInput, NeuronOutput, compact_block
+from .stats import accumulate_activation
 
 
 class GlassError(RuntimeError, UserError):
@@ -56,6 +57,10 @@ class GlassHandle:
         self.selections: list[torch.Tensor] | None = None
         self.prompt_tokens: torch.Tensor | None = None  # (B,) unpadded prompt tokens per row
         self.select_s = 0.0  # wall time of the last selection (device-synchronised)
+        # mask refresh: generated tokens between re-selections (0: off); static methods never refresh
+        self.refresh_every = config.refresh_every(spec) if selector.uses_prompt else 0
+        self.refreshes, self.refresh_s = 0, 0.0  # re-selections of this request and their wall time
+        self._since = self._generated = 0
         if self.active:
             self._install()
 
@@ -101,6 +106,9 @@ class GlassHandle:
         """Forget the current request (compact buffers stay allocated for the next one)."""
         for st in self.states:
             st.mode, st.sums, st.token_mask, st.neuron_mask, st.selected = "dense", None, None, None, None
+            st.keep_inputs, st.prompt_sums = False, None
+            st.inputs.clear()
+        self.refreshes, self.refresh_s = 0, 0.0
 
     # request state machine -------------------------------------------------------
     # Both hooks return at once inside a compiled region: transformers compiles only the
@@ -119,6 +127,8 @@ class GlassHandle:
             self.select()
         elif self.phase == "idle":
             raise GlassError("a decode step arrived before any prefill; start with the full prompt and an empty cache")
+        if self.phase == "decode" and self.refresh_every:
+            self._advance(ids.shape[1])
         return None
 
     def _post_forward(self, module, args, kwargs, output):
@@ -156,22 +166,76 @@ class GlassHandle:
         """Choose every block's neurons from the recorded prompt and build compact weights."""
         t0 = _synced_time(self.devices)
         selections = []
-        for i, (st, block) in enumerate(zip(self.states, self.blocks)):
+        for i, st in enumerate(self.states):
             chosen = self.selector.choose(i, st.sums, self.prompt_tokens)
-            st.selected = chosen
-            if self.config.path == "sliced":
-                compact_block(st, self._inputs[i], self._outputs[i], chosen)
-                st.mode = "sliced"
-            else:
-                dtype = weight_out_in(self._outputs[i].original).dtype
-                mask = torch.zeros(chosen.shape[0], block.d_ff, dtype=dtype, device=chosen.device)
-                st.neuron_mask = mask.scatter_(1, chosen, 1.0)
-                st.mode = "masked"
-            st.sums, st.token_mask = None, None
+            self._use(i, chosen)
+            st.prompt_sums, st.sums, st.token_mask = (st.sums if self.refresh_every else None), None, None
+            st.keep_inputs, st.rows = bool(self.refresh_every), int(self.prompt_tokens.shape[0])
             selections.append(chosen)
         self.selections = selections
         self.phase = "decode"
+        self._since, self._generated = 0, 0
         self.select_s = _synced_time(self.devices) - t0
+        return selections
+
+    def _use(self, i: int, chosen: torch.Tensor) -> None:
+        """Decode block ``i`` with the neurons ``chosen`` (S, k) from now on."""
+        st = self.states[i]
+        st.selected = chosen
+        if self.config.path == "sliced":
+            compact_block(st, self._inputs[i], self._outputs[i], chosen)
+            st.mode = "sliced"
+        else:
+            dtype = weight_out_in(self._outputs[i].original).dtype
+            mask = torch.zeros(chosen.shape[0], self.blocks[i].d_ff, dtype=dtype, device=chosen.device)
+            st.neuron_mask = mask.scatter_(1, chosen, 1.0)
+            st.mode = "masked"
+
+    # mask refresh ------------------------------------------------------------------
+    def _advance(self, n: int) -> None:
+        """Count ``n`` tokens entering a decode forward; re-select first when ``refresh_every``
+        tokens have passed since the last selection."""
+        R = self.refresh_every
+        if self._since >= R:
+            self.refresh()
+        if self._since + n > R:
+            raise GlassError(
+                f"a decode forward of {n} tokens crosses a mask refresh (every {R} generated tokens, "
+                f"{R - self._since} left before the next one); feed at most that many tokens per forward")
+        self._since += n
+
+    @torch.no_grad()
+    def refresh(self) -> list[torch.Tensor]:
+        """Re-select every block's neurons from the prompt's statistic plus that of every token
+        generated so far, and refill the compact weights in place.
+
+        The kept FFN inputs of the tokens since the last selection go through one dense pass
+        per block (the original projections and the layout's activation); their statistic is
+        added to the running sums, so the local view covers the prompt and all generated
+        tokens, and the adaptive lam sees their total count.
+        """
+        t0 = _synced_time(self.devices)
+        n_new = 0
+        selections = []
+        for i, (st, block) in enumerate(zip(self.states, self.blocks)):
+            if st.inputs:
+                x = torch.cat(st.inputs, dim=1)
+                n_new = x.shape[1]
+                originals = [w.original for w in self._inputs[i]]
+                z = ffn_intermediate(block, x, originals)
+                st.prompt_sums = st.prompt_sums + accumulate_activation(z)
+                st.inputs.clear()
+            selections.append(None)
+        self._generated += n_new
+        tokens = self.prompt_tokens + self._generated
+        for i, st in enumerate(self.states):
+            chosen = self.selector.choose(i, st.prompt_sums, tokens)
+            self._use(i, chosen)
+            selections[i] = chosen
+        self.selections = selections
+        self._since = 0
+        self.refreshes += 1
+        self.refresh_s += _synced_time(self.devices) - t0
         return selections
 
 

@@ -21,6 +21,8 @@ from .adapters import FFNBlock, magnitude_scores
 # Default aggregation weight for GLASS. Chosen on a calibration split of prompts that
 # is never reported on; see BENCHMARKS.md ("Choosing lam") for the sweep behind it.
 DEFAULT_LAM = 0.5
+# Generated tokens between re-selections for the methods that refresh their neuron sets.
+REFRESH_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class MethodSpec:
     adaptive: bool = False  # lam per block from the prompt's token count (dispersion.py)
     schedule: bool = False  # per-block density under the one density asked for (schedule.py)
     fusion: str = "rank"  # with adaptive: "rank" (weighted mean rank) or "score" (mixed mean statistic)
+    refresh: int | None = None  # re-select every this many generated tokens (engine.GlassHandle.refresh)
 
     @property
     def needs_prior(self) -> bool:
@@ -83,6 +86,10 @@ for _spec in (
     MethodSpec("glass-score", "glass with score fusion: prompt and prior mean statistics mixed", adaptive=True,
                schedule=True, fusion="score"),
     MethodSpec("glass-score-adaptive", "ablation: score fusion, uniform density", adaptive=True, fusion="score"),
+    MethodSpec("glass-refresh", f"glass, re-selecting every {REFRESH_TOKENS} generated tokens from prompt and output",
+               adaptive=True, schedule=True, refresh=REFRESH_TOKENS),
+    MethodSpec("glass-a-refresh", f"ablation: glass-a re-selecting every {REFRESH_TOKENS} generated tokens",
+               refresh=REFRESH_TOKENS),
 ):
     register_method(_spec)
 

@@ -22,7 +22,8 @@ shapes depend only on the density, so every request writes into the same tensors
 compiled decode step is reused, and addresses stay fixed). The compact rows of all input
 projections of a block (gate and up) are stacked in one matrix; each input wrapper
 reads its own contiguous part of it. A decode step does no Python work beyond the
-wrappers' mode check.
+wrappers' mode check, unless mask refresh is on: then the first input wrapper also keeps
+the step's FFN input (``keep_inputs``) for the next re-selection.
 """
 
 from __future__ import annotations
@@ -59,6 +60,11 @@ class BlockState:
     bias_out: torch.Tensor | None = None  # the output projection's own bias (not sliced)
     row_mask: torch.Tensor | None = None  # (S, U): per-row sets over their union ("union")
     batch_kernel: str = "union"  # per-row sets: "union" (2-D + row mask) or "bmm" (3-D)
+    # mask refresh: the decode steps' FFN inputs since the last selection, as (rows, T, d_in)
+    keep_inputs: bool = False
+    rows: int = 1
+    inputs: list[torch.Tensor] = field(default_factory=list)
+    prompt_sums: torch.Tensor | None = None  # (B, d_ff) the prompt's statistic, kept for refreshes
     extra: dict = field(default_factory=dict)
 
     def compact_tensors(self) -> list[torch.Tensor]:
@@ -106,6 +112,11 @@ class NeuronInput(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         st = self.state
+        if st.keep_inputs and self.part == 0:
+            if torch.compiler.is_compiling():
+                raise RuntimeError("mask refresh keeps each decode step's FFN inputs and cannot run inside "
+                                   "a compiled decode step; turn off either compile or refresh")
+            st.inputs.append(_by_row(x.detach(), st.rows))
         if st.mode != "sliced":
             return self.original(x)
         return _project(x, st.part_weights[self.part], st.part_biases[self.part])

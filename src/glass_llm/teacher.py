@@ -1,6 +1,7 @@
 """Teacher-forced sparse evaluation: choose neurons from the prompt, then run the given
 continuation through the sparse model in one forward pass over the KV cache. This is
-exactly what step-by-step sparse decoding computes for those tokens."""
+exactly what step-by-step sparse decoding computes for those tokens (with mask refresh,
+one forward per refresh interval)."""
 
 from __future__ import annotations
 
@@ -36,12 +37,16 @@ def continuation_logits(model: nn.Module, prompt_ids: torch.Tensor, continuation
         cache = DynamicCache(config=model.config)
         first = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions[:, :P],
                       cache=cache, use_cache=True).logits[:, -1:]
-        if continuation.shape[1] > 1:
-            rest = model(input_ids=continuation[:, :-1], attention_mask=full_mask[:, :-1],
-                         position_ids=positions[:, P:-1], cache=cache, use_cache=True).logits
-            logits = torch.cat([first, rest], dim=1)
-        else:
-            logits = first
+        # With mask refresh, the continuation goes in pieces that end where generation
+        # re-selects, so the same neuron sets apply to the same tokens.
+        G = continuation.shape[1] - 1
+        step = handle.refresh_every if handle is not None and handle.refresh_every else max(G, 1)
+        parts = [first]
+        for lo in range(0, G, step):
+            hi = min(G, lo + step)
+            parts.append(model(input_ids=continuation[:, lo:hi], attention_mask=full_mask[:, :P + hi],
+                               position_ids=positions[:, P + lo:P + hi], cache=cache, use_cache=True).logits)
+        logits = torch.cat(parts, dim=1)
         selections = None if handle is None else handle.selections
     finally:
         if handle is not None:

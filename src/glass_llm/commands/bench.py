@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import sys
 
-from .common import add_compile_arg, compile_generate_kwargs, add_model_arg, add_prior_tokens_arg, floats, ints, model_kwargs
+from .common import (add_compile_arg, add_model_arg, add_prior_tokens_arg, add_refresh_arg, check_refresh_compile,
+                     compile_generate_kwargs, floats, ints, model_kwargs)
 
 
 def register(sub) -> None:
@@ -32,6 +33,7 @@ def register(sub) -> None:
                    help="print one JSON object (a list of objects for several densities or batches)")
     p.add_argument("--raw", action="store_true", help="with --json: include every run's timings")
     p.add_argument("--quiet", action="store_true", help="no progress on standard error")
+    add_refresh_arg(p)
     add_compile_arg(p)
     p.set_defaults(func=run)
 
@@ -51,7 +53,9 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     if any(b < 1 for b in args.batch):
         raise ValueError(f"batch sizes must be >= 1, got {args.batch}")
-    _, lam, _ = GlassConfig(method=args.method).resolved()
+    config = GlassConfig(method=args.method, refresh=args.refresh)
+    spec, lam, _ = config.resolved()
+    check_refresh_compile(args, config.refresh_every(spec))
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     say(f"loading {args.model} ...")
     model, tok = load_model(args.model, **model_kwargs(args))
@@ -60,7 +64,7 @@ def run(args) -> int:
         prior = get_or_build_prior(model, tok, args.model, path=args.prior, n_tokens=args.prior_tokens,
                                    progress=not args.quiet)
     settings = BenchSettings(densities=tuple(args.density), gen_tokens=args.gen_tokens, repeats=args.repeats,
-                             method=args.method, share_batch=args.share_batch)
+                             method=args.method, share_batch=args.share_batch, refresh=args.refresh)
     gen_kwargs = {"pad_token_id": tok.pad_token_id,
                   **compile_generate_kwargs(args, model, args.prompt_tokens + args.gen_tokens)}
     records = []

@@ -47,6 +47,20 @@ def add_prior_tokens_arg(p: argparse.ArgumentParser) -> None:
                         f"(default {DEFAULT_PRIOR_TOKENS}, the default prior every command shares)")
 
 
+def add_refresh_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--refresh", type=int, default=None, metavar="R",
+                   help="re-select the neurons every R generated tokens from the prompt and the tokens "
+                        "generated so far (0: off; default: the method's own setting, off except for "
+                        "*-refresh methods); not with --compile")
+
+
+def check_refresh_compile(args, refresh_every: int) -> None:
+    """Mask refresh runs between decode steps in Python: not inside a compiled step."""
+    if getattr(args, "compile", False) and refresh_every:
+        raise ValueError("mask refresh (--refresh, or a *-refresh method) cannot be combined with --compile: "
+                         "it re-selects between decode steps; drop --compile or pass --refresh 0")
+
+
 def add_compile_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="compile the decode step (static KV cache; CUDA graphs on a GPU); the first request "

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 import time
 
-from .common import add_compile_arg, add_model_arg, add_prior_tokens_arg, compile_generate_kwargs, model_kwargs
+from .common import (add_compile_arg, add_model_arg, add_prior_tokens_arg, add_refresh_arg, check_refresh_compile,
+                     compile_generate_kwargs, model_kwargs)
 
 
 def register(sub) -> None:
@@ -24,6 +25,7 @@ def register(sub) -> None:
     p.add_argument("--num-beams", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--raw", action="store_true", help="do not apply the tokenizer's chat template")
+    add_refresh_arg(p)
     add_compile_arg(p)
     p.set_defaults(func=run)
 
@@ -47,8 +49,9 @@ def run(args) -> int:
     from ..models import load_model, model_device
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    config = GlassConfig(method=args.method, density=args.density, lam=args.lam)
+    config = GlassConfig(method=args.method, density=args.density, lam=args.lam, refresh=args.refresh)
     spec, lam, _ = config.resolved()
+    check_refresh_compile(args, config.refresh_every(spec))
     model, tok = load_model(args.model, **model_kwargs(args))
     enc = encode_prompt(tok, prompt, args.raw).to(model_device(model))
     prior = None
@@ -62,13 +65,19 @@ def run(args) -> int:
     if args.num_beams == 1:
         gen["streamer"] = streamer
     gen.update(compile_generate_kwargs(args, model, enc["input_ids"].shape[1] + args.max_new_tokens))
-    with apply_glass(model, config, prior=prior):
+    with apply_glass(model, config, prior=prior) as handle:
         t0 = time.perf_counter()
         out = model.generate(**enc, **gen)
         dt = time.perf_counter() - t0
     new = out.shape[1] - enc["input_ids"].shape[1]
     if args.num_beams > 1:
         print(tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
-    print(f"[{spec.name}, density {args.density:g}, lam {lam:g}: {new} tokens in {dt:.2f}s, "
+    print(f"[{spec.name}, density {args.density:g}, lam {lam:g}{_refresh_note(handle)}: {new} tokens in {dt:.2f}s, "
           f"{new / dt:.1f} tok/s]", file=sys.stderr)
     return 0
+
+
+def _refresh_note(handle) -> str:
+    if not handle.refresh_every:
+        return ""
+    return f", {handle.refreshes} refreshes every {handle.refresh_every} tokens ({1e3 * handle.refresh_s:.0f} ms)"
