@@ -128,6 +128,17 @@ def test_prior_list_shows_the_cached_default_prior(smollm_prior):
     assert "smollm2-135m" in out.stdout and "self" in out.stdout and str(smollm_prior.n_tokens) in out.stdout
 
 
+def test_prior_show_prints_the_schedule_and_lam_table(smollm_prior):
+    from glass_llm.prior_cache import find_cached_prior
+
+    path = find_cached_prior("smollm2-135m", "self", 2048)
+    out = _run("prior", "smollm2-135m", "--show", str(path), "--density", "0.5")
+    assert out.returncode == 0, out.stderr
+    fractions = out.stdout.split("fraction kept per block): ")[1].splitlines()[0].split()
+    assert len(fractions) == 30 and all(0 < float(f) <= 1 for f in fractions)
+    assert "lam (ranks)" in out.stdout and out.stdout.count("  block ") == 30
+
+
 def test_lm_eval_sub_commands_pass_through_with_the_offline_tasks():
     from glass_llm.lm_eval_tasks import SUITE_TAG, TASK_NAMES
 

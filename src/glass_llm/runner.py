@@ -41,6 +41,11 @@ def run_command(args: argparse.Namespace, where: str = "") -> int:
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left early (`glass ... | head`): not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except Exception as err:  # noqa: BLE001 - every error is reported, by kind
         if getattr(args, "debug", False):
             raise

@@ -24,6 +24,10 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", default=None,
                    help="where to write the prior (.safetensors; default: the cache, where every command finds it)")
     p.add_argument("--list", action="store_true", help="list the cached priors (path, model, source, tokens, size)")
+    p.add_argument("--show", nargs="?", const="", default=None, metavar="FILE",
+                   help="print a prior's contents: model, source, tokens, the glass method's per-block density "
+                        "schedule and lam table (default: MODEL's cached default prior)")
+    p.add_argument("--density", type=float, default=0.5, help="with --show: the density whose schedule to print")
     p.add_argument("--source", default=DEFAULT_PRIOR_SOURCE,
                    help="'self' (text the model samples itself, default), a corpus name, or a text/JSONL file")
     p.add_argument("--tokens", type=int, default=DEFAULT_PRIOR_TOKENS,
@@ -52,6 +56,9 @@ def run(args) -> int:
     if args.list:
         print(format_cached(list_cached_priors()))
         return 0
+    if args.show is not None:
+        print(show_prior(args.show or None, args.model, args.density))
+        return 0
     output = args.output or default_prior_path(args.model, args.source, args.tokens)
     if distributed.should_launch(args.nproc):
         return distributed.launch(args, args.nproc)
@@ -73,3 +80,33 @@ def run(args) -> int:
             print(f"wrote {output}: {prior.sums.shape[0]} layers x {prior.sums.shape[1]} neurons, "
                   f"{prior.n_tokens} tokens from {args.source}{procs}", file=sys.stderr)
     return 0
+
+
+def show_prior(path, model_name: str, density: float) -> str:
+    """The lines of ``glass prior --show``: what the prior holds and the schedule it gives."""
+    from ..prior import load_prior
+    from ..prior_cache import DEFAULT_PRIOR_TOKENS, find_cached_prior
+    from ..ranking import check_density
+    from ..schedule import allocate
+
+    check_density(density)
+    if path is None:
+        path = find_cached_prior(model_name, DEFAULT_PRIOR_SOURCE, DEFAULT_PRIOR_TOKENS)
+        if path is None:
+            raise FileNotFoundError(f"no cached default prior for {model_name}: build it with `glass prior {model_name}`"
+                                    " or name a file with --show FILE")
+    prior = load_prior(path)
+    meta = prior.meta
+    n_blocks, d_ff = prior.sums.shape
+    lines = [f"{path}", f"model: {meta.get('model', {}).get('name', '?')}, {n_blocks} FFN blocks x {d_ff} neurons",
+             f"source: {meta.get('source', {})}, {prior.n_tokens} tokens"]
+    cal = prior.calibration
+    if cal is None:
+        lines.append("no selection calibration (an older prior): the glass method computes it on first use; "
+                     "rebuild with `glass prior MODEL` to store it")
+        return "\n".join(lines)
+    k = allocate(cal.profile, cal.grid, [d_ff] * n_blocks, density)
+    lines.append(f"glass schedule at density {density:g} (fraction kept per block): "
+                 + " ".join(f"{n / d_ff:.2f}" for n in k))
+    lines += cal.summary()
+    return "\n".join(lines)
