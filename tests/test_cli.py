@@ -159,3 +159,14 @@ def test_every_model_command_takes_device_and_dtype(command, extra):
     assert model_kwargs(args) == {"dtype": "bfloat16", "device": "cpu", "device_map": None}
     auto = build_parser().parse_args([command, "smollm2-135m", *extra])
     assert (auto.device, auto.dtype) == ("auto", "auto")
+
+
+@pytest.mark.parametrize("command,extra", [("demo", []), ("generate", ["hello"]), ("bench", [])])
+def test_decode_commands_take_compile(command, extra):
+    from glass_llm.cli import build_parser
+    from glass_llm.commands.common import compile_generate_kwargs
+
+    args = build_parser().parse_args([command, "smollm2-135m", *extra, "--compile", "--max-cache-len", "300"])
+    assert args.compile and args.max_cache_len == 300
+    with pytest.raises(ValueError, match="shorter than prompt"):
+        compile_generate_kwargs(args, None, 400)

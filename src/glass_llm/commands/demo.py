@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import add_model_arg, add_prior_tokens_arg, floats, model_kwargs
+from .common import add_compile_arg, add_model_arg, add_prior_tokens_arg, compile_generate_kwargs, floats, model_kwargs
 
 DEMO_PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 METHODS = ("griffin", "glass")
@@ -33,6 +33,7 @@ def register(sub) -> None:
     p.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds (default 3)")
     p.add_argument("--prior", default=None, help="prior file (default: the model's cached default prior)")
     add_prior_tokens_arg(p)
+    add_compile_arg(p)
     p.set_defaults(func=run)
 
 
@@ -57,16 +58,19 @@ def _kl_table(model, prompt_ids, ref, prior, densities) -> dict[tuple[str, float
 
 
 def _speedups(model, prompt_ids, prior, densities, args, pad_id) -> dict[tuple[str, float], object]:
-    """glass_llm.bench's interleaved rounds, once per method; records by (method, density)."""
+    """glass_llm.bench's interleaved rounds, once per method; records by (method, density).
+    With ``--compile`` dense and sparse decode are both compiled (the warm-up run pays it)."""
     from ..bench import BenchSettings, benchmark
 
+    gen = {"pad_token_id": pad_id,
+           **compile_generate_kwargs(args, model, prompt_ids.shape[1] + max(args.bench_tokens, 8))}
     out = {}
     for m in METHODS:
         _say(f"timing {m} against dense ({args.repeats} interleaved rounds) ...")
         settings = BenchSettings(densities=tuple(densities), gen_tokens=args.bench_tokens, repeats=args.repeats,
                                  method=m)
         for rec in benchmark(model, prompt_ids, settings, model_name=args.model, prior=prior,
-                             generate_kwargs={"pad_token_id": pad_id}):
+                             generate_kwargs=gen):
             out[(m, rec.density)] = rec
     return out
 
@@ -130,7 +134,8 @@ def run(args) -> int:
     print(f"\n{args.model}, prompt ({P} tokens): {args.prompt!r}")
     print(f"KL(dense||method): mean per-token KL over the dense model's {ref.shape[1]}-token greedy reply, "
           "teacher-forced (0 = identical predictions).")
-    print(f"speed-up: decode tokens/s over dense, median of {args.repeats} interleaved rounds of "
+    compiled = " (compiled decode, dense and sparse)" if args.compile else ""
+    print(f"speed-up: decode tokens/s over dense{compiled}, median of {args.repeats} interleaved rounds of "
           f"{args.bench_tokens} tokens (glass_llm.bench); ideal = the speed-up if the FFN time scaled with density.\n")
     print(f"{'density':>7}  {'method':<8} {'KL(dense||m)':>12} {'speed-up':>9} {'ideal':>6}")
     print(f"{1:>7.2f}  {'dense':<8} {0:>12.3f} {1:>8.2f}x {1:>5.2f}x")
