@@ -17,6 +17,8 @@ a table computed from the records under ``benchmarks/results/`` (or, for ``lm-ev
   against glass-a on the same prompts, with 95% t intervals. Without NAME: every run
   under ``results/fidelity/``, each under its own heading.
 * ``<!-- render: lm-eval -->``: the accuracy tables of ``benchmarks/lm_eval_table.py``.
+* ``<!-- render: frontier MODEL -->``: KL against measured speed-up per density and method,
+  from ``results/frontier/MODEL/`` (written by ``benchmarks/frontier.py``).
 
 To add a section: commit its records under ``benchmarks/results/`` (small JSON/CSV), write
 ``benchmarks/text/NN-name.md`` (NN places it) with the prose and the directives above,
@@ -73,8 +75,9 @@ def speed_row(record: dict) -> list[str]:
         dense, skip = r["dense"]["median_step_s"], r["skip"]["median_step_s"]
         return dense / (skip + d * max(0.0, dense - skip))
 
-    def speedup(r: dict) -> float:
-        return r["dense"]["median_step_s"] / r["sparse"]["median_step_s"]
+    def speedup(r: dict) -> float:  # mask refreshes, if any, spread over the steps
+        p = r["sparse"]
+        return r["dense"]["median_step_s"] / (p["median_step_s"] + p.get("refresh_s", 0.0) / max(1, p.get("steps", 1)))
 
     rss = spread([r["sparse"]["peak_rss_mb"] for r in rounds])
     dense_rss = spread([r["dense"]["peak_rss_mb"] for r in rounds])
@@ -145,15 +148,32 @@ def render_fidelity(name: str | None) -> str:
 # lm-eval ----------------------------------------------------------------------------
 
 
-def render_lm_eval(arg: str | None) -> str:
-    spec = importlib.util.spec_from_file_location("lm_eval_table", HERE / "lm_eval_table.py")
+def _script(name: str):
+    """A module of benchmarks/ (a script, not a package) by file name."""
+    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.markdown(HERE / (arg or "lm_eval_results")).rstrip()
+    return module
+
+
+def render_lm_eval(arg: str | None) -> str:
+    return _script("lm_eval_table").markdown(HERE / (arg or "lm_eval_results")).rstrip()
+
+
+# quality-speed frontier ---------------------------------------------------------------
+
+
+def render_frontier(model: str | None) -> str:
+    if not model:
+        raise RenderError("the frontier directive needs a model: <!-- render: frontier MODEL -->")
+    folder = RESULTS / "frontier" / model
+    if not (folder / "results.json").is_file() or not (folder / "bench-glass.json").is_file():
+        raise RenderError(f"no frontier records for {model!r} in {folder} (run benchmarks/frontier.py)")
+    return _script("frontier").markdown(folder).rstrip()
 
 
 RENDERERS: dict[str, Callable[[str | None], str]] = {
-    "speed": render_speed, "fidelity": render_fidelity, "lm-eval": render_lm_eval,
+    "speed": render_speed, "fidelity": render_fidelity, "lm-eval": render_lm_eval, "frontier": render_frontier,
 }
 
 

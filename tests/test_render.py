@@ -92,3 +92,37 @@ def test_a_fidelity_run_renders_tables_and_paired_comparisons(tmp_path):
     # against glass-a, GRIFFIN's KL is higher by 0.2, 0.1, 0.3: mean +0.200, t(0.975, 2) * 0.1 / sqrt(3) = 0.248
     assert "| 0.5 | 8 | griffin | 3 |" in text.split("Paired against glass-a")[1]
     assert "+0.200 [-0.048, +0.448] |" in text
+
+
+def test_frontier_points_spread_refreshes_and_pair_methods_with_their_speed_run(tmp_path):
+    spec = importlib.util.spec_from_file_location("frontier", ROOT / "benchmarks" / "frontier.py")
+    frontier = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(frontier)
+
+    def run(step, refresh_s=0.0):
+        return {"median_step_s": step, "refresh_s": refresh_s, "steps": 10}
+
+    def bench(sparse):
+        return [{"density": 0.5, "prompt_tokens": 16, "gen_tokens": 64, "repeats": 2, "threads": 2,
+                 "dtype": "float32", "raw": {"dense": [run(0.1), run(0.2)], "skip-ffn": [run(0.05), run(0.1)],
+                                             "d=0.5": sparse}}]
+
+    (tmp_path / "bench-griffin.json").write_text(json.dumps(bench([run(0.08), run(0.16)])))
+    (tmp_path / "bench-glass.json").write_text(json.dumps(bench([run(0.08), run(0.1)])))
+    # refreshes of 0.2 s over 10 steps add 0.02 s per step
+    (tmp_path / "bench-glass-refresh.json").write_text(json.dumps(bench([run(0.08, 0.2), run(0.08, 0.2)])))
+    results = [{"method": m, "density": 0.5, "kl": kl, "kl_ci95": 0.1}
+               for m, kl in (("dense", 0.0), ("griffin", 2.0), ("glass-a", 1.0), ("glass", 0.9), ("glass-refresh", 0.7))]
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    (tmp_path / "settings.json").write_text(json.dumps({"model": "m", "corpus": "wikipedia", "split": "test",
+                                                        "prompt_tokens": [8], "gen_tokens": 64, "n_prompts": 4}))
+    pts = {p["method"]: p for p in frontier.points(tmp_path)}
+    assert set(pts) == {"griffin", "glass-a", "glass", "glass-refresh"}
+    assert pts["griffin"]["speedup"] == pytest.approx(1.25) and pts["glass-a"]["speedup"] == pytest.approx(1.25)
+    assert pts["glass"]["speedup_min"] == pytest.approx(1.25) and pts["glass"]["speedup_max"] == pytest.approx(2.0)
+    assert pts["glass-refresh"]["speedup_min"] == pytest.approx(0.1 / 0.1)
+    assert pts["glass-refresh"]["speedup_max"] == pytest.approx(0.2 / 0.1)
+    table = frontier.markdown(tmp_path)
+    assert "| 0.5 | glass-refresh | 0.700 ± 0.100 |" in table
+    frontier.plot(list(pts.values()), "m", tmp_path / "f.png")
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
