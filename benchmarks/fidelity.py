@@ -14,8 +14,10 @@ Steps (each ``glass eval`` run resumes if interrupted):
    the per-prompt records.csv, settings.json) to benchmarks/results/fidelity/<run>/, from
    which benchmarks/render.py renders the tables (add ``<!-- render: fidelity <run> -->``
    to a fragment in benchmarks/text/).
-With ``--ablation`` it instead compares global priors (size and source) on the
-calibration split: self-sampled text with 2048 / 8192 tokens, and CoQA stories.
+With ``--ablation`` it instead compares prior sizes on the calibration split: self-sampled
+priors of 2048 / 8192 / 16384 tokens (each with its own calibration), for global, glass-a
+and glass at 8- and 32-token prompts; the smallest size that costs no fidelity is the
+default (``prior_cache.DEFAULT_PRIOR_TOKENS``).
 Wrap it in ``flock /tmp/glass-heavy.lock`` on a shared machine.
 """
 
@@ -150,18 +152,18 @@ def compare_with_paper(results: list[dict], model: str) -> str:
 
 
 def ablation(args, out: Path) -> int:
-    """Prior size and source, SmolLM2-135M, calibration split, density 0.5."""
+    """Prior size, SmolLM2-135M, calibration split, density 0.5."""
     from glass_llm.prior_cache import default_prior_path
 
     lam = args.lam or "0.5"
     priors = {}
-    for source, tokens in (("self", "2048"), ("self", "8192"), ("coqa", "8192")):
+    for source, tokens in (("self", "2048"), ("self", "8192"), ("self", "16384")):
         path = default_prior_path("smollm2-135m", source, int(tokens))
         if not path.is_file():
             glass("prior", "smollm2-135m", "--source", source, "--tokens", tokens, "-o", str(path))
         priors[f"{source}-{tokens}"] = path
     for name, path in priors.items():
-        glass("eval", "smollm2-135m", "--split", "calib", "--methods", "dense,global,glass-a,glass-i", "--lam", lam,
+        glass("eval", "smollm2-135m", "--split", "calib", "--methods", "dense,global,glass-a,glass", "--lam", lam,
               "--prompt-tokens", "8,32", "--prompts", args.calib_prompts, "--gen-tokens", args.gen_tokens,
               "--density", "0.5", "--batch-size", "16", "--corpus", "wikipedia", "--threads", args.threads,
               "--prior", str(path), "--no-plots", "--out", str(out / f"prior-{name}"))

@@ -126,3 +126,12 @@ def test_frontier_points_spread_refreshes_and_pair_methods_with_their_speed_run(
     assert "| 0.5 | glass-refresh | 0.700 ± 0.100 |" in table
     frontier.plot(list(pts.values()), "m", tmp_path / "f.png")
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_method_labels_name_lam_only_where_it_is_the_aggregation_weight():
+    from glass_llm.evaluation.report import method_label
+
+    assert method_label("griffin", 1.0) == "griffin" and method_label("oracle", 0.0) == "oracle"
+    assert method_label("glass-a", 0.5) == "glass-a (lam 0.5)"
+    assert method_label("glass", 0.5) == "glass" and method_label("glass-refresh", 0.5) == "glass-refresh"
+    assert method_label("glass", 0.7) == "glass (tilt 0.7)"

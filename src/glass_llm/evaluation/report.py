@@ -14,7 +14,7 @@ import math
 from typing import Sequence
 
 from ..intervals import Interval, mean_ci, paired_diff
-from ..methods import get_method
+from ..methods import DEFAULT_LAM, get_method
 from .plan import ORACLE
 
 RECORD_FIELDS = ("item", "doc", "prompt_tokens", "method", "density", "lam", "statistic", "nll", "kl",
@@ -24,14 +24,20 @@ CSV_FIELDS = ("model", "corpus", "split", "method", "statistic", "density", "lam
 
 
 def method_label(method: str, lam: float) -> str:
-    """``griffin``, ``oracle``, or ``glass-a (lam 0.5)`` for a method whose lam is tunable."""
+    """``griffin``, ``oracle``, or ``glass-a (lam 0.5)`` for a method whose lam is tunable.
+    An adaptive method (``glass``) sets its lams from the prior's calibration, where ``lam``
+    only tilts them (0.5 keeps them): it is labelled ``glass (tilt 0.7)`` when tilted."""
     if method == ORACLE:
         return method
     try:
-        fixed = get_method(method).lam is not None
+        spec = get_method(method)
     except ValueError:  # a record from a method this version does not register
-        fixed = False
-    return method if fixed else f"{method} (lam {lam:g})"
+        return f"{method} (lam {lam:g})"
+    if spec.lam is not None:
+        return method
+    if spec.adaptive:
+        return method if lam == DEFAULT_LAM else f"{method} (tilt {lam:g})"
+    return f"{method} (lam {lam:g})"
 
 
 def _half(ci: Interval) -> float | None:

