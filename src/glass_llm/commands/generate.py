@@ -69,10 +69,11 @@ def run(args) -> int:
         t0 = time.perf_counter()
         out = model.generate(**enc, **gen)
         dt = time.perf_counter() - t0
+        note = _refresh_note(handle)  # before leaving: removing GLASS forgets the request
     new = out.shape[1] - enc["input_ids"].shape[1]
     if args.num_beams > 1:
         print(tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
-    print(f"[{spec.name}, density {args.density:g}, lam {lam:g}{_refresh_note(handle)}: {new} tokens in {dt:.2f}s, "
+    print(f"[{spec.name}, density {args.density:g}, lam {lam:g}{note}: {new} tokens in {dt:.2f}s, "
           f"{new / dt:.1f} tok/s]", file=sys.stderr)
     return 0
 
