@@ -45,11 +45,12 @@ def test_ffn_intermediate_matches_the_models_own_activations(kind):
 
 
 @pytest.mark.parametrize("kind", ARCHS)
-def test_refresh_sliced_equals_masked_and_changes_the_sets(kind):
+@pytest.mark.parametrize("batch", [1, 2])  # one set (slots rewritten in place) / one set per row (regathered)
+def test_refresh_sliced_equals_masked_and_changes_the_sets(kind, batch):
     model = tiny_model(kind)
     g = torch.Generator().manual_seed(3)
-    prompt = torch.randint(3, 96, (2, 5), generator=g)
-    cont = torch.randint(3, 96, (2, 12), generator=g)
+    prompt = torch.randint(3, 96, (batch, 5), generator=g)
+    cont = torch.randint(3, 96, (batch, 12), generator=g)
     cfg = GlassConfig(method="griffin", density=0.5, refresh=3)
     sliced, sel_s = continuation_logits(model, prompt, cont, cfg)
     masked, sel_m = continuation_logits(model, prompt, cont, GlassConfig(method="griffin", density=0.5,
@@ -117,3 +118,23 @@ def test_a_forward_across_a_refresh_point_is_refused():
         model(input_ids=prompt, cache=cache, use_cache=True)
         with pytest.raises(GlassError, match="crosses a mask refresh"):
             model(input_ids=prompt[:, :3], cache=cache, use_cache=True)
+
+
+def test_slots_rewritten_in_place_hold_the_chosen_neurons():
+    from glass_llm.adapters import weight_out_in
+    from glass_llm.sliced import compact_block, update_compact
+
+    model = tiny_model("phi3")  # fused gate_up: two neuron blocks in one matrix
+    with apply_glass(model, GlassConfig(method="griffin", density=0.5)) as h:
+        st, ins, out = h.states[0], h._inputs[0], h._outputs[0]
+        first = torch.arange(0, 64, 2).unsqueeze(0)
+        compact_block(st, ins, out, first)
+        buffers = (st.weight_in.data_ptr(), st.weight_out.data_ptr())
+        second = torch.cat([torch.arange(0, 32, 2), torch.arange(33, 64, 2)]).unsqueeze(0)
+        assert update_compact(st, ins, out, second)
+        assert (st.weight_in.data_ptr(), st.weight_out.data_ptr()) == buffers  # same tensors, new values
+        assert sorted(st.slots.tolist()) == second[0].tolist()
+        w_in, w_out = weight_out_in(ins[0].original), weight_out_in(out.original)
+        k = second.shape[1]
+        assert torch.equal(st.weight_in[:k], w_in[st.slots]) and torch.equal(st.weight_in[k:], w_in[st.slots + 64])
+        assert torch.equal(st.weight_out, w_out[:, st.slots])

@@ -24,7 +24,7 @@ from .errors import UserError
 from .methods import GLOBAL_SOURCES, MethodSpec
 from .prior import load_prior
 from .selection import Selector, build_selector
-from .sliced import BlockState, NeuronInput, NeuronOutput, compact_block
+from .sliced import BlockState, NeuronInput, NeuronOutput, compact_block, update_compact
 from .stats import accumulate_activation
 
 
@@ -178,12 +178,14 @@ class GlassHandle:
         self.select_s = _synced_time(self.devices) - t0
         return selections
 
-    def _use(self, i: int, chosen: torch.Tensor) -> None:
-        """Decode block ``i`` with the neurons ``chosen`` (S, k) from now on."""
+    def _use(self, i: int, chosen: torch.Tensor, incremental: bool = False) -> None:
+        """Decode block ``i`` with the neurons ``chosen`` (S, k) from now on; ``incremental``
+        (a refresh) rewrites only the compact slots whose neuron changed."""
         st = self.states[i]
         st.selected = chosen
         if self.config.path == "sliced":
-            compact_block(st, self._inputs[i], self._outputs[i], chosen)
+            if not (incremental and update_compact(st, self._inputs[i], self._outputs[i], chosen)):
+                compact_block(st, self._inputs[i], self._outputs[i], chosen)
             st.mode = "sliced"
         else:
             dtype = weight_out_in(self._outputs[i].original).dtype
@@ -230,7 +232,7 @@ class GlassHandle:
         tokens = self.prompt_tokens + self._generated
         for i, st in enumerate(self.states):
             chosen = self.selector.choose(i, st.prompt_sums, tokens)
-            self._use(i, chosen)
+            self._use(i, chosen, incremental=True)
             selections[i] = chosen
         self.selections = selections
         self._since = 0

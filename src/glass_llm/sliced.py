@@ -65,6 +65,7 @@ class BlockState:
     rows: int = 1
     inputs: list[torch.Tensor] = field(default_factory=list)
     prompt_sums: torch.Tensor | None = None  # (B, d_ff) the prompt's statistic, kept for refreshes
+    slots: torch.Tensor | None = None  # (k,) the neuron held in each compact slot (one set for the batch)
     extra: dict = field(default_factory=dict)
 
     def compact_tensors(self) -> list[torch.Tensor]:
@@ -73,7 +74,7 @@ class BlockState:
 
     def release_compact(self) -> None:
         """Drop the compact weights."""
-        self.weight_in = self.bias_in = self.weight_out = self.bias_out = self.row_mask = None
+        self.weight_in = self.bias_in = self.weight_out = self.bias_out = self.row_mask = self.slots = None
         self.part_sizes, self.part_weights, self.part_biases = (), (), ()
 
 
@@ -159,6 +160,50 @@ def _buffer(old: torch.Tensor | None, like: torch.Tensor, shape: tuple[int, ...]
     return like.new_zeros(shape) if zero else like.new_empty(shape)
 
 
+def _input_pieces(inputs: list[NeuronInput], d_ff: int):
+    """(weight, bias, row offset) of every neuron block of the input projections, in the
+    order they are stacked in the compact matrix, and each wrapper's share of its rows."""
+    pieces: list[tuple[torch.Tensor, torch.Tensor | None, int]] = []
+    fused = []
+    for wrapper in inputs:
+        w = weight_out_in(wrapper.original).detach()
+        b = getattr(wrapper.original, "bias", None)
+        for i in range(wrapper.fused):
+            pieces.append((w, None if b is None else b.detach(), i * d_ff))
+        fused.append(wrapper.fused)
+    return pieces, fused
+
+
+@torch.no_grad()
+def update_compact(state: BlockState, inputs: list[NeuronInput], output: NeuronOutput,
+                   selected: torch.Tensor) -> bool:
+    """Move the compact weights to the set ``selected`` (1, k) by rewriting only the slots
+    whose neuron left the set (a refresh usually keeps most neurons). The order of the
+    slots does not matter to the result. Returns False (nothing done) when the buffers do
+    not hold a full one-set-for-the-batch compaction of this size to start from."""
+    k = selected.shape[-1]
+    if (selected.shape[0] != 1 or state.slots is None or state.row_mask is not None or state.weight_out is None
+            or state.weight_out.dim() != 2 or state.slots.numel() != k):
+        return False
+    new = selected[0]
+    stay = torch.isin(state.slots, new)
+    free = (~stay).nonzero().flatten()
+    if free.numel() == 0:
+        return True
+    incoming = new[~torch.isin(new, state.slots)]
+    pieces, _ = _input_pieces(inputs, state.d_ff)
+    for j, (w, b, off) in enumerate(pieces):
+        rows = free + j * k
+        src = incoming + off if off else incoming
+        state.weight_in.index_copy_(0, rows, w.index_select(0, src))
+        if b is not None:
+            state.bias_in.index_copy_(0, rows, b.index_select(0, src))
+    w_out = weight_out_in(output.original).detach()
+    state.weight_out.index_copy_(1, free, w_out.index_select(1, incoming))
+    state.slots[free] = incoming
+    return True
+
+
 @torch.no_grad()
 def compact_block(state: BlockState, inputs: list[NeuronInput], output: NeuronOutput,
                   selected: torch.Tensor) -> None:
@@ -183,14 +228,8 @@ def compact_block(state: BlockState, inputs: list[NeuronInput], output: NeuronOu
     else:
         row_mask = None
     S, k = selected.shape
-    pieces: list[tuple[torch.Tensor, torch.Tensor | None, int]] = []  # (weight, bias, row offset)
-    sizes = []
-    for wrapper in inputs:
-        w = weight_out_in(wrapper.original).detach()
-        b = getattr(wrapper.original, "bias", None)
-        for i in range(wrapper.fused):
-            pieces.append((w, None if b is None else b.detach(), i * d_ff))
-        sizes.append(wrapper.fused * k)
+    pieces, fused = _input_pieces(inputs, d_ff)
+    sizes = [f * k for f in fused]
     w0 = pieces[0][0]
     K = k * len(pieces)
     weight_in = _buffer(state.weight_in, w0, (K, w0.shape[1]) if S == 1 else (S, K, w0.shape[1]))
@@ -218,3 +257,4 @@ def compact_block(state: BlockState, inputs: list[NeuronInput], output: NeuronOu
     else:
         weight_out = w_out.t()[selected]  # (S, k, d_out)
     state.weight_out = weight_out
+    state.slots = selected[0].clone() if S == 1 and row_mask is None else None
