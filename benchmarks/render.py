@@ -17,6 +17,8 @@ a table computed from the records under ``benchmarks/results/`` (or, for ``lm-ev
   against glass-a on the same prompts, with 95% t intervals. Without NAME: every run
   under ``results/fidelity/``, each under its own heading.
 * ``<!-- render: lm-eval -->``: the accuracy tables of ``benchmarks/lm_eval_table.py``.
+* ``<!-- render: prior-speed MODEL -->``: prior sampling against single-stream decode
+  (``results/prior_speed-MODEL.json``, from ``benchmarks/prior_speed.py``).
 * ``<!-- render: frontier MODEL -->``: KL against measured speed-up per density and method,
   from ``results/frontier/MODEL/`` (written by ``benchmarks/frontier.py``).
 
@@ -172,8 +174,32 @@ def render_frontier(model: str | None) -> str:
     return _script("frontier").markdown(folder).rstrip()
 
 
+# prior sampling throughput --------------------------------------------------------------
+
+
+def render_prior_speed(model: str | None) -> str:
+    """The table of ``results/prior_speed-MODEL.json`` (``benchmarks/prior_speed.py``)."""
+    path = RESULTS / f"prior_speed-{model}.json"
+    if not model or not path.is_file():
+        raise RenderError(f"no prior-speed record {path} (run benchmarks/prior_speed.py --model MODEL)")
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    m, dec = doc["machine"], doc["decode_tok_s"]
+
+    def cell(s: dict, fmt: str) -> str:
+        return f"{fmt.format(s['median'])} ({fmt.format(s['min'])}-{fmt.format(s['max'])})"
+
+    lines = [f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} threads; {dec['n']} rounds, each "
+             f"a single-stream greedy decode of {doc['decode_tokens']} tokens ({cell(dec, '{:.1f}')} tok/s) and "
+             "then one prior batch per shape. Cells: median (min-max) over rounds; the ratio is taken within "
+             "each round.", "", "| shape (sequences x new tokens) | prior tok/s | prior / decode |", "|---|---:|---:|"]
+    for shape, v in doc["shapes"].items():
+        lines.append(f"| {shape} | {cell(v['tok_s'], '{:.0f}')} | {cell(v['ratio'], '{:.1f}')}x |")
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[str | None], str]] = {
     "speed": render_speed, "fidelity": render_fidelity, "lm-eval": render_lm_eval, "frontier": render_frontier,
+    "prior-speed": render_prior_speed,
 }
 
 

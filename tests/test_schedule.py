@@ -36,6 +36,21 @@ def test_sensitive_blocks_get_more_neurons():
     assert k[0] > k[1] > k[2] and sum(k) == 1500
 
 
+@pytest.mark.parametrize("density", [0.3, 0.5, 0.7, 0.9])
+def test_no_block_is_cut_beyond_the_bound(density):
+    profile = torch.stack([(1 - GRID).square() * s for s in (100.0, 10.0, 1.0, 0.01, 0.001)])
+    d_ff = [1000] * 5
+    free = allocate(profile, GRID, d_ff, density, max_cut=None)
+    bounded = allocate(profile, GRID, d_ff, density, max_cut=1.5)
+    floor = max(0.125, 1 - 1.5 * (1 - density))
+    assert sum(bounded) == sum(free) == budget(density, d_ff)
+    assert all(k >= int(floor * 1000) for k in bounded)
+    if density >= 0.5:  # the unbounded greedy cuts the insensitive blocks deeper than the bound allows
+        assert min(free) < int(floor * 1000)
+    with pytest.raises(ScheduleError, match="max_cut must be at least 1"):
+        allocate(profile, GRID, d_ff, density, max_cut=0.5)
+
+
 def test_equal_profiles_give_uniform_allocation():
     profile = torch.stack([(1 - GRID).square()] * 4)
     assert allocate(profile, GRID, [512] * 4, 0.5, step=1 / 64) == [256] * 4
@@ -46,7 +61,7 @@ def test_greedy_matches_brute_force_on_a_small_case():
     profile = torch.stack([(1 - GRID) ** 2 * s for s in (3.0, 1.0, 0.5)])
     d_ff = [8, 8, 8]
     curves = [loss_curve(row.tolist(), GRID.tolist(), n) for row, n in zip(profile, d_ff)]
-    k = allocate(profile, GRID, d_ff, 0.5, step=1 / 8)
+    k = allocate(profile, GRID, d_ff, 0.5, step=1 / 8, max_cut=None)
     best = min((sum(c[a] for c, a in zip(curves, ks)), ks)
                for ks in itertools.product(range(1, 9), repeat=3) if sum(ks) == 12)
     assert sum(c[a] for c, a in zip(curves, k)) == pytest.approx(best[0])

@@ -14,7 +14,11 @@ take ``step`` of its neurons from the block whose loss grows least per neuron ta
 until the budget is met; the last step gives back what it took beyond the budget, so
 ``sum(k) == K`` exactly and every block keeps at least one neuron. No block goes below
 the lowest measured density (or the requested one, if lower): the profile says nothing
-reliable beneath it.
+reliable beneath it. Nor does any block lose more than ``MAX_CUT`` times the mean fraction
+removed: the profile is measured one block at a time, and deep cuts in a few blocks
+compound where the sum of single-block losses does not see it. On the calibration split
+(SmolLM2, 8-token prompts) the bound 1.5 lowered KL by 13% at density 0.7 and changed
+nothing measurable at 0.5, against the unbounded greedy.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Sequence
 import torch
 
 DEFAULT_STEP = 1 / 32  # neurons moved per greedy step, as a fraction of the block
+MAX_CUT = 1.5  # no block loses more than 1.5x the mean fraction removed (chosen on the calibration split)
 
 
 class ScheduleError(ValueError):
@@ -76,8 +81,12 @@ def budget(density: float, d_ff: Sequence[int]) -> int:
 
 
 def allocate(profile: torch.Tensor, grid: torch.Tensor, d_ff: Sequence[int], density: float,
-             step: float = DEFAULT_STEP) -> list[int]:
-    """Neurons kept per block: ``sum == budget(density, d_ff)``, each in ``[1, d_ff[i]]``."""
+             step: float = DEFAULT_STEP, max_cut: float | None = MAX_CUT) -> list[int]:
+    """Neurons kept per block: ``sum == budget(density, d_ff)``, each in ``[1, d_ff[i]]``.
+
+    ``max_cut``: no block loses more than this multiple of the mean fraction removed
+    (``1 - density``); None lifts the bound.
+    """
     d_ff = [int(n) for n in d_ff]
     check_profile(profile, grid, len(d_ff))
     if not 0.0 < step <= 1.0:
@@ -86,6 +95,10 @@ def allocate(profile: torch.Tensor, grid: torch.Tensor, d_ff: Sequence[int], den
     curves = [loss_curve(row.tolist(), grid.tolist(), n) for row, n in zip(profile, d_ff)]
     steps = [max(1, int(round(step * n))) for n in d_ff]
     least = min(float(grid[0]), float(density))
+    if max_cut is not None:
+        if max_cut < 1:
+            raise ScheduleError(f"max_cut must be at least 1 (the mean cut), got {max_cut!r}")
+        least = max(least, 1.0 - max_cut * (1.0 - float(density)))
     floor = [max(1, math.floor(least * n)) for n in d_ff]
     if sum(floor) > target:  # tiny blocks: one neuron each is the only safe floor
         floor = [1] * len(d_ff)
