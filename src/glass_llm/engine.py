@@ -106,7 +106,7 @@ class GlassHandle:
         """Forget the current request (compact buffers stay allocated for the next one)."""
         for st in self.states:
             st.mode, st.sums, st.token_mask, st.neuron_mask, st.selected = "dense", None, None, None, None
-            st.keep_inputs, st.prompt_sums = False, None
+            st.keep_inputs, st.seen_sums = False, None
             st.inputs.clear()
         self.refreshes, self.refresh_s = 0, 0.0
 
@@ -169,7 +169,7 @@ class GlassHandle:
         for i, st in enumerate(self.states):
             chosen = self.selector.choose(i, st.sums, self.prompt_tokens)
             self._use(i, chosen)
-            st.prompt_sums, st.sums, st.token_mask = (st.sums if self.refresh_every else None), None, None
+            st.seen_sums, st.sums, st.token_mask = (st.sums if self.refresh_every else None), None, None
             st.keep_inputs, st.rows = bool(self.refresh_every), int(self.prompt_tokens.shape[0])
             selections.append(chosen)
         self.selections = selections
@@ -217,23 +217,17 @@ class GlassHandle:
         tokens, and the adaptive lam sees their total count.
         """
         t0 = _synced_time(self.devices)
-        n_new = 0
+        self._generated += self._since
+        tokens = self.prompt_tokens + self._generated
         selections = []
         for i, (st, block) in enumerate(zip(self.states, self.blocks)):
             if st.inputs:
-                x = torch.cat(st.inputs, dim=1)
-                n_new = x.shape[1]
-                originals = [w.original for w in self._inputs[i]]
-                z = ffn_intermediate(block, x, originals)
-                st.prompt_sums = st.prompt_sums + accumulate_activation(z)
+                z = ffn_intermediate(block, torch.cat(st.inputs, dim=1), [w.original for w in self._inputs[i]])
+                st.seen_sums = st.seen_sums + accumulate_activation(z)
                 st.inputs.clear()
-            selections.append(None)
-        self._generated += n_new
-        tokens = self.prompt_tokens + self._generated
-        for i, st in enumerate(self.states):
-            chosen = self.selector.choose(i, st.prompt_sums, tokens)
+            chosen = self.selector.choose(i, st.seen_sums, tokens)
             self._use(i, chosen, incremental=True)
-            selections[i] = chosen
+            selections.append(chosen)
         self.selections = selections
         self._since = 0
         self.refreshes += 1

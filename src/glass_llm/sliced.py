@@ -64,7 +64,7 @@ class BlockState:
     keep_inputs: bool = False
     rows: int = 1
     inputs: list[torch.Tensor] = field(default_factory=list)
-    prompt_sums: torch.Tensor | None = None  # (B, d_ff) the prompt's statistic, kept for refreshes
+    seen_sums: torch.Tensor | None = None  # (B, d_ff) statistic of the prompt and the generated tokens so far
     slots: torch.Tensor | None = None  # (k,) the neuron held in each compact slot (one set for the batch)
     extra: dict = field(default_factory=dict)
 
