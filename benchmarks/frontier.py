@@ -5,7 +5,8 @@
 For densities 0.3, 0.5, 0.7 and 0.9 on one machine:
 1. fidelity: ``glass eval MODEL`` (Wikipedia test split, 8-token prompts) for griffin,
    glass-a, glass and glass-refresh;
-2. speed: ``glass bench MODEL --json --raw`` at the same densities for griffin (uniform
+2. speed: one ``glass bench MODEL --method griffin,glass,glass-refresh --json --raw`` at the
+   same densities, the three methods side by side in the same rounds: griffin (uniform
    density per layer: the decode shapes of griffin and glass-a, whose steps differ only in
    which neurons are kept), glass (per-layer schedule) and glass-refresh (the schedule
    plus re-selections, whose time is spread over the steps);
@@ -56,13 +57,10 @@ def points(folder: Path) -> list[dict]:
     """One point per (method, density): KL (mean, 95% half-width) and speed-up (median,
     min, max over rounds)."""
     results = json.loads((folder / "results.json").read_text())
-    bench = {m: {r["density"]: r for r in json.loads((folder / f"bench-{m}.json").read_text())}
-             for m in set(SPEED_OF.values()) if (folder / f"bench-{m}.json").is_file()}
+    bench = {(r["method"], r["density"]): r for r in json.loads((folder / "bench.json").read_text())}
     out = []
     for r in results:
-        if r["method"] not in SPEED_OF or SPEED_OF[r["method"]] not in bench:
-            continue
-        rec = bench[SPEED_OF[r["method"]]].get(r["density"])
+        rec = bench.get((SPEED_OF.get(r["method"]), r["density"]))
         if rec is None:
             continue
         s = sorted(round_speedups(rec))
@@ -107,7 +105,7 @@ def markdown(folder: Path) -> str:
     """The frontier table: per density and method, KL and measured speed-up."""
     pts = points(folder)
     settings = json.loads((folder / "settings.json").read_text())
-    bench = json.loads((folder / "bench-glass.json").read_text())[0]
+    bench = json.loads((folder / "bench.json").read_text())[0]
     lines = [f"`{settings['model']}`, corpus `{settings['corpus']}` ({settings['split']} split), "
              f"P = {', '.join(map(str, settings['prompt_tokens']))}, G = {settings['gen_tokens']}, "
              f"{settings['n_prompts']} prompts; speed: batch 1, prompt {bench['prompt_tokens']} tokens, "
@@ -127,7 +125,7 @@ def main() -> int:
     p.add_argument("--prompts", default="16")
     p.add_argument("--gen-tokens", default="64")
     p.add_argument("--bench-tokens", default="64")
-    p.add_argument("--repeats", default="3")
+    p.add_argument("--repeats", default="5")
     p.add_argument("--out", default="runs/frontier")
     p.add_argument("--skip-eval", action="store_true", help="reuse a finished eval run in --out")
     args = p.parse_args()
@@ -140,11 +138,10 @@ def main() -> int:
               "--corpus", "wikipedia", "--threads", "2", "--no-plots", "--out", str(run))
     for name in ("results.json", "records.csv", "settings.json"):
         shutil.copyfile(run / name, dest / name)
-    for method in sorted(set(SPEED_OF.values())):
-        with open(dest / f"bench-{method}.json", "w") as f:
-            glass("bench", args.model, "--method", method, "--density", DENSITIES, "--prompt-tokens", "16",
-                  "--gen-tokens", args.bench_tokens, "--repeats", args.repeats, "--json", "--raw", "--quiet",
-                  stdout=f)
+    with open(dest / "bench.json", "w") as f:
+        glass("bench", args.model, "--method", ",".join(dict.fromkeys(SPEED_OF.values())), "--density", DENSITIES,
+              "--prompt-tokens", "16", "--gen-tokens", args.bench_tokens, "--repeats", args.repeats, "--json",
+              "--raw", "--quiet", stdout=f)
     plot(points(dest), args.model, HERE / "figures" / f"frontier_{args.model}.png")
     print(markdown(dest))
     return 0

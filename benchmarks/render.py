@@ -169,7 +169,7 @@ def render_frontier(model: str | None) -> str:
     if not model:
         raise RenderError("the frontier directive needs a model: <!-- render: frontier MODEL -->")
     folder = RESULTS / "frontier" / model
-    if not (folder / "results.json").is_file() or not (folder / "bench-glass.json").is_file():
+    if not (folder / "results.json").is_file() or not (folder / "bench.json").is_file():
         raise RenderError(f"no frontier records for {model!r} in {folder} (run benchmarks/frontier.py)")
     return _script("frontier").markdown(folder).rstrip()
 

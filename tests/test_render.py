@@ -102,15 +102,15 @@ def test_frontier_points_spread_refreshes_and_pair_methods_with_their_speed_run(
     def run(step, refresh_s=0.0):
         return {"median_step_s": step, "refresh_s": refresh_s, "steps": 10}
 
-    def bench(sparse):
-        return [{"density": 0.5, "prompt_tokens": 16, "gen_tokens": 64, "repeats": 2, "threads": 2,
-                 "dtype": "float32", "raw": {"dense": [run(0.1), run(0.2)], "skip-ffn": [run(0.05), run(0.1)],
-                                             "d=0.5": sparse}}]
+    def bench(method, sparse):
+        return {"method": method, "density": 0.5, "prompt_tokens": 16, "gen_tokens": 64, "repeats": 2, "threads": 2,
+                "dtype": "float32", "raw": {"dense": [run(0.1), run(0.2)], "skip-ffn": [run(0.05), run(0.1)],
+                                            "d=0.5": sparse}}
 
-    (tmp_path / "bench-griffin.json").write_text(json.dumps(bench([run(0.08), run(0.16)])))
-    (tmp_path / "bench-glass.json").write_text(json.dumps(bench([run(0.08), run(0.1)])))
     # refreshes of 0.2 s over 10 steps add 0.02 s per step
-    (tmp_path / "bench-glass-refresh.json").write_text(json.dumps(bench([run(0.08, 0.2), run(0.08, 0.2)])))
+    (tmp_path / "bench.json").write_text(json.dumps([
+        bench("griffin", [run(0.08), run(0.16)]), bench("glass", [run(0.08), run(0.1)]),
+        bench("glass-refresh", [run(0.08, 0.2), run(0.08, 0.2)])]))
     results = [{"method": m, "density": 0.5, "kl": kl, "kl_ci95": 0.1}
                for m, kl in (("dense", 0.0), ("griffin", 2.0), ("glass-a", 1.0), ("glass", 0.9), ("glass-refresh", 0.7))]
     (tmp_path / "results.json").write_text(json.dumps(results))

@@ -72,3 +72,21 @@ def test_mask_refreshes_are_spread_over_the_steps():
     from glass_llm.bench_summary import format_table
 
     assert "2 mask refreshes per run, 200.0 ms each = 2.00 dense steps" in format_table([rec])
+
+
+def test_several_methods_share_the_rounds_and_get_a_record_each():
+    runs = {"dense": [_run("dense", 0.100, 1.1) for _ in range(3)],
+            "skip-ffn": [_run("skip-ffn", 0.060, 0.6) for _ in range(3)],
+            "griffin d=0.5": [_run("griffin d=0.5", 0.080, 0.9) for _ in range(3)],
+            "glass d=0.5": [_run("glass d=0.5", 0.090, 1.0) for _ in range(3)]}
+    settings = BenchSettings(densities=(0.5,), gen_tokens=11, repeats=3, methods=("griffin", "glass"))
+    assert settings.variant("glass", 0.5) == "glass d=0.5"
+    griffin, glass = summarize(runs, settings, "m", batch=1, prompt_tokens=16, dtype="float32")
+    assert (griffin.method, glass.method) == ("griffin", "glass")
+    assert griffin.speedup == pytest.approx(100 / 80) and glass.speedup == pytest.approx(100 / 90)
+    assert griffin.dense_step_ms == glass.dense_step_ms == pytest.approx(100.0)
+    assert set(glass.raw) == {"dense", "skip-ffn", "d=0.5"}  # the renderers' layout, whatever the run name
+    from glass_llm.bench_summary import format_table
+
+    table = format_table([griffin, glass])
+    assert table.splitlines()[0].startswith("method") and table.splitlines()[2].startswith("glass ")

@@ -251,10 +251,11 @@ def timed_generate(model: nn.Module, input_ids: torch.Tensor, gen_tokens: int, v
 
 def _variants(settings: BenchSettings) -> list[tuple[str, GlassConfig | None, bool]]:
     out: list[tuple[str, GlassConfig | None, bool]] = [("dense", None, False), ("skip-ffn", None, True)]
-    for d in settings.densities:
-        out.append((f"d={d:g}", GlassConfig(method=settings.method, density=float(d),
-                                              share_batch=settings.share_batch, refresh=settings.refresh),
-                    False))
+    for method in settings.method_list:
+        for d in settings.densities:
+            out.append((settings.variant(method, d), GlassConfig(method=method, density=float(d),
+                                                                 share_batch=settings.share_batch,
+                                                                 refresh=settings.refresh), False))
     return out
 
 

@@ -50,7 +50,9 @@ class RunTiming:
 
 @dataclass
 class BenchSettings:
-    """What to run. ``densities`` are the fractions of FFN neurons kept while decoding."""
+    """What to run. ``densities`` are the fractions of FFN neurons kept while decoding.
+    ``methods`` (when given, in place of ``method``) are timed side by side in the same
+    rounds, each at every density, against the same dense and FFN-skipped runs."""
 
     densities: Sequence[float] = (0.25, 0.5, 0.75)
     gen_tokens: int = 256
@@ -59,6 +61,16 @@ class BenchSettings:
     share_batch: bool = False
     warmup_tokens: int = 8
     refresh: int | None = None  # None: the method's own setting
+    methods: tuple[str, ...] = ()
+
+    @property
+    def method_list(self) -> tuple[str, ...]:
+        return tuple(self.methods) or (self.method,)
+
+    def variant(self, method: str, density: float) -> str:
+        """The run name of ``method`` at ``density``: ``d=0.5``, or ``glass d=0.5`` when
+        several methods share the rounds."""
+        return f"d={density:g}" if len(self.method_list) == 1 else f"{method} d={density:g}"
 
 
 @dataclass
@@ -162,8 +174,8 @@ def summarize(runs: dict[str, list[RunTiming]], settings: BenchSettings, model_n
     dense_mean = _median([r.mean_step_s for r in dense])
     dense_e2e = _median([r.total_s for r in dense])
     records = []
-    for d in settings.densities:
-        name = f"d={d:g}"
+    for method, d in [(m, d) for m in settings.method_list for d in settings.densities]:
+        name = settings.variant(method, d)
         sp = runs[name]
         step = _median([r.step_s for r in sp])
         ideal_step = skip_step + float(d) * ffn
@@ -180,7 +192,7 @@ def summarize(runs: dict[str, list[RunTiming]], settings: BenchSettings, model_n
             dense_bytes, ffn_bytes = weight_bytes
             sparse_bytes = dense_bytes - sum(int((1.0 - float(d)) * b) for b in ffn_bytes)
         records.append(BenchRecord(
-            model=model_name, density=float(d), batch=batch, method=settings.method,
+            model=model_name, density=float(d), batch=batch, method=method,
             share_batch=settings.share_batch, prompt_tokens=prompt_tokens, gen_tokens=settings.gen_tokens,
             repeats=settings.repeats, threads=torch.get_num_threads(), dtype=dtype,
             dense_tok_s=batch / dense_step, sparse_tok_s=batch / step, speedup=speedup,
@@ -200,7 +212,8 @@ def summarize(runs: dict[str, list[RunTiming]], settings: BenchSettings, model_n
             compiled=compiled, warmup_s=_median([r.total_s for r in runs.get(f"{name}:warmup", [])] or [0.0]),
             dense_warmup_s=_median([r.total_s for r in runs.get("dense:warmup", [])] or [0.0]),
             refreshes=n_refresh, refresh_ms=per_refresh * 1e3, refresh_in_decode_steps=per_refresh / dense_step,
-            raw={n: [asdict(r) for r in runs[n]] for n in ("dense", "skip-ffn", name)},
+            raw={"dense": [asdict(r) for r in dense], "skip-ffn": [asdict(r) for r in skip],
+                 f"d={d:g}": [asdict(r) for r in sp]},
         ))
     return records
 
@@ -230,20 +243,22 @@ def machine_info() -> dict:
 
 
 def format_table(records: Sequence[BenchRecord]) -> str:
-    """A plain-text table of the records."""
-    head = (f"{'batch':>5} {'dens':>5} {'dense t/s':>9} {'sparse t/s':>10} {'speedup':>7} {'ideal':>6} "
-            f"{'effic':>6} {'roof':>6} {'GB/s':>5} {'e2e':>6} {'sel ms':>7} {'sel/step':>8} {'ffn%':>5} "
-            f"{'RSS MB':>7} {'+W MB':>6}")
+    """A plain-text table of the records (a method column when several methods ran)."""
+    several = len({r.method for r in records}) > 1
+    lead = (lambda text: f"{text:<14} ") if several else (lambda text: "")
+    head = (f"{lead('method')}{'batch':>5} {'dens':>5} {'dense t/s':>9} {'sparse t/s':>10} {'speedup':>7} "
+            f"{'ideal':>6} {'effic':>6} {'roof':>6} {'GB/s':>5} {'e2e':>6} {'sel ms':>7} {'sel/step':>8} "
+            f"{'ffn%':>5} {'RSS MB':>7} {'+W MB':>6}")
     lines = [head]
     for r in records:
         lines.append(
-            f"{r.batch:>5} {r.density:>5.2f} {r.dense_tok_s:>9.1f} {r.sparse_tok_s:>10.1f} {r.speedup:>6.2f}x "
-            f"{r.ideal_speedup:>5.2f}x {r.efficiency:>6.3f} {r.roofline_speedup:>5.2f}x {r.sparse_gb_s:>5.1f} "
-            f"{r.e2e_speedup:>5.2f}x {r.select_ms:>7.1f} {r.select_in_decode_steps:>8.2f} {100 * r.ffn_share:>4.0f}% "
-            f"{r.peak_rss_mb:>7.0f} {r.compact_weights_mb:>6.1f}")
+            f"{lead(r.method)}{r.batch:>5} {r.density:>5.2f} {r.dense_tok_s:>9.1f} {r.sparse_tok_s:>10.1f} "
+            f"{r.speedup:>6.2f}x {r.ideal_speedup:>5.2f}x {r.efficiency:>6.3f} {r.roofline_speedup:>5.2f}x "
+            f"{r.sparse_gb_s:>5.1f} {r.e2e_speedup:>5.2f}x {r.select_ms:>7.1f} {r.select_in_decode_steps:>8.2f} "
+            f"{100 * r.ffn_share:>4.0f}% {r.peak_rss_mb:>7.0f} {r.compact_weights_mb:>6.1f}")
     for r in records:
         if r.refreshes:
-            lines.append(f"batch {r.batch}, density {r.density:g}: {r.refreshes:g} mask refreshes per run, "
-                         f"{r.refresh_ms:.1f} ms each = {r.refresh_in_decode_steps:.2f} dense steps "
+            lines.append(f"{r.method}, batch {r.batch}, density {r.density:g}: {r.refreshes:g} mask refreshes per "
+                         f"run, {r.refresh_ms:.1f} ms each = {r.refresh_in_decode_steps:.2f} dense steps "
                          "(spread over the steps in sparse t/s)")
     return "\n".join(lines)

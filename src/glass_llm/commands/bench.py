@@ -11,7 +11,7 @@ import json
 import sys
 
 from .common import (add_compile_arg, add_model_arg, add_prior_tokens_arg, add_refresh_arg, check_refresh_compile,
-                     compile_generate_kwargs, floats, ints, model_kwargs)
+                     compile_generate_kwargs, floats, ints, model_kwargs, names)
 
 
 def register(sub) -> None:
@@ -25,7 +25,9 @@ def register(sub) -> None:
     p.add_argument("--batch", type=ints, default=[1], help="batch size(s), comma-separated (default 1)")
     p.add_argument("--share-batch", action="store_true",
                    help="one neuron set per batch (from the rows' combined statistic) instead of one per row")
-    p.add_argument("--method", default="glass", help="selection method (default glass; see `glass generate`)")
+    p.add_argument("--method", type=names, default=["glass"],
+                   help="selection method(s), comma-separated: several are timed side by side in the same "
+                        "rounds against the same dense runs (default glass; see `glass generate`)")
     p.add_argument("--prior", default=None, help="prior file (built and cached on first use if omitted)")
     add_prior_tokens_arg(p)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
@@ -44,7 +46,6 @@ def run(args) -> int:
     from ..bench import BenchSettings, benchmark, format_table, machine_info, make_prompts
     from ..build import get_or_build_prior
     from ..engine import GlassConfig
-    from ..methods import get_method
     from ..models import load_model
 
     if args.threads is not None:
@@ -53,18 +54,24 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     if any(b < 1 for b in args.batch):
         raise ValueError(f"batch sizes must be >= 1, got {args.batch}")
-    config = GlassConfig(method=args.method, refresh=args.refresh)
-    spec, lam, _ = config.resolved()
-    check_refresh_compile(args, config.refresh_every(spec))
+    if not args.method:
+        raise ValueError("give at least one method with --method")
+    needs_prior = False
+    for method in args.method:
+        config = GlassConfig(method=method, refresh=args.refresh)
+        spec, lam, _ = config.resolved()
+        check_refresh_compile(args, config.refresh_every(spec))
+        needs_prior = needs_prior or spec.needs_prior_at(lam)
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     say(f"loading {args.model} ...")
     model, tok = load_model(args.model, **model_kwargs(args))
     prior = None
-    if get_method(args.method).needs_prior_at(lam):
+    if needs_prior:
         prior = get_or_build_prior(model, tok, args.model, path=args.prior, n_tokens=args.prior_tokens,
                                    progress=not args.quiet)
     settings = BenchSettings(densities=tuple(args.density), gen_tokens=args.gen_tokens, repeats=args.repeats,
-                             method=args.method, share_batch=args.share_batch, refresh=args.refresh)
+                             method=args.method[0], methods=tuple(args.method), share_batch=args.share_batch,
+                             refresh=args.refresh)
     gen_kwargs = {"pad_token_id": tok.pad_token_id,
                   **compile_generate_kwargs(args, model, args.prompt_tokens + args.gen_tokens)}
     records = []
@@ -79,7 +86,7 @@ def run(args) -> int:
     info = machine_info()
     where = str(next(model.parameters()).device)
     compiled = ", compiled decode" if args.compile else ""
-    print(f"{args.model} ({records[0].dtype} on {where}{compiled}), method {args.method}{', shared batch set' if args.share_batch else ''}; "
+    print(f"{args.model} ({records[0].dtype} on {where}{compiled}), method {', '.join(args.method)}{', shared batch set' if args.share_batch else ''}; "
           f"prompt {args.prompt_tokens} tokens, {args.gen_tokens} new tokens greedy, median of {args.repeats} "
           f"interleaved rounds")
     gpus = f", GPU {', '.join(info['gpus'])}" if info.get("gpus") else ""

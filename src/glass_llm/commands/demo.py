@@ -58,21 +58,18 @@ def _kl_table(model, prompt_ids, ref, prior, densities) -> dict[tuple[str, float
 
 
 def _speedups(model, prompt_ids, prior, densities, args, pad_id) -> dict[tuple[str, float], object]:
-    """glass_llm.bench's interleaved rounds, once per method; records by (method, density).
-    With ``--compile`` dense and sparse decode are both compiled (the warm-up run pays it)."""
+    """glass_llm.bench's interleaved rounds, every method and density side by side against
+    the same dense runs; records by (method, density). With ``--compile`` dense and sparse
+    decode are both compiled (the warm-up run pays it)."""
     from ..bench import BenchSettings, benchmark
 
     gen = {"pad_token_id": pad_id,
            **compile_generate_kwargs(args, model, prompt_ids.shape[1] + max(args.bench_tokens, 8))}
-    out = {}
-    for m in METHODS:
-        _say(f"timing {m} against dense ({args.repeats} interleaved rounds) ...")
-        settings = BenchSettings(densities=tuple(densities), gen_tokens=args.bench_tokens, repeats=args.repeats,
-                                 method=m)
-        for rec in benchmark(model, prompt_ids, settings, model_name=args.model, prior=prior,
-                             generate_kwargs=gen):
-            out[(m, rec.density)] = rec
-    return out
+    _say(f"timing {', '.join(METHODS)} against dense ({args.repeats} interleaved rounds) ...")
+    settings = BenchSettings(densities=tuple(densities), gen_tokens=args.bench_tokens, repeats=args.repeats,
+                             methods=METHODS)
+    return {(rec.method, rec.density): rec
+            for rec in benchmark(model, prompt_ids, settings, model_name=args.model, prior=prior, generate_kwargs=gen)}
 
 
 def choose_density(kl: dict[tuple[str, float], float], densities) -> tuple[float, str]:
