@@ -103,7 +103,12 @@ def test_generate_and_prior(smollm_prior, tmp_path):
     out = _run("generate", "smollm2-135m", "Name a colour.", "--prior", str(prior), "--max-new-tokens", "8",
                "--refresh", "3")
     assert out.returncode == 0, out.stderr
-    assert "2 refreshes every 3 tokens" in out.stderr
+    import re
+
+    found = re.search(r"(\d+) refreshes every 3 tokens .*: (\d+) tokens in", out.stderr)
+    assert found, out.stderr
+    refreshes, tokens = map(int, found.groups())
+    assert refreshes == (tokens - 2) // 3  # the first token is the prefill's; sparse steps refresh every 3
     out = _run("generate", "smollm2-135m", "hi", "--prior", str(tmp_path / "corrupt.safetensors"))
     assert out.returncode == 2 and "does not exist" in out.stderr
     bad = tmp_path / "bad.safetensors"
