@@ -162,7 +162,7 @@ def _buffer(old: torch.Tensor | None, like: torch.Tensor, shape: tuple[int, ...]
 
 def _input_pieces(inputs: list[NeuronInput], d_ff: int):
     """(weight, bias, row offset) of every neuron block of the input projections, in the
-    order they are stacked in the compact matrix, and each wrapper's share of its rows."""
+    order they are stacked in the compact matrix, and the number of such blocks per wrapper."""
     pieces: list[tuple[torch.Tensor, torch.Tensor | None, int]] = []
     fused = []
     for wrapper in inputs:
