@@ -9,7 +9,8 @@ import torch
 
 from glass_llm.dispersion import fill_missing, lam_for_tokens, tilt, window_lams, window_score_lams
 from glass_llm.ranking import ranks
-from glass_llm.schedule import ScheduleError, allocate, budget, check_schedule, loss_curve, mean_density
+from glass_llm.schedule import (ScheduleError, allocate, budget, check_schedule, checked_ratio, loss_curve,
+                               mean_density)
 
 GRID = torch.tensor([0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875])
 
@@ -65,6 +66,16 @@ def test_greedy_matches_brute_force_on_a_small_case():
     best = min((sum(c[a] for c, a in zip(curves, ks)), ks)
                for ks in itertools.product(range(1, 9), repeat=3) if sum(ks) == 12)
     assert sum(c[a] for c, a in zip(curves, k)) == pytest.approx(best[0])
+
+
+def test_checked_ratio_interpolates_in_log_ratio_and_clamps():
+    dens, ratios = [0.3, 0.5, 0.7], [0.5, 2.0, 1.0]
+    for d, r in zip(dens, ratios):
+        assert checked_ratio(d, dens, ratios) == pytest.approx(r)
+    assert checked_ratio(0.4, dens, ratios) == pytest.approx(1.0)  # halfway between 0.5 and 2 in log
+    assert checked_ratio(0.1, dens, ratios) == pytest.approx(0.5) and checked_ratio(0.95, dens, ratios) == 1.0
+    with pytest.raises(ScheduleError, match="one ratio per density"):
+        checked_ratio(0.5, [0.3, 0.5], [1.0])
 
 
 def test_loss_curve_is_non_increasing_and_zero_when_dense():

@@ -83,9 +83,18 @@ def test_adaptive_lam_reduces_to_the_fixed_lam(smollm, calibrated, prompt_sums):
             assert torch.equal(sel.choose(i, sums[i], n), expected)
 
 
+def _checked(prior, ratio: float):
+    """``prior`` whose schedule check measured ``ratio`` (schedule / uniform) at every density."""
+    cal = prior.calibration
+    return replace(prior, calibration=replace(cal, check_densities=torch.tensor([0.3, 0.5, 0.7, 0.9]),
+                                              check_ratio=torch.full((4,), ratio),
+                                              check_upper=torch.full((4,), ratio * 1.05)))
+
+
 def test_calibrated_glass_uses_schedule_and_per_row_lam(smollm, calibrated, prompt_sums):
     model, _ = smollm
     sums, n = prompt_sums
+    calibrated = _checked(calibrated, 0.9)
     sel, blocks = _selector(model, calibrated, "glass")
     d_ff = [b.d_ff for b in blocks]
     assert sel.adaptive and sum(sel.k) == budget(0.5, d_ff) and len(set(sel.k)) > 1
@@ -105,6 +114,27 @@ def test_calibrated_glass_uses_schedule_and_per_row_lam(smollm, calibrated, prom
     assert a_only.adaptive and a_only.k == [768] * len(blocks)
 
 
+def test_schedule_is_used_only_where_its_check_pays(smollm, calibrated):
+    model, _ = smollm
+    cal = calibrated.calibration
+    # the real check: one finite positive ratio per checked density, and the decision follows it
+    assert cal.check_ratio.shape == cal.check_densities.shape == cal.check_upper.shape == (4,)
+    assert bool((cal.check_ratio > 0).all()) and bool((cal.check_upper >= cal.check_ratio).all())
+    sel, blocks = _selector(model, calibrated, "glass", density=0.5)
+    uniform = [768] * len(blocks)
+    assert (sel.k != uniform) == bool(cal.check_upper[1] < 1)
+    # forced outcomes: a schedule not shown better is not used, one shown better is
+    assert _selector(model, _checked(calibrated, 1.1), "glass")[0].k == uniform
+    assert _selector(model, _checked(calibrated, 1.1), "glass-schedule")[0].k == uniform
+    assert _selector(model, _checked(calibrated, 0.97), "glass")[0].k == uniform  # bound 1.02: not shown
+    assert _selector(model, _checked(calibrated, 0.9), "glass")[0].k != uniform
+    # a calibration without a check (prior format 2) keeps one density, and says why
+    old = replace(calibrated, calibration=replace(cal, check_densities=None, check_ratio=None, check_upper=None))
+    with pytest.warns(UserWarning, match="predates the schedule check"):
+        assert _selector(model, old, "glass")[0].k == uniform
+    assert any("schedule check" in line for line in cal.summary())
+
+
 def test_calibration_tables(smollm, calibrated):
     model, _ = smollm
     cal = calibrated.calibration
@@ -118,10 +148,15 @@ def test_calibration_tables(smollm, calibrated):
 
 def test_prior_formats_round_trip(tmp_path, smollm, calibrated):
     model, _ = smollm
-    new = save_prior(calibrated, tmp_path / "v2.safetensors")
+    new = save_prior(calibrated, tmp_path / "v3.safetensors")
     loaded = load_prior(new)
-    assert loaded.meta["format_version"] == 2
+    assert loaded.meta["format_version"] == 3
     assert torch.equal(loaded.calibration.lam, calibrated.calibration.lam.float())
+    assert torch.equal(loaded.calibration.check_ratio, calibrated.calibration.check_ratio.float())
+    unchecked = replace(calibrated.calibration, check_densities=None, check_ratio=None, check_upper=None)
+    v2 = load_prior(save_prior(replace(calibrated, calibration=unchecked), tmp_path / "v2.safetensors"))
+    assert v2.meta["format_version"] == 2 and v2.calibration.check_ratio is None
+    assert torch.equal(v2.calibration.profile, loaded.calibration.profile)
     old = save_prior(replace(calibrated, calibration=None), tmp_path / "v1.safetensors")
     loaded_old = load_prior(old)
     assert loaded_old.calibration is None and loaded_old.meta["format_version"] == 1

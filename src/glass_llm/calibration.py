@@ -17,13 +17,22 @@
    so ``profile[i, g]`` estimates the KL to the dense model per token when only block ``i``
    runs at density ``grid[g]``. Error curves are cheap (one matrix product per density);
    the KL forwards capture how much each block's error matters downstream (the first
-   block's, for instance, far more than its output error says).
+   block's, for instance, far more than its output error says);
+4. the schedule check: on ``check_rows`` other sampled rows, the first ``check_prompt``
+   sampled tokens play the prompt and the KL to the dense model over the next tokens is
+   measured with every block sparsified as the ``glass`` method would (per-row prompt
+   statistic fused with the prior at the calibrated lam), once with the allocated
+   schedule and once with the uniform density, at each of ``CHECK_DENSITIES``. The
+   profile adds up single-block losses and the model's own text is not the user's, so
+   the schedule is used at a density only where it measured better with 95% confidence
+   (the upper end of the ratio's t interval below 1; ``Calibration.use_schedule``).
 
 Nothing here reads evaluation text. About 30-60 s for SmolLM2-135M on 2 CPU cores.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import replace
@@ -35,15 +44,18 @@ from torch import nn
 from .adapters import FFNBlock, find_ffn_blocks, weight_out_in
 from .calibration_data import Calibration
 from .dispersion import WINDOWS, fill_missing, window_lams, window_score_lams
+from .intervals import mean_ci
 from .prior import Prior
 from .ranking import keep_count
+from .schedule import allocate
 from .self_sample import sample_and_record, self_prompts
 
 SEQ_OFFSET = 1 << 20
 GRID = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
 GAIN_DENSITY = 0.5
+CHECK_DENSITIES = (0.3, 0.5, 0.7, 0.9)
 DEFAULTS = {"n_seqs": 16, "seq_len": 128, "horizon": 64, "stride": 8, "gain_rows": 4, "gain_len": 32,
-            "err_tokens": 1024}
+            "err_tokens": 1024, "check_rows": 12, "check_prompt": 8, "check_len": 64}
 
 
 def token_ids_of(model: nn.Module) -> SimpleNamespace:
@@ -99,7 +111,8 @@ class _Capture:
 
 
 class _MaskOne:
-    """Forward pre-hook that zeroes the unselected neurons of one block's input."""
+    """Forward pre-hook that zeroes the unselected neurons of one block's input
+    (``keep`` broadcasts against it: (d_ff,), or (B, T, d_ff) per row and position)."""
 
     def __init__(self, block: FFNBlock, keep: torch.Tensor):
         self.keep = keep
@@ -111,6 +124,51 @@ class _MaskOne:
 
     def close(self) -> None:
         self._h.remove()
+
+
+def _kl_per_row(ref: torch.Tensor, out: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """Mean KL(ref || out) per row over the positions ``where`` (B, T); log-probabilities in."""
+    kl = (ref.exp() * (ref - out)).sum(-1)
+    return (kl * where).sum(1) / where.sum(1).clamp_min(1)
+
+
+@torch.no_grad()
+def _check_schedule(model: nn.Module, blocks: list[FFNBlock], ids: torch.Tensor, mask: torch.Tensor,
+                    window: torch.Tensor, target: torch.Tensor, local: list[torch.Tensor], ref: torch.Tensor,
+                    glob: torch.Tensor, profile: torch.Tensor, lam: torch.Tensor, n_prompt: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """KL ratio (allocated schedule / uniform density) at each of ``CHECK_DENSITIES``, and
+    the upper end of its 95% t interval: the geometric mean over rows of the ratio of the
+    mean KL over the ``target`` positions, with every block sparsified as ``glass`` does
+    from the ``window`` tokens' statistic ``local`` (per block, (rows, d_ff)); ``ref``: the
+    dense log-probabilities of the same rows."""
+    from .selection import Selector  # selection imports this package's schedule, not the reverse
+
+    d_ff = [b.d_ff for b in blocks]
+    n_tokens = torch.full((ids.shape[0],), n_prompt)
+    after = target.bool().unsqueeze(-1)
+    ratios, uppers = [], []
+    for density in CHECK_DENSITIES:
+        kls = []
+        for k in (allocate(profile, torch.tensor(GRID), d_ff, density), [keep_count(density, n) for n in d_ff]):
+            sel = Selector(blocks, k, 0.5, "activation", list(glob), lam_table=lam,
+                           lam_windows=torch.tensor(WINDOWS, dtype=torch.float32))
+            hooks = []
+            for i, b in enumerate(blocks):
+                dev = sel.devices[i]
+                chosen = sel.choose(i, local[i].to(dev), n_tokens.to(dev)).cpu()
+                keep = torch.zeros(ids.shape[0], b.d_ff).scatter_(1, chosen, 1.0)
+                hooks.append(_MaskOne(b, torch.where(after, keep.unsqueeze(1), torch.ones(()))))
+            try:
+                logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            finally:
+                for h in hooks:
+                    h.close()
+            kls.append(_kl_per_row(ref, torch.log_softmax(logits.float(), -1).cpu(), target).clamp_min(1e-9))
+        ci = mean_ci((kls[0] / kls[1]).log().tolist()).exp()
+        ratios.append(ci.mean)
+        uppers.append(ci.high if math.isfinite(ci.high) else math.inf)
+    return torch.tensor(ratios), torch.tensor(uppers)
 
 
 @torch.no_grad()
@@ -141,6 +199,19 @@ def calibrate_prior(model: nn.Module, tokenizer, prior: Prior, seed: int = 0, pr
         ids[r, : len(row)] = torch.tensor(row)
         mask[r, : len(row)] = 1
     ids, mask = ids.to(device), mask.to(device)
+    # the KL-scale forwards use the longest rows; the schedule check the next longest,
+    # whose first sampled tokens play the prompt
+    by_length = torch.argsort(lengths, descending=True, stable=True)
+    g_rows = by_length[: opts["gain_rows"]].to(device)
+    c_rows = by_length[opts["gain_rows"]:][: opts["check_rows"]]
+    if c_rows.numel() == 0:
+        c_rows = by_length[: opts["check_rows"]]
+    starts = torch.tensor([len(prompts[i % len(prompts)]) for i in indices])
+    c_len = min(width, opts["check_len"])
+    pos = torch.arange(c_len).unsqueeze(0)
+    c_start, c_end = starts[c_rows].unsqueeze(1), lengths[c_rows].clamp(max=c_len).unsqueeze(1)
+    c_window = ((pos >= c_start) & (pos < c_start + opts["check_prompt"])).float()
+    c_target = ((pos >= c_start + opts["check_prompt"]) & (pos < c_end)).float()
     cap = _Capture(blocks, mask, opts["err_tokens"])
     try:
         dense = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
@@ -156,13 +227,14 @@ def calibrate_prior(model: nn.Module, tokenizer, prior: Prior, seed: int = 0, pr
         for i in range(len(blocks))]))
     errors = torch.stack([_block_error(cap.z[i], weight_out_in(b.output_module), glob[i])
                           for i, b in enumerate(blocks)])
+    c_local = [(cap.u2[i][c_rows, :c_len] * c_window.unsqueeze(-1)).sum(1) for i in range(len(blocks))]
     del cap
     phases["tables"] = time.perf_counter() - t0 - sum(phases.values())
     # KL scale: one forward per block with only that block at GAIN_DENSITY
-    g_rows = torch.argsort(lengths, descending=True, stable=True)[: opts["gain_rows"]].to(device)
     g_len = min(width, opts["gain_len"])
     g_ids, g_mask = ids[g_rows, :g_len], mask[g_rows, :g_len]
     ref = torch.log_softmax(dense[g_rows, :g_len].float(), -1)
+    c_ref = torch.log_softmax(dense[c_rows.to(device), :c_len].float(), -1).cpu()
     del dense
     gidx = GRID.index(GAIN_DENSITY)
     profile = torch.zeros(len(blocks), len(GRID))
@@ -182,12 +254,23 @@ def calibrate_prior(model: nn.Module, tokenizer, prior: Prior, seed: int = 0, pr
     if progress:
         print(file=sys.stderr)
     phases["kl_scale"] = time.perf_counter() - t0 - sum(phases.values())
+    check = (None, None)
+    if c_rows.numel() >= 2 and bool(c_target.sum(1).gt(0).all()):
+        c_ids, c_mask = ids[c_rows.to(device), :c_len], mask[c_rows.to(device), :c_len]
+        check = _check_schedule(model, blocks, c_ids, c_mask, c_window, c_target, c_local, c_ref, glob, profile,
+                                lam, opts["check_prompt"])
+    elif progress:
+        print("calibration: the sampled rows are too short for the schedule check; the schedule stays off",
+              file=sys.stderr)
+    phases["check"] = time.perf_counter() - t0 - sum(phases.values())
     meta = {"source": "self", "seed": seed, "seq_offset": SEQ_OFFSET, "tokens": int(lengths.sum()),
             "gain_density": GAIN_DENSITY, "seconds": {k: round(v, 1) for k, v in phases.items()}, **opts}
     cal = Calibration(grid=torch.tensor(GRID), profile=profile, windows=torch.tensor(WINDOWS, dtype=torch.float32),
-                      lam=lam, score_lam=score_lam, meta=meta)
+                      lam=lam, score_lam=score_lam, meta=meta,
+                      check_densities=None if check[0] is None else torch.tensor(CHECK_DENSITIES),
+                      check_ratio=check[0], check_upper=check[1])
     cal.check(len(blocks))
-    return replace(prior, calibration=cal, meta={**prior.meta, "format_version": 2})
+    return replace(prior, calibration=cal, meta={**prior.meta, "format_version": cal.format_version})
 
 
 def ensure_calibrated(model: nn.Module, tokenizer, prior: Prior, stream=sys.stderr, **settings) -> Prior:

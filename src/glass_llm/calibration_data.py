@@ -5,20 +5,28 @@ how it is written into, and read back from, the prior's safetensors file.
   per token when only block ``i`` keeps the fraction ``grid[g]`` of its neurons; the
   per-layer densities for any requested density are derived from it (``schedule``);
 * ``windows`` (W,) and ``lam`` (L, W): the lam of each block for a prompt of ``windows[w]``
-  tokens (``dispersion``), for rank fusion; ``score_lam`` (L, W) the same for score fusion.
+  tokens (``dispersion``), for rank fusion; ``score_lam`` (L, W) the same for score fusion;
+* ``check_densities`` (C,), ``check_ratio`` (C,) and ``check_upper`` (C,) (format version 3):
+  the schedule check, the KL of the allocated schedule over the KL of the uniform density
+  (geometric mean over sampled rows, and the upper end of its 95% t interval), both with
+  the full ``glass`` selection on samples of the model's own text; the schedule is used at
+  a density only where the upper end is below 1 (``use_schedule``). Files of version 2 have
+  no check: the schedule is then not used (a warning says to rebuild the prior).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 
 from .dispersion import check_table
-from .schedule import check_profile
+from .schedule import check_profile, checked_ratio
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _KEYS = ("grid", "profile", "windows", "lam", "score_lam")
+_CHECK_KEYS = ("check_densities", "check_ratio", "check_upper")  # format 3; absent in format-2 files
 _PREFIX = "calibration."
 
 
@@ -30,6 +38,14 @@ class Calibration:
     lam: torch.Tensor
     score_lam: torch.Tensor
     meta: dict = field(default_factory=dict)
+    check_densities: torch.Tensor | None = None
+    check_ratio: torch.Tensor | None = None
+    check_upper: torch.Tensor | None = None
+
+    @property
+    def format_version(self) -> int:
+        """3 with the schedule check, 2 without it."""
+        return FORMAT_VERSION if self.check_ratio is not None else 2
 
     @property
     def n_blocks(self) -> int:
@@ -40,9 +56,33 @@ class Calibration:
         check_profile(self.profile, self.grid, n_blocks)
         check_table(self.lam, self.windows, n_blocks)
         check_table(self.score_lam, self.windows, n_blocks)
+        present = [getattr(self, k) is not None for k in _CHECK_KEYS]
+        if any(present) and not all(present):
+            raise ValueError("the schedule check needs its densities, ratios and upper bounds together")
+        if self.check_ratio is not None:
+            d, r, u = self.check_densities, self.check_ratio, self.check_upper
+            if d.dim() != 1 or r.shape != d.shape or u.shape != d.shape or d.numel() == 0:
+                raise ValueError(f"the schedule check has densities of shape {tuple(d.shape)}, ratios of shape "
+                                 f"{tuple(r.shape)} and bounds of shape {tuple(u.shape)}; expected vectors of one length")
+            if (not bool(torch.isfinite(r).all() & (r > 0).all() & (u >= r).all())
+                    or not bool((d[1:] > d[:-1]).all())):
+                raise ValueError("the schedule check holds invalid values; rebuild the prior with `glass prior`")
+
+    def use_schedule(self, density: float) -> bool:
+        """Whether the ``glass`` method allocates per-layer densities at ``density``: only where
+        the schedule check measured it better than the uniform density with 95% confidence
+        (the upper ends of the ratio's intervals, interpolated in density, below 1). A calibration without a
+        check (format 2) does not use it, and warns."""
+        if self.check_ratio is None:
+            warnings.warn("this prior's calibration predates the schedule check (format 2), so the glass method "
+                          "keeps one density for every layer; rebuild the prior with `glass prior MODEL` to check "
+                          "and use the per-layer schedule", stacklevel=3)
+            return False
+        return checked_ratio(density, self.check_densities.tolist(), self.check_upper.tolist()) < 1.0
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
-        return {_PREFIX + k: getattr(self, k).float().contiguous() for k in _KEYS}
+        keys = _KEYS + (_CHECK_KEYS if self.check_ratio is not None else ())
+        return {_PREFIX + k: getattr(self, k).float().contiguous() for k in keys}
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict | None) -> "Calibration | None":
@@ -54,7 +94,8 @@ class Calibration:
         if len(present) != len(_KEYS):
             missing = sorted(set(_KEYS) - set(present))
             raise ValueError(f"the prior's selection calibration is incomplete (missing {', '.join(missing)})")
-        cal = cls(**{k: tensors[_PREFIX + k].float() for k in _KEYS}, meta=dict(meta or {}))
+        checks = {k: tensors[_PREFIX + k].float() for k in _CHECK_KEYS if _PREFIX + k in tensors}
+        cal = cls(**{k: tensors[_PREFIX + k].float() for k in _KEYS}, **checks, meta=dict(meta or {}))
         cal.check(cal.n_blocks)
         return cal
 
@@ -64,6 +105,13 @@ class Calibration:
         lines = [f"selection calibration: {self.n_blocks} blocks, sensitivity at densities "
                  f"{', '.join(f'{g:g}' for g in self.grid.tolist())}, lam for prompts of "
                  f"{', '.join(str(int(w)) for w in self.windows.tolist())} tokens"]
+        if self.check_ratio is None:
+            lines.append("schedule check: none (format 2): the glass method keeps one density per layer")
+        else:
+            pairs = ", ".join(f"{d:g}: {r:.3f} (<= {u:.3f})" for d, r, u in zip(
+                self.check_densities.tolist(), self.check_ratio.tolist(), self.check_upper.tolist()))
+            lines.append(f"schedule check, KL of the schedule / the uniform density on the model's own text, "
+                         f"95% upper bound (used where the bound is below 1): {pairs}")
         for i in range(self.n_blocks):
             lam = " ".join(f"{v:.2f}" for v in self.lam[i].tolist())
             score = " ".join(f"{v:.2f}" for v in self.score_lam[i].tolist())

@@ -21,7 +21,7 @@ from torch import nn
 from .version import __version__
 from .adapters import FFNBlock, down_column_norms, find_ffn_blocks, weight_out_in
 from .io import atomic_file
-from .calibration_data import FORMAT_VERSION, Calibration
+from .calibration_data import Calibration
 from .stats import STATISTICS, finalize
 
 
@@ -110,7 +110,7 @@ def save_prior(prior: Prior, path: str | os.PathLike) -> Path:
         tensors[stat] = prior.scores_for(stat).contiguous()
     meta = dict(prior.meta)
     meta.setdefault("glass_llm_version", __version__)
-    meta["format_version"] = FORMAT_VERSION if prior.calibration is not None else 1
+    meta["format_version"] = prior.calibration.format_version if prior.calibration is not None else 1
     if prior.calibration is not None:
         tensors.update(prior.calibration.to_tensors())
         meta["calibration"] = prior.calibration.meta

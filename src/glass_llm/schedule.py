@@ -128,6 +128,23 @@ def allocate(profile: torch.Tensor, grid: torch.Tensor, d_ff: Sequence[int], den
     return k
 
 
+def checked_ratio(density: float, densities: Sequence[float], ratios: Sequence[float]) -> float:
+    """The schedule check's KL ratio (allocated schedule / uniform density) at ``density``:
+    the ratios measured at ``densities`` (increasing), interpolated linearly in the log ratio,
+    constant beyond the ends. Below 1: the schedule measured better than the uniform density."""
+    xs, ys = [float(d) for d in densities], [math.log(max(float(r), 1e-12)) for r in ratios]
+    if not xs or len(xs) != len(ys):
+        raise ScheduleError(f"the schedule check needs one ratio per density, got {len(ys)} for {len(xs)}")
+    d = float(density)
+    if d <= xs[0]:
+        return math.exp(ys[0])
+    for j in range(1, len(xs)):
+        if d <= xs[j]:
+            t = (d - xs[j - 1]) / (xs[j] - xs[j - 1])
+            return math.exp(ys[j - 1] + t * (ys[j] - ys[j - 1]))
+    return math.exp(ys[-1])
+
+
 def check_schedule(k: Sequence[int], d_ff: Sequence[int]) -> None:
     """An explicit per-block neuron count must name every block and stay in ``[1, d_ff]``."""
     if len(k) != len(d_ff):

@@ -9,7 +9,9 @@ Two settings go beyond the paper, both read from the prior's selection calibrati
 (``calibration_data``) and used by the default ``glass`` method only:
 
 * ``schedule``: ``k`` differs per block, allocated from the sensitivity profile under the
-  user's one density (``schedule.allocate``); computed once, here;
+  user's one density (``schedule.allocate``); computed once, here, and only at densities
+  where the calibration's schedule check measured it better than one density for all
+  (``Calibration.use_schedule``);
 * ``adaptive``: lam differs per block and per request, looked up from the prompt's token
   count (``dispersion.lam_for_tokens``), once per block per request: no decode-step cost.
 
@@ -128,7 +130,8 @@ def build_selector(blocks: list[FFNBlock], config, spec, lam: float, statistic: 
     """The Selector for ``config`` (a ``GlassConfig``) and its method ``spec``.
 
     A method with ``spec.schedule`` and one float density gets per-block ``k`` from the
-    prior's sensitivity profile; an explicit per-block density tuple overrides it. A
+    prior's sensitivity profile where the prior's schedule check says it pays (else the
+    uniform density); an explicit per-block density tuple overrides it. A
     method with ``spec.adaptive`` gets the prior's lam table (``lam`` then tilts it).
     ``model`` lets an older prior without calibration be calibrated on the spot.
     """
@@ -137,7 +140,7 @@ def build_selector(blocks: list[FFNBlock], config, spec, lam: float, statistic: 
     use_schedule = spec.schedule and not per_block and not spec.dense
     use_adaptive = spec.adaptive and not spec.dense and 0 < lam < 1
     cal = _calibration_of(prior, model, len(blocks)) if (use_schedule or use_adaptive) else None
-    if use_schedule:
+    if use_schedule and cal.use_schedule(float(config.density)):
         k = allocate(cal.profile, cal.grid, d_ff, float(config.density))
     else:
         k = [keep_count(d, n) for d, n in zip(config.density_for(len(blocks)), d_ff)]

@@ -1,4 +1,5 @@
 """glass prior [MODEL] [-o FILE] [--source self|CORPUS|FILE] [--tokens N] [--nproc N] | glass prior --list
+glass prior MODEL --show [FILE] [--density D] | glass prior MODEL --recalibrate [FILE]
 
 Without -o the prior is written where every command looks for the model's default prior
 (the cache; see ``glass prior --list``), so building it once ahead of time means no
@@ -28,6 +29,9 @@ def register(sub) -> None:
                    help="print a prior's contents: model, source, tokens, the glass method's per-block density "
                         "schedule and lam table (default: MODEL's cached default prior)")
     p.add_argument("--density", type=float, default=0.5, help="with --show: the density whose schedule to print")
+    p.add_argument("--recalibrate", nargs="?", const="", default=None, metavar="FILE",
+                   help="recompute the glass method's selection calibration of an existing prior in place, without "
+                        "sampling its statistic again (default: MODEL's cached default prior); for older files")
     p.add_argument("--source", default=DEFAULT_PRIOR_SOURCE,
                    help="'self' (text the model samples itself, default), a corpus name, or a text/JSONL file")
     p.add_argument("--tokens", type=int, default=DEFAULT_PRIOR_TOKENS,
@@ -59,6 +63,8 @@ def run(args) -> int:
     if args.show is not None:
         print(show_prior(args.show or None, args.model, args.density))
         return 0
+    if args.recalibrate is not None:
+        return recalibrate(args)
     output = args.output or default_prior_path(args.model, args.source, args.tokens)
     if distributed.should_launch(args.nproc):
         return distributed.launch(args, args.nproc)
@@ -82,19 +88,43 @@ def run(args) -> int:
     return 0
 
 
+def _prior_path(path, model_name: str):
+    """``path``, or the model's cached default prior."""
+    from ..prior_cache import find_cached_prior
+
+    if path:
+        return path
+    found = find_cached_prior(model_name, DEFAULT_PRIOR_SOURCE, DEFAULT_PRIOR_TOKENS)
+    if found is None:
+        raise FileNotFoundError(f"no cached default prior for {model_name}: build it with `glass prior {model_name}`"
+                                " or name a file")
+    return found
+
+
+def recalibrate(args) -> int:
+    """``glass prior MODEL --recalibrate [FILE]``: a new selection calibration, written in place."""
+    from ..build import calibrated
+    from ..models import load_model
+    from ..prior import load_prior, save_prior
+
+    path = _prior_path(args.recalibrate, args.model)
+    prior = load_prior(path)
+    model, tok = load_model(args.model, **model_kwargs(args))
+    prior.check_matches(model)
+    prior = calibrated(model, tok, prior, seed=args.seed)
+    save_prior(prior, path)
+    print(f"recalibrated {path} (format {prior.meta['format_version']})", file=sys.stderr)
+    return 0
+
+
 def show_prior(path, model_name: str, density: float) -> str:
     """The lines of ``glass prior --show``: what the prior holds and the schedule it gives."""
     from ..prior import load_prior
-    from ..prior_cache import DEFAULT_PRIOR_TOKENS, find_cached_prior
     from ..ranking import check_density
     from ..schedule import allocate
 
     check_density(density)
-    if path is None:
-        path = find_cached_prior(model_name, DEFAULT_PRIOR_SOURCE, DEFAULT_PRIOR_TOKENS)
-        if path is None:
-            raise FileNotFoundError(f"no cached default prior for {model_name}: build it with `glass prior {model_name}`"
-                                    " or name a file with --show FILE")
+    path = _prior_path(path, model_name)
     prior = load_prior(path)
     meta = prior.meta
     n_blocks, d_ff = prior.sums.shape
@@ -106,7 +136,11 @@ def show_prior(path, model_name: str, density: float) -> str:
                      "rebuild with `glass prior MODEL` to store it")
         return "\n".join(lines)
     k = allocate(cal.profile, cal.grid, [d_ff] * n_blocks, density)
+    used = cal.check_ratio is not None and cal.use_schedule(density)
     lines.append(f"glass schedule at density {density:g} (fraction kept per block): "
                  + " ".join(f"{n / d_ff:.2f}" for n in k))
+    if not used:
+        lines.append(f"  not used at {density:g} (see the schedule check below): the glass method keeps "
+                     f"{density:g} of every block")
     lines += cal.summary()
     return "\n".join(lines)
