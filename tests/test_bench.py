@@ -52,6 +52,23 @@ def test_benchmark_reports_complete_records(tiny, batch, share):
     assert "effic" in format_table(records)
 
 
+def test_int8_benchmark_runs_every_variant_in_int8_and_counts_int8_bytes(tiny):
+    from glass_llm.bench_summary import linear_weight_bytes
+
+    names = [n for n, _ in tiny.named_modules()]
+    settings = BenchSettings(densities=(0.5,), gen_tokens=4, repeats=1, method="griffin", warmup_tokens=2,
+                             weights="int8")
+    (rec,) = benchmark(tiny, torch.randint(0, 256, (1, 6)), settings, generate_kwargs={"pad_token_id": 0})
+    _check(rec, 1, 0.5)
+    assert rec.weights == "int8" and [n for n, _ in tiny.named_modules()] == names  # undone
+    # compact weights: int8 gate+up rows with their scales, int8 down columns
+    assert rec.compact_weights_mb == pytest.approx(2 * (3 * 64 * 64 + 2 * 64 * 4) / 2**20)
+    f32, ffn32 = linear_weight_bytes(tiny)
+    i8, ffn8 = linear_weight_bytes(tiny, "int8")
+    assert i8 < f32 / 3.5 and all(a < b / 3.5 for a, b in zip(ffn8, ffn32))
+    assert rec.dense_weight_mb == pytest.approx(i8 / 2**20)
+
+
 def test_ffn_skipped_restores_model(tiny):
     ids = torch.randint(0, 256, (1, 5))
     with torch.no_grad():

@@ -195,3 +195,25 @@ def test_named_corpora_load_plain_text():
         assert len(set(docs)) == len(docs)
     wiki = load_texts("wikipedia")
     assert sum("{{" in d or "[[" in d or "<ref" in d for d in wiki) <= len(wiki) // 20
+
+
+def test_int8_eval_scores_every_method_against_the_float_reference(smollm, smollm_prior, tmp_path):
+    from glass_llm.evaluation.plan import settings_key
+
+    model, tok = smollm
+    settings = replace(BASE, methods=("dense", "griffin"), densities=(0.5,), n_prompts=1, weights="int8")
+    run = run_eval(model, tok, settings, prior=smollm_prior, out_dir=tmp_path, docs=DOCS, progress=False)
+    dense = [r for r in run.records if r["method"] == "dense"]
+    assert dense and all(r["kl"] > 0 for r in dense)  # int8 dense against the float dense reference
+    item = run.items[0]
+    prompt = torch.tensor([item.prompts[0]])
+    ref = generate_references(model, prompt, BASE.gen_tokens, tok.pad_token_id)
+    want, _ = continuation_logits(model, prompt, ref, GlassConfig(method="griffin", density=0.5, weights="int8"))
+    base, _ = continuation_logits(model, prompt, ref, None)
+    p, q = torch.log_softmax(base[0, 1:].double(), -1), torch.log_softmax(want[0, 1:].double(), -1)
+    kl = float((p.exp() * (p - q)).sum(-1).mean())
+    rec = [r for r in run.records if r["item"] == item.id and r["method"] == "griffin"][0]
+    assert rec["kl"] == pytest.approx(kl, rel=1e-3, abs=1e-5)
+    identity = {"m": 1}
+    assert (settings_key(settings, run.items, identity, None)
+            != settings_key(replace(settings, weights="float"), run.items, identity, None))

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .quant import Int8Linear
+
 
 class UnsupportedModelError(ValueError):
     """The model has no feed-forward block that glass-llm knows how to sparsify."""
@@ -62,24 +64,36 @@ class FFNBlock:
 
 
 def weight_out_in(module: nn.Module) -> torch.Tensor:
-    """The weight as (out_features, in_features), for nn.Linear and transformers' Conv1D."""
+    """The weight as (out_features, in_features), for nn.Linear and transformers' Conv1D
+    (an ``Int8Linear``'s dequantized weight: a new tensor, for statistics only)."""
     if isinstance(module, nn.Linear):
         return module.weight
     if type(module).__name__ == "Conv1D":
         return module.weight.t()
+    if isinstance(module, Int8Linear):
+        return module.dequantized()
     raise UnsupportedModelError(f"projection of type {type(module).__name__} is not a Linear or Conv1D layer")
 
 
+def compute_dtype(module: nn.Module) -> torch.dtype:
+    """The floating dtype a projection computes in (its weight's, or an int8 weight's scales')."""
+    return module.weight_scale.dtype if isinstance(module, Int8Linear) else module.weight.dtype
+
+
 def out_features(module: nn.Module) -> int:
+    if isinstance(module, Int8Linear):
+        return module.out_features
     return weight_out_in(module).shape[0]
 
 
 def in_features(module: nn.Module) -> int:
+    if isinstance(module, Int8Linear):
+        return module.in_features
     return weight_out_in(module).shape[1]
 
 
 def _is_projection(module: object) -> bool:
-    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+    return isinstance(module, (nn.Linear, Int8Linear)) or type(module).__name__ == "Conv1D"
 
 
 def _match(module: nn.Module) -> Layout | None:

@@ -173,6 +173,19 @@ def ffn_skipped(model: nn.Module) -> Iterator[None]:
             setattr(parent, name, orig)
 
 
+@contextlib.contextmanager
+def _skipped_with(model: nn.Module, config: GlassConfig | None) -> Iterator[None]:
+    """FFN blocks skipped in ``model`` with ``config`` applied first (int8 weights for the
+    other projections), or as it is when ``config`` is None."""
+    handle = apply_glass(model, config) if config is not None else None
+    try:
+        with ffn_skipped(model):
+            yield
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
 def _load_average() -> float:
     import os
 
@@ -250,12 +263,14 @@ def timed_generate(model: nn.Module, input_ids: torch.Tensor, gen_tokens: int, v
 
 
 def _variants(settings: BenchSettings) -> list[tuple[str, GlassConfig | None, bool]]:
-    out: list[tuple[str, GlassConfig | None, bool]] = [("dense", None, False), ("skip-ffn", None, True)]
+    dense = None if settings.weights == "float" else GlassConfig(method="dense", weights=settings.weights)
+    out: list[tuple[str, GlassConfig | None, bool]] = [("dense", dense, False), ("skip-ffn", dense, True)]
     for method in settings.method_list:
         for d in settings.densities:
             out.append((settings.variant(method, d), GlassConfig(method=method, density=float(d),
                                                                  share_batch=settings.share_batch,
-                                                                 refresh=settings.refresh), False))
+                                                                 refresh=settings.refresh,
+                                                                 weights=settings.weights), False))
     return out
 
 
@@ -270,9 +285,9 @@ def run_rounds(model: nn.Module, input_ids: torch.Tensor, settings: BenchSetting
     for rnd in range(-1, settings.repeats):
         n = settings.warmup_tokens if rnd < 0 else settings.gen_tokens
         for name, config, skip in variants:
-            ctx = ffn_skipped(model) if skip else contextlib.nullcontext()
+            ctx = _skipped_with(model, config) if skip else contextlib.nullcontext()
             with ctx:
-                timing = timed_generate(model, input_ids, n, name, config, prior, generate_kwargs)
+                timing = timed_generate(model, input_ids, n, name, None if skip else config, prior, generate_kwargs)
             runs[name if rnd >= 0 else f"{name}:warmup"].append(timing)
             if progress is not None:
                 progress(f"round {rnd + 1}/{settings.repeats} {name}: {1e3 * timing.median_step_s:.1f} ms/step"
@@ -294,4 +309,4 @@ def benchmark(model: nn.Module, input_ids: torch.Tensor, settings: BenchSettings
     runs = run_rounds(model, input_ids, settings, prior, generate_kwargs, progress)
     compiled = "compile_config" in (generate_kwargs or {})
     return summarize(runs, settings, model_name, int(input_ids.shape[0]), int(input_ids.shape[1]), dtype,
-                     weight_bytes=linear_weight_bytes(model), compiled=compiled)
+                     weight_bytes=linear_weight_bytes(model, settings.weights), compiled=compiled)

@@ -52,7 +52,8 @@ class RunTiming:
 class BenchSettings:
     """What to run. ``densities`` are the fractions of FFN neurons kept while decoding.
     ``methods`` (when given, in place of ``method``) are timed side by side in the same
-    rounds, each at every density, against the same dense and FFN-skipped runs."""
+    rounds, each at every density, against the same dense and FFN-skipped runs.
+    ``weights`` "int8" runs every variant (dense and FFN-skipped too) with int8 weights."""
 
     densities: Sequence[float] = (0.25, 0.5, 0.75)
     gen_tokens: int = 256
@@ -62,6 +63,7 @@ class BenchSettings:
     warmup_tokens: int = 8
     refresh: int | None = None  # None: the method's own setting
     methods: tuple[str, ...] = ()
+    weights: str = "float"
 
     @property
     def method_list(self) -> tuple[str, ...]:
@@ -122,6 +124,7 @@ class BenchRecord:
     refreshes: float = 0.0
     refresh_ms: float = 0.0
     refresh_in_decode_steps: float = 0.0
+    weights: str = "float"
     raw: dict = field(default_factory=dict, repr=False)
 
     def to_json(self, with_raw: bool = False) -> dict:
@@ -135,22 +138,31 @@ def _median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs))
 
 
-def linear_weight_bytes(model: nn.Module) -> tuple[int, list[int]]:
+def _tensor_bytes(t: torch.Tensor, weights: str, is_weight: bool) -> int:
+    """Bytes of ``t`` as a decode step reads it: an int8 weight is one byte per entry plus
+    one scale per row; everything else as stored."""
+    if weights == "int8" and is_weight:
+        return t.numel() + t.shape[0] * t.element_size()
+    return t.numel() * t.element_size()
+
+
+def linear_weight_bytes(model: nn.Module, weights: str = "float") -> tuple[int, list[int]]:
     """Bytes of weight a decode step reads: every Linear/Conv1D weight and bias (each
     storage counted once; an embedding lookup reads one row and is left out), and the
-    part of it in each FFN block."""
+    part of it in each FFN block; ``weights`` "int8" counts the float model's weights as
+    their int8 copies would be."""
     seen: set[int] = set()
     total = 0
     for module in model.modules():
         if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
-            for t in (module.weight, getattr(module, "bias", None)):
-                if t is not None and t.untyped_storage().data_ptr() not in seen:
+            for t, is_weight in ((module.weight, True), (getattr(module, "bias", None), False)):
+                if t is not None and (weights == "int8" or t.untyped_storage().data_ptr() not in seen):
                     seen.add(t.untyped_storage().data_ptr())
-                    total += t.numel() * t.element_size()
+                    total += _tensor_bytes(t, weights, is_weight)
     ffn = []
     for block in find_ffn_blocks(model):
-        ffn.append(sum(t.numel() * t.element_size() for m in (*block.input_modules, block.output_module)
-                       for t in (m.weight, getattr(m, "bias", None)) if t is not None))
+        ffn.append(sum(_tensor_bytes(t, weights, w) for m in (*block.input_modules, block.output_module)
+                       for t, w in ((m.weight, True), (getattr(m, "bias", None), False)) if t is not None))
     return total, ffn
 
 
@@ -212,6 +224,7 @@ def summarize(runs: dict[str, list[RunTiming]], settings: BenchSettings, model_n
             compiled=compiled, warmup_s=_median([r.total_s for r in runs.get(f"{name}:warmup", [])] or [0.0]),
             dense_warmup_s=_median([r.total_s for r in runs.get("dense:warmup", [])] or [0.0]),
             refreshes=n_refresh, refresh_ms=per_refresh * 1e3, refresh_in_decode_steps=per_refresh / dense_step,
+            weights=settings.weights,
             raw={"dense": [asdict(r) for r in dense], "skip-ffn": [asdict(r) for r in skip],
                  f"d={d:g}": [asdict(r) for r in sp]},
         ))

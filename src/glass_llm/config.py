@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 
 from .methods import DEFAULT_LAM, MethodSpec, get_method
+from .quant import check_weights
 from .ranking import check_density, check_lam
 from .stats import STATISTICS
 
@@ -27,6 +28,9 @@ class GlassConfig:
     refresh: re-select every ``refresh`` generated tokens from the prompt's statistic plus
     the generated tokens' own (recomputed densely from their kept FFN inputs), fused with
     the prior as at the first selection; None keeps the method's setting, 0 is off.
+    weights: "float" (the model's own) or "int8": every linear projection in int8 with one
+    scale per output channel (``quant``), the compact FFN weights sliced from the int8 ones;
+    undone exactly by ``remove()``. The prior and the selection still read the float model.
     """
 
     method: str = "glass"
@@ -38,6 +42,7 @@ class GlassConfig:
     share_batch: bool = False
     seed: int = 0
     refresh: int | None = None
+    weights: str = "float"
 
     def refresh_every(self, spec: MethodSpec) -> int:
         """Generated tokens between re-selections (0: one neuron set for the whole decode).
@@ -80,6 +85,7 @@ class GlassConfig:
         if statistic not in STATISTICS:
             raise ValueError(f"unknown statistic {statistic!r}; choose one of {', '.join(STATISTICS)}")
         self.refresh_every(spec)
+        check_weights(self.weights)
         if self.path not in PATHS:
             raise ValueError(f"unknown path {self.path!r}; choose 'sliced' or 'masked'")
         return spec, lam, statistic

@@ -18,11 +18,12 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from .adapters import FFNBlock, down_column_norms, ffn_intermediate, find_ffn_blocks, weight_out_in
+from .adapters import FFNBlock, compute_dtype, down_column_norms, ffn_intermediate, find_ffn_blocks
 from .config import PATHS, GlassConfig  # noqa: F401  (re-exported)
 from .errors import UserError
 from .methods import GLOBAL_SOURCES, MethodSpec
 from .prior import load_prior
+from .quant import Int8Linear, quantize_linears
 from .selection import Selector, build_selector
 from .sliced import BlockState, NeuronInput, NeuronOutput, compact_block, update_compact
 from .stats import accumulate_activation
@@ -61,6 +62,9 @@ class GlassHandle:
         self.refresh_every = config.refresh_every(spec) if selector.uses_prompt else 0
         self.refreshes, self.refresh_s = 0, 0.0  # re-selections of this request and their wall time
         self._since = self._generated = 0
+        self._quantized: list[tuple[nn.Module, str, nn.Module]] = []
+        if config.weights == "int8":  # every projection, also for the dense method
+            self._quantized = quantize_linears(model)
         if self.active:
             self._install()
 
@@ -91,6 +95,9 @@ class GlassHandle:
         for owner, name, orig in reversed(self._originals):
             setattr(owner, name, orig)
         self._originals = []
+        for owner, name, orig in reversed(self._quantized):
+            setattr(owner, name, orig)
+        self._quantized = []
         self._release()
         for st in self.states:
             st.release_compact()
@@ -188,7 +195,7 @@ class GlassHandle:
                 compact_block(st, self._inputs[i], self._outputs[i], chosen)
             st.mode = "sliced"
         else:
-            dtype = weight_out_in(self._outputs[i].original).dtype
+            dtype = compute_dtype(self._outputs[i].original)
             mask = torch.zeros(chosen.shape[0], self.blocks[i].d_ff, dtype=dtype, device=chosen.device)
             st.neuron_mask = mask.scatter_(1, chosen, 1.0)
             st.mode = "masked"
@@ -248,7 +255,7 @@ def apply_glass(model: nn.Module, config: GlassConfig | None = None, **overrides
     """Sparsify ``model``'s FFN blocks in place for generation; returns the undo handle."""
     config = replace(config or GlassConfig(), **overrides)
     spec, lam, statistic = config.resolved()
-    if any(isinstance(m, (NeuronInput, NeuronOutput)) for m in model.modules()):
+    if any(isinstance(m, (NeuronInput, NeuronOutput, Int8Linear)) for m in model.modules()):
         raise GlassError("GLASS is already applied to this model; call handle.remove() first")
     blocks = find_ffn_blocks(model)
     prior = None

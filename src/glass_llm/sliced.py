@@ -24,6 +24,10 @@ projections of a block (gate and up) are stacked in one matrix; each input wrapp
 reads its own contiguous part of it. A decode step does no Python work beyond the
 wrappers' mode check, unless mask refresh is on: then the first input wrapper also keeps
 the step's FFN input (``keep_inputs``) for the next re-selection.
+
+With int8 projections (``quant.Int8Linear``) the compact weights are int8 too: the kept
+rows of the input projections with their own per-row scales (``scale_in``), and the kept
+columns of the output projection, whose per-row scales (``scale_out``) stay whole.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .adapters import weight_out_in
+from .adapters import compute_dtype, weight_out_in
+from .quant import Int8Linear, int8_linear
 from .stats import accumulate_activation
 
 MODES = ("dense", "record", "masked", "sliced")
@@ -58,6 +63,10 @@ class BlockState:
     part_biases: tuple[torch.Tensor | None, ...] = ()
     weight_out: torch.Tensor | None = None  # (d_out, k) or (S, k, d_out)
     bias_out: torch.Tensor | None = None  # the output projection's own bias (not sliced)
+    # int8 projections: scales of the stacked input rows (K,), and the output projection's (d_out,)
+    scale_in: torch.Tensor | None = None
+    part_scales: tuple[torch.Tensor | None, ...] = ()
+    scale_out: torch.Tensor | None = None
     row_mask: torch.Tensor | None = None  # (S, U): per-row sets over their union ("union")
     batch_kernel: str = "union"  # per-row sets: "union" (2-D + row mask) or "bmm" (3-D)
     # mask refresh: the decode steps' FFN inputs since the last selection, as (rows, T, d_in)
@@ -70,12 +79,13 @@ class BlockState:
 
     def compact_tensors(self) -> list[torch.Tensor]:
         """The compact weights held for the current request (for memory accounting)."""
-        return [t for t in (self.weight_in, self.bias_in, self.weight_out) if t is not None]
+        return [t for t in (self.weight_in, self.bias_in, self.scale_in, self.weight_out) if t is not None]
 
     def release_compact(self) -> None:
         """Drop the compact weights."""
         self.weight_in = self.bias_in = self.weight_out = self.bias_out = self.row_mask = self.slots = None
-        self.part_sizes, self.part_weights, self.part_biases = (), (), ()
+        self.scale_in = self.scale_out = None
+        self.part_sizes, self.part_weights, self.part_biases, self.part_scales = (), (), (), ()
 
 
 def _by_row(t: torch.Tensor, rows: int) -> torch.Tensor:
@@ -88,8 +98,12 @@ def _row_scale(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (_by_row(z, mask.shape[0]) * mask.unsqueeze(1)).view(z.shape)
 
 
-def _project(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """``x @ w.T + b`` for a 2-D ``w``, or per batch row for a 3-D ``w`` (S, out, in)."""
+def _project(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
+             scale: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ w.T + b`` for a 2-D ``w`` (int8 rows with their ``scale``, or float), or per
+    batch row for a 3-D float ``w`` (S, out, in)."""
+    if scale is not None:
+        return int8_linear(x, w, scale, b)
     if w.dim() == 2:
         return F.linear(x, w, b)
     y = torch.bmm(_by_row(x, w.shape[0]), w.transpose(1, 2))
@@ -120,7 +134,7 @@ class NeuronInput(nn.Module):
             st.inputs.append(_by_row(x.detach(), st.rows))
         if st.mode != "sliced":
             return self.original(x)
-        return _project(x, st.part_weights[self.part], st.part_biases[self.part])
+        return _project(x, st.part_weights[self.part], st.part_biases[self.part], st.part_scales[self.part])
 
 
 class NeuronOutput(nn.Module):
@@ -138,6 +152,8 @@ class NeuronOutput(nn.Module):
             if st.row_mask is not None:
                 z = _row_scale(z, st.row_mask)
             w, b = st.weight_out, st.bias_out
+            if st.scale_out is not None:
+                return int8_linear(z, w, st.scale_out, b)
             if w.dim() == 2:
                 return F.linear(z, w, b)
             y = torch.bmm(_by_row(z, w.shape[0]), w)
@@ -160,16 +176,24 @@ def _buffer(old: torch.Tensor | None, like: torch.Tensor, shape: tuple[int, ...]
     return like.new_zeros(shape) if zero else like.new_empty(shape)
 
 
+def _stored_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A projection's weight as stored, (out, in), and its per-row scales (int8) or None."""
+    if isinstance(module, Int8Linear):
+        return module.weight, module.weight_scale
+    return weight_out_in(module).detach(), None
+
+
 def _input_pieces(inputs: list[NeuronInput], d_ff: int):
-    """(weight, bias, row offset) of every neuron block of the input projections, in the
-    order they are stacked in the compact matrix, and the number of such blocks per wrapper."""
-    pieces: list[tuple[torch.Tensor, torch.Tensor | None, int]] = []
+    """(weight, bias, row offset, scales) of every neuron block of the input projections, in
+    the order they are stacked in the compact matrix, and the number of such blocks per
+    wrapper. The weight is as stored (int8 with its per-row scales, or float with None)."""
+    pieces: list[tuple[torch.Tensor, torch.Tensor | None, int, torch.Tensor | None]] = []
     fused = []
     for wrapper in inputs:
-        w = weight_out_in(wrapper.original).detach()
+        w, scale = _stored_weight(wrapper.original)
         b = getattr(wrapper.original, "bias", None)
         for i in range(wrapper.fused):
-            pieces.append((w, None if b is None else b.detach(), i * d_ff))
+            pieces.append((w, None if b is None else b.detach(), i * d_ff, scale))
         fused.append(wrapper.fused)
     return pieces, fused
 
@@ -192,13 +216,15 @@ def update_compact(state: BlockState, inputs: list[NeuronInput], output: NeuronO
         return True
     incoming = new[~torch.isin(new, state.slots)]
     pieces, _ = _input_pieces(inputs, state.d_ff)
-    for j, (w, b, off) in enumerate(pieces):
+    for j, (w, b, off, scale) in enumerate(pieces):
         rows = free + j * k
         src = incoming + off if off else incoming
         state.weight_in.index_copy_(0, rows, w.index_select(0, src))
         if b is not None:
             state.bias_in.index_copy_(0, rows, b.index_select(0, src))
-    w_out = weight_out_in(output.original).detach()
+        if scale is not None:
+            state.scale_in.index_copy_(0, rows, scale.index_select(0, src))
+    w_out, _ = _stored_weight(output.original)
     state.weight_out.index_copy_(1, free, w_out.index_select(1, incoming))
     state.slots[free] = incoming
     return True
@@ -218,9 +244,14 @@ def compact_block(state: BlockState, inputs: list[NeuronInput], output: NeuronOu
     d_ff = state.d_ff
     if state.batch_kernel not in ("union", "bmm"):
         raise ValueError(f"unknown batch kernel {state.batch_kernel!r}; choose 'union' or 'bmm'")
+    pieces, fused = _input_pieces(inputs, d_ff)
+    quantized = pieces[0][3] is not None
+    if quantized and selected.shape[0] > 1 and state.batch_kernel == "bmm":
+        raise ValueError("int8 weights need one weight matrix for the batch: use the 'union' batch kernel "
+                         "(the default) or share_batch, not 'bmm'")
     if selected.shape[0] > 1 and state.batch_kernel == "union":
         union = torch.unique(selected)  # sorted
-        dtype = weight_out_in(output.original).dtype
+        dtype = compute_dtype(output.original)
         mask = torch.zeros(selected.shape[0], d_ff, dtype=dtype, device=selected.device)
         mask.scatter_(1, selected, 1.0)
         row_mask = mask[:, union].contiguous()
@@ -228,27 +259,31 @@ def compact_block(state: BlockState, inputs: list[NeuronInput], output: NeuronOu
     else:
         row_mask = None
     S, k = selected.shape
-    pieces, fused = _input_pieces(inputs, d_ff)
     sizes = [f * k for f in fused]
-    w0 = pieces[0][0]
+    w0, scale0 = pieces[0][0], pieces[0][3]
     K = k * len(pieces)
     weight_in = _buffer(state.weight_in, w0, (K, w0.shape[1]) if S == 1 else (S, K, w0.shape[1]))
-    has_bias = any(b is not None for _, b, _ in pieces)
-    bias_in = _buffer(state.bias_in, w0, (K,) if S == 1 else (S, K), zero=True) if has_bias else None
+    has_bias = any(b is not None for _, b, _, _ in pieces)
+    like = scale0 if quantized else w0  # biases and scales in the compute dtype
+    bias_in = _buffer(state.bias_in, like, (K,) if S == 1 else (S, K), zero=True) if has_bias else None
+    scale_in = _buffer(state.scale_in, scale0, (K,)) if quantized else None
     for s in range(S):
-        for j, (w, b, off) in enumerate(pieces):
+        for j, (w, b, off, scale) in enumerate(pieces):
             idx = selected[s] + off if off else selected[s]
             rows = slice(j * k, (j + 1) * k)
             torch.index_select(w, 0, idx, out=weight_in[rows] if S == 1 else weight_in[s, rows])
             if b is not None:
                 torch.index_select(b, 0, idx, out=bias_in[rows] if S == 1 else bias_in[s, rows])
-    if state.weight_in is not weight_in:  # new buffers: new views of them
+            if scale is not None:
+                torch.index_select(scale, 0, idx, out=scale_in[rows])
+    if state.weight_in is not weight_in or state.scale_in is not scale_in:  # new buffers: new views of them
         state.part_weights = tuple(weight_in.split(sizes, dim=-2))
         state.part_biases = (tuple(bias_in.split(sizes, dim=-1)) if bias_in is not None
                              else tuple(None for _ in sizes))
-    state.weight_in, state.bias_in, state.part_sizes = weight_in, bias_in, tuple(sizes)
+        state.part_scales = (tuple(scale_in.split(sizes)) if scale_in is not None else tuple(None for _ in sizes))
+    state.weight_in, state.bias_in, state.scale_in, state.part_sizes = weight_in, bias_in, scale_in, tuple(sizes)
     state.row_mask = row_mask
-    w_out = weight_out_in(output.original).detach()  # (d_out, d_ff)
+    w_out, state.scale_out = _stored_weight(output.original)  # (d_out, d_ff); int8 scales stay whole
     b_out = getattr(output.original, "bias", None)
     state.bias_out = None if b_out is None else b_out.detach()
     if S == 1:

@@ -11,7 +11,7 @@ import json
 import sys
 
 from .common import (add_compile_arg, add_model_arg, add_prior_tokens_arg, add_refresh_arg, check_refresh_compile,
-                     compile_generate_kwargs, floats, ints, model_kwargs, names)
+                     add_weights_arg, compile_generate_kwargs, floats, ints, model_kwargs, names)
 
 
 def register(sub) -> None:
@@ -36,6 +36,7 @@ def register(sub) -> None:
     p.add_argument("--raw", action="store_true", help="with --json: include every run's timings")
     p.add_argument("--quiet", action="store_true", help="no progress on standard error")
     add_refresh_arg(p)
+    add_weights_arg(p)
     add_compile_arg(p)
     p.set_defaults(func=run)
 
@@ -71,7 +72,7 @@ def run(args) -> int:
                                    progress=not args.quiet)
     settings = BenchSettings(densities=tuple(args.density), gen_tokens=args.gen_tokens, repeats=args.repeats,
                              method=args.method[0], methods=tuple(args.method), share_batch=args.share_batch,
-                             refresh=args.refresh)
+                             refresh=args.refresh, weights=args.weights)
     gen_kwargs = {"pad_token_id": tok.pad_token_id,
                   **compile_generate_kwargs(args, model, args.prompt_tokens + args.gen_tokens)}
     records = []
@@ -86,7 +87,8 @@ def run(args) -> int:
     info = machine_info()
     where = str(next(model.parameters()).device)
     compiled = ", compiled decode" if args.compile else ""
-    print(f"{args.model} ({records[0].dtype} on {where}{compiled}), method {', '.join(args.method)}{', shared batch set' if args.share_batch else ''}; "
+    int8 = ", int8 weights (dense too)" if args.weights == "int8" else ""
+    print(f"{args.model} ({records[0].dtype} on {where}{compiled}{int8}), method {', '.join(args.method)}{', shared batch set' if args.share_batch else ''}; "
           f"prompt {args.prompt_tokens} tokens, {args.gen_tokens} new tokens greedy, median of {args.repeats} "
           f"interleaved rounds")
     gpus = f", GPU {', '.join(info['gpus'])}" if info.get("gpus") else ""

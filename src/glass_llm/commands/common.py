@@ -81,6 +81,12 @@ def compile_generate_kwargs(args: argparse.Namespace, model, needed: int) -> dic
     return compile_kwargs(model, max_cache_len=length)
 
 
+def add_weights_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", default="float", choices=["float", "int8"],
+                   help="float (default: the model's own weights) or int8: every linear projection in int8 with one "
+                        "scale per output channel, the sparse FFN weights sliced from them")
+
+
 def model_kwargs(args: argparse.Namespace, device: str | None = None) -> dict:
     """The load_model keyword arguments of a command's --device/--dtype/--device-map."""
     return {"dtype": args.dtype, "device": device or args.device, "device_map": args.device_map}

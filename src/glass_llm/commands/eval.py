@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import add_model_arg, add_prior_tokens_arg, floats, ints, names, model_kwargs
+from .common import add_model_arg, add_prior_tokens_arg, add_weights_arg, floats, ints, model_kwargs, names
 
 
 def register(sub) -> None:
@@ -40,6 +40,7 @@ def register(sub) -> None:
     p.add_argument("--prior-source", default="self", help="source of a prior built on demand (default 'self')")
     add_prior_tokens_arg(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the random method and of prior sampling")
+    add_weights_arg(p)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--max-items", type=int, default=None,
@@ -75,7 +76,7 @@ def _run(args, ctx) -> int:
         model=args.model, corpus=args.corpus, methods=tuple(args.methods), densities=tuple(args.density),
         prompt_tokens=tuple(args.prompt_tokens), gen_tokens=args.gen_tokens, n_prompts=args.prompts,
         lams=tuple(args.lam) if args.lam else (DEFAULT_LAM,), split=args.split, calib_every=args.calib_every,
-        min_extra_tokens=args.min_extra_tokens, batch_size=args.batch_size, seed=args.seed)
+        min_extra_tokens=args.min_extra_tokens, batch_size=args.batch_size, seed=args.seed, weights=args.weights)
     settings.validate()
     from ..corpora import load_texts
 

@@ -6,7 +6,7 @@ import sys
 import time
 
 from .common import (add_compile_arg, add_model_arg, add_prior_tokens_arg, add_refresh_arg, check_refresh_compile,
-                     compile_generate_kwargs, model_kwargs)
+                     add_weights_arg, compile_generate_kwargs, model_kwargs)
 
 
 def register(sub) -> None:
@@ -26,6 +26,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--raw", action="store_true", help="do not apply the tokenizer's chat template")
     add_refresh_arg(p)
+    add_weights_arg(p)
     add_compile_arg(p)
     p.set_defaults(func=run)
 
@@ -49,7 +50,8 @@ def run(args) -> int:
     from ..models import load_model, model_device
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    config = GlassConfig(method=args.method, density=args.density, lam=args.lam, refresh=args.refresh)
+    config = GlassConfig(method=args.method, density=args.density, lam=args.lam, refresh=args.refresh,
+                         weights=args.weights)
     spec, lam, _ = config.resolved()
     check_refresh_compile(args, config.refresh_every(spec))
     model, tok = load_model(args.model, **model_kwargs(args))

@@ -37,6 +37,8 @@ class EvalSettings:
     the calibration split when a hash of its text is 0 modulo ``calib_every``.
     min_extra_tokens: documents shorter than P + this many tokens are skipped.
     batch_size: prompts per work item (the dense reference is generated per batch).
+    weights: "float", or "int8" to run every method (dense included) with int8 weights
+    (``quant``) against the float dense model's reference and logits.
     """
 
     model: str
@@ -52,6 +54,7 @@ class EvalSettings:
     min_extra_tokens: int = 16
     batch_size: int = 8
     seed: int = 0
+    weights: str = "float"
 
     def validate(self) -> None:
         if not self.methods:
@@ -101,14 +104,16 @@ class MethodRun:
     lam: float
     statistic: str
 
-    def config(self, seed: int) -> GlassConfig | None:
+    def config(self, seed: int, weights: str = "float") -> GlassConfig | None:
+        """What to apply for this run; None for the float dense model (the reference itself)."""
         if self.method == "dense":
-            return None
+            return None if weights == "float" else GlassConfig(method="dense", weights=weights)
         if self.method == ORACLE:
-            return GlassConfig(method="global", density=self.density, statistic=self.statistic, seed=seed)
+            return GlassConfig(method="global", density=self.density, statistic=self.statistic, seed=seed,
+                               weights=weights)
         spec = get_method(self.method)
         return GlassConfig(method=self.method, density=self.density, lam=None if spec.lam is not None else self.lam,
-                           seed=seed)
+                           seed=seed, weights=weights)
 
 
 def method_runs(settings: EvalSettings) -> list[MethodRun]:
@@ -210,7 +215,10 @@ def plan_items(settings: EvalSettings, tokenizer, docs: Sequence[str]) -> list[W
 def settings_key(settings: EvalSettings, items: Sequence[WorkItem], identity: dict, prior: Prior | None) -> str:
     """A hash of everything the records depend on: settings, prompts, model weights, prior."""
     h = hashlib.sha256()
-    h.update(json.dumps(asdict(settings), sort_keys=True).encode())
+    fields = asdict(settings)
+    if fields["weights"] == "float":  # keys of runs from before int8 existed stay valid
+        del fields["weights"]
+    h.update(json.dumps(fields, sort_keys=True).encode())
     h.update(json.dumps(identity, sort_keys=True).encode())
     for it in items:
         h.update(json.dumps([it.id, it.prompts]).encode())

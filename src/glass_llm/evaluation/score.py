@@ -101,7 +101,7 @@ def evaluate_item(model: nn.Module, tokenizer, item: WorkItem, settings: EvalSet
         dense_logits = continuation_logits(model, p, r, None)[0][:, 1:]
         dense_nll = token_nll(dense_logits, targets)
         for j, run in enumerate(runs):
-            if run.method == "dense":
+            if run.method == "dense" and settings.weights == "float":
                 for i, row in enumerate(rows):
                     table[row, j] = {"nll": float(dense_nll[i].mean()), "kl": 0.0, "jaccard": None}
                 continue
@@ -110,20 +110,23 @@ def evaluate_item(model: nn.Module, tokenizer, item: WorkItem, settings: EvalSet
                 for i, row in enumerate(rows):
                     oracle_prior = prior_from_sums(model, [s[row] for s in sums], settings.gen_tokens - 1,
                                                    {"kind": "oracle"}, blocks)
-                    logits, sel = continuation_logits(model, p[i:i + 1], r[i:i + 1], run.config(settings.seed),
-                                                      oracle_prior)
+                    logits, sel = continuation_logits(model, p[i:i + 1], r[i:i + 1],
+                                                      run.config(settings.seed, settings.weights), oracle_prior)
                     parts.append((logits[:, 1:], sel))
                 results = [(row, i, lg[0], sel, 0) for (i, row), (lg, sel) in zip(enumerate(rows), parts)]
             else:
-                logits, selections = continuation_logits(model, p, r, run.config(settings.seed), prior)
+                logits, selections = continuation_logits(model, p, r, run.config(settings.seed, settings.weights),
+                                                         prior)
                 logits = logits[:, 1:]
                 results = [(row, i, logits[i], selections, i) for i, row in enumerate(rows)]
             for row, i, lg, sel, sel_row in results:
                 nll = token_nll(lg, targets[i])
                 kl = kl_per_token(dense_logits[i], lg)
-                sets = _row_sets(sel, sel_row, d_ff, run.density)
-                oracle = oracle_for(row, run.statistic, run.density)
-                jac = [float(jaccard(a.unsqueeze(0), b.unsqueeze(0), n)[0]) for a, b, n in zip(sets, oracle, d_ff)]
+                jac = None
+                if run.method != "dense":  # int8 dense keeps every neuron: no set to compare
+                    sets = _row_sets(sel, sel_row, d_ff, run.density)
+                    oracle = oracle_for(row, run.statistic, run.density)
+                    jac = [float(jaccard(a.unsqueeze(0), b.unsqueeze(0), n)[0]) for a, b, n in zip(sets, oracle, d_ff)]
                 table[row, j] = {"nll": float(nll.mean()), "kl": float(kl.mean()), "jaccard": jac}
             del results
     records = []
