@@ -23,14 +23,15 @@ def fresh(smollm):
     reset_compiled(model)
 
 
-def test_compiled_equals_eager_and_compiles_once(fresh, smollm_prior):
+@pytest.mark.parametrize("weights", ["float", "int8"])
+def test_compiled_equals_eager_and_compiles_once(fresh, smollm_prior, weights):
     model, tok = fresh
     prompts = [tok("The harbour town woke slowly that morning.", return_tensors="pt"),
                tok("Fishermen carried their nets down to the water while gulls circled above the market",
                    return_tensors="pt")]
     assert prompts[0]["input_ids"].shape[1] != prompts[1]["input_ids"].shape[1]
     kw = compile_kwargs(model, backend="eager", max_cache_len=64)
-    with apply_glass(model, GlassConfig(method="glass", density=0.5, prior=smollm_prior)):
+    with apply_glass(model, GlassConfig(method="glass", density=0.5, prior=smollm_prior, weights=weights)):
         eager = [model.generate(**p, max_new_tokens=8, do_sample=False) for p in prompts]
         first = model.generate(**prompts[0], max_new_tokens=8, do_sample=False, **kw)
         frames = compiled_frames()
