@@ -97,3 +97,15 @@ def test_int8_dense_quantizes_every_projection_and_bad_formats_are_named(smollm)
         with pytest.raises(ValueError, match="union"):
             model2.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=2, do_sample=False,
                             pad_token_id=0)
+
+
+@pytest.mark.parametrize("kind", ["llama", "phi3", "gpt2"])
+def test_int8_refresh_rewrites_int8_slots_and_scales(kind):
+    model = tiny_model(kind)
+    g = torch.Generator().manual_seed(7)
+    prompt, cont = torch.randint(3, 96, (1, 5), generator=g), torch.randint(3, 96, (1, 12), generator=g)
+    base = dict(method="griffin", density=0.5, refresh=3, weights="int8")
+    sliced, sel_s = continuation_logits(model, prompt, cont, GlassConfig(**base))
+    masked, sel_m = continuation_logits(model, prompt, cont, GlassConfig(**base, path="masked"))
+    assert all(torch.equal(a, b) for a, b in zip(sel_s, sel_m))
+    assert (sliced - masked).abs().max() <= 1e-4
