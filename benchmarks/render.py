@@ -83,7 +83,8 @@ def speed_row(record: dict) -> list[str]:
 
     rss = spread([r["sparse"]["peak_rss_mb"] for r in rounds])
     dense_rss = spread([r["dense"]["peak_rss_mb"] for r in rounds])
-    return [str(b), "one" if b == 1 else "1 shared" if record["share_batch"] else "per row", f"{d:g}", str(record["gen_tokens"]),
+    return [str(b), "one" if b == 1 else "1 shared" if record["share_batch"] else "per row",
+            record.get("weights", "float"), f"{d:g}", str(record["gen_tokens"]),
             str(len(rounds)),
             spread([b / r["dense"]["median_step_s"] for r in rounds]).format("{:.1f}"),
             spread([b / r["sparse"]["median_step_s"] for r in rounds]).format("{:.1f}"),
@@ -94,7 +95,7 @@ def speed_row(record: dict) -> list[str]:
             f"{record['compact_weights_mb']:.0f}", f"{record['max_load_avg']:.1f}"]
 
 
-SPEED_HEADER = ("batch", "sets", "density", "new tok", "rounds", "dense tok/s", "sparse tok/s", "speed-up", "ideal",
+SPEED_HEADER = ("batch", "sets", "weights", "density", "new tok", "rounds", "dense tok/s", "sparse tok/s", "speed-up", "ideal",
                 "efficiency", "e2e speed-up", "selection ms", "peak RSS MB sparse (dense)", "compact MB", "load")
 
 
@@ -106,7 +107,7 @@ def render_speed(model: str | None) -> str:
         raise RenderError(f"no speed records for {model!r} in {RESULTS} (run benchmarks/speed.py)")
     docs = [json.loads(f.read_text(encoding="utf-8")) for f in files]
     records = sorted((r for doc in docs for r in doc["records"]),
-                     key=lambda r: (r["batch"], r["share_batch"], r["density"]))
+                     key=lambda r: (r.get("weights", "float") != "float", r["batch"], r["share_batch"], r["density"]))
     m = docs[0]["machine"]
     lines = [f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, transformers {m['transformers']}, "
              f"{m['threads']} threads, {docs[0]['dtype']}; prompt {records[0]['prompt_tokens']} tokens, greedy. "

@@ -5,7 +5,8 @@
 
 For each model it runs ``glass_llm.bench.benchmark`` (the library behind ``glass bench``)
 for batch 1 at densities 0.25/0.5/0.75, then batch 4 and 16 at density 0.5 with one
-neuron set per row and with one shared set per batch, and writes
+neuron set per row and with one shared set per batch, and batch 1 at density 0.5 with int8
+weights (``b1-int8``: dense, FFN-skipped and sparse all in int8), and writes
 ``benchmarks/results/speed-<model>-<case>.json`` with the machine, versions, threads,
 dtype and the equivalent ``glass bench`` command.
 """
@@ -19,21 +20,22 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-# (case name, batch, densities, gen tokens, repeats, share_batch)
+# (case name, batch, densities, gen tokens, repeats, share_batch, weights)
 CASES = [
-    ("b1", 1, (0.25, 0.5, 0.75), 256, 3, False),
-    ("b4", 4, (0.5,), 64, 2, False),
-    ("b4-shared", 4, (0.5,), 64, 2, True),
-    ("b16", 16, (0.5,), 64, 2, False),
-    ("b16-shared", 16, (0.5,), 64, 2, True),
+    ("b1", 1, (0.25, 0.5, 0.75), 256, 3, False, "float"),
+    ("b4", 4, (0.5,), 64, 2, False, "float"),
+    ("b4-shared", 4, (0.5,), 64, 2, True, "float"),
+    ("b16", 16, (0.5,), 64, 2, False, "float"),
+    ("b16-shared", 16, (0.5,), 64, 2, True, "float"),
+    ("b1-int8", 1, (0.5,), 64, 3, False, "int8"),
 ]
 
 
-def command_for(model: str, batch: int, densities, gen: int, repeats: int, share: bool) -> str:
+def command_for(model: str, batch: int, densities, gen: int, repeats: int, share: bool, weights: str = "float") -> str:
     dens = ",".join(f"{d:g}" for d in densities)
     cmd = (f"glass bench {model} --density {dens} --prompt-tokens 16 --gen-tokens {gen} "
            f"--repeats {repeats} --batch {batch}")
-    return cmd + (" --share-batch" if share else "") + " --json"
+    return cmd + (" --share-batch" if share else "") + (" --weights int8" if weights == "int8" else "") + " --json"
 
 
 def run_suite(models: list[str], cases: list[str], threads: int | None) -> None:
@@ -53,17 +55,17 @@ def run_suite(models: list[str], cases: list[str], threads: int | None) -> None:
         # prior, or build a smaller one where none is cached yet
         tokens = 8192 if default_prior_path(name, "self", 8192).is_file() else 2048
         prior = get_or_build_prior(model, tok, name, n_tokens=tokens)
-        for case, batch, dens, gen, repeats, share in CASES:
+        for case, batch, dens, gen, repeats, share, weights in CASES:
             if cases and case not in cases:
                 continue
             settings = BenchSettings(densities=dens, gen_tokens=gen, repeats=repeats, method="glass",
-                                     share_batch=share)
+                                     share_batch=share, weights=weights)
             ids = make_prompts(tok, batch, 16)
             records = benchmark(model, ids, settings, model_name=name, prior=prior,
                                 generate_kwargs={"pad_token_id": tok.pad_token_id},
                                 progress=lambda m: print(f"[{name} {case}] {m}", file=sys.stderr, flush=True))
             out = {"machine": machine_info(), "dtype": "float32",
-                   "command": "flock /tmp/glass-heavy.lock " + command_for(name, batch, dens, gen, repeats, share),
+                   "command": "flock /tmp/glass-heavy.lock " + command_for(name, batch, dens, gen, repeats, share, weights),
                    "records": [r.to_json(with_raw=True) for r in records]}
             path = RESULTS / f"speed-{name}-{case}.json"
             path.write_text(json.dumps(out, indent=1))

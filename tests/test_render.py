@@ -40,12 +40,13 @@ def test_speed_row_takes_ratios_within_each_round():
                       "d=0.5": [_run(0.08, 8.0), _run(0.10, 16.0), _run(0.10, 10.0)]}}
     row = _render_module().speed_row(record)
     # per round: speed-up 1.25, 2.0, 1.2; ideal 0.10/0.08 = 1.25, 0.20/0.16 = 1.25, 0.12/0.10 = 1.2
-    assert row[:5] == ["2", "1 shared", "0.5", "64", "3"]
-    assert row[5] == "16.7 (10.0-20.0)"  # dense tok/s = batch / step
-    assert row[7] == "1.25 (1.20-2.00)"
-    assert row[8] == "1.25 (1.20-1.25)"
-    assert row[9] == "1.00 (1.00-1.60)"  # efficiency per round: 1.0, 1.6, 1.0
-    assert row[10] == "1.25 (1.20-1.25)"  # end to end: 10/8, 20/16, 12/10
+    assert row[:6] == ["2", "1 shared", "float", "0.5", "64", "3"]  # records without a weights field: float
+    assert row[6] == "16.7 (10.0-20.0)"  # dense tok/s = batch / step
+    assert row[8] == "1.25 (1.20-2.00)"
+    assert row[9] == "1.25 (1.20-1.25)"
+    assert row[10] == "1.00 (1.00-1.60)"  # efficiency per round: 1.0, 1.6, 1.0
+    assert row[11] == "1.25 (1.20-1.25)"  # end to end: 10/8, 20/16, 12/10
+    assert _render_module().speed_row({**record, "weights": "int8"})[2] == "int8"
 
 
 def test_unknown_directive_is_a_clear_error(tmp_path):
