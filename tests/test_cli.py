@@ -142,6 +142,12 @@ def test_prior_show_prints_the_schedule_and_lam_table(smollm_prior):
     fractions = out.stdout.split("fraction kept per block): ")[1].splitlines()[0].split()
     assert len(fractions) == 30 and all(0 < float(f) <= 1 for f in fractions)
     assert "lam (ranks)" in out.stdout and out.stdout.count("  block ") == 30
+    assert "schedule check" in out.stdout
+
+
+def test_prior_recalibrate_names_a_missing_file(tmp_path):
+    out = _run("prior", "smollm2-135m", "--recalibrate", str(tmp_path / "none.safetensors"))
+    assert out.returncode != 0 and "none.safetensors" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_lm_eval_sub_commands_pass_through_with_the_offline_tasks():
