@@ -48,6 +48,7 @@ from .intervals import mean_ci
 from .prior import Prior
 from .ranking import keep_count
 from .schedule import allocate
+from .selection import Selector
 from .self_sample import sample_and_record, self_prompts
 
 SEQ_OFFSET = 1 << 20
@@ -142,8 +143,6 @@ def _check_schedule(model: nn.Module, blocks: list[FFNBlock], ids: torch.Tensor,
     mean KL over the ``target`` positions, with every block sparsified as ``glass`` does
     from the ``window`` tokens' statistic ``local`` (per block, (rows, d_ff)); ``ref``: the
     dense log-probabilities of the same rows."""
-    from .selection import Selector  # selection imports this package's schedule, not the reverse
-
     d_ff = [b.d_ff for b in blocks]
     n_tokens = torch.full((ids.shape[0],), n_prompt)
     after = target.bool().unsqueeze(-1)
