@@ -271,6 +271,9 @@ def apply_glass(model: nn.Module, config: GlassConfig | None = None, **overrides
     if not spec.dense and lam < 1 and spec.global_source is not None:
         global_scores = GLOBAL_SOURCES[spec.global_source](blocks, prior, statistic, config.seed)
     down_norms = [down_column_norms(b) for b in blocks] if statistic == "impact" else None
-    selector = build_selector(blocks, config, spec, lam, statistic, global_scores, down_norms,
-                              prior=prior, model=model)
+    if prior is not None and prior.calibration is None and (spec.schedule or spec.adaptive) and not spec.dense:
+        from .calibration import ensure_calibrated  # an older prior: calibrate it now, once per process
+
+        prior.calibration = ensure_calibrated(model, None, prior).calibration
+    selector = build_selector(blocks, config, spec, lam, statistic, global_scores, down_norms, prior=prior)
     return GlassHandle(model, config, blocks, spec, lam, statistic, selector)

@@ -63,10 +63,9 @@ class Int8Linear(nn.Module):
 
     @classmethod
     def from_module(cls, module: nn.Module) -> "Int8Linear":
-        from .adapters import weight_out_in
-
-        w = weight_out_in(module).detach()
-        q, scale = quantize_rows(w)
+        """From an ``nn.Linear`` (weight (out, in)) or a transformers ``Conv1D`` (weight (in, out))."""
+        w = module.weight.detach()
+        q, scale = quantize_rows(w.t() if type(module).__name__ == "Conv1D" else w)
         bias = getattr(module, "bias", None)
         return cls(q, scale, None if bias is None else bias.detach().clone())
 

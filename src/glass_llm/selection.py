@@ -21,8 +21,6 @@ exactly ``ranking.select`` (the paper's method).
 
 from __future__ import annotations
 
-import sys
-
 import torch
 
 from .adapters import FFNBlock, weight_out_in
@@ -108,38 +106,33 @@ class Selector:
         return select_smallest(aggregate(r_loc, r_glob, self.lam), self.k[i])
 
 
-def _calibration_of(prior, model, n_blocks: int):
-    """The prior's selection calibration, computed now for an older prior (``model``
-    needed then) and kept on the prior object for the next request."""
-    from .calibration import ensure_calibrated
-
+def _calibration_of(prior, n_blocks: int):
+    """The prior's selection calibration (``apply_glass`` computes it first for an older
+    prior when it has the model)."""
     if prior is None:
         raise ValueError("the 'glass' method reads its schedule and lam table from the prior; pass prior=...")
     if prior.calibration is None:
-        if model is None:
-            raise ValueError("this prior has no selection calibration (an older file): rebuild it with "
-                             "`glass prior MODEL -o FILE`, or use method 'glass-a'")
-        prior.calibration = ensure_calibrated(model, None, prior, stream=sys.stderr).calibration
+        raise ValueError("this prior has no selection calibration (an older file): rebuild it with "
+                         "`glass prior MODEL -o FILE`, or use method 'glass-a'")
     prior.calibration.check(n_blocks)
     return prior.calibration
 
 
 def build_selector(blocks: list[FFNBlock], config, spec, lam: float, statistic: str,
                    global_scores: list[torch.Tensor] | None, down_norms: list[torch.Tensor] | None,
-                   prior=None, model=None) -> Selector:
+                   prior=None) -> Selector:
     """The Selector for ``config`` (a ``GlassConfig``) and its method ``spec``.
 
     A method with ``spec.schedule`` and one float density gets per-block ``k`` from the
     prior's sensitivity profile where the prior's schedule check says it pays (else the
     uniform density); an explicit per-block density tuple overrides it. A
     method with ``spec.adaptive`` gets the prior's lam table (``lam`` then tilts it).
-    ``model`` lets an older prior without calibration be calibrated on the spot.
     """
     d_ff = [b.d_ff for b in blocks]
     per_block = isinstance(config.density, (list, tuple))
     use_schedule = spec.schedule and not per_block and not spec.dense
     use_adaptive = spec.adaptive and not spec.dense and 0 < lam < 1
-    cal = _calibration_of(prior, model, len(blocks)) if (use_schedule or use_adaptive) else None
+    cal = _calibration_of(prior, len(blocks)) if (use_schedule or use_adaptive) else None
     if use_schedule and cal.use_schedule(float(config.density)):
         k = allocate(cal.profile, cal.grid, d_ff, float(config.density))
     else:
