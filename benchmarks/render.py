@@ -21,6 +21,10 @@ a table computed from the records under ``benchmarks/results/`` (or, for ``lm-ev
   (``results/prior_speed-MODEL.json``, from ``benchmarks/prior_speed.py``).
 * ``<!-- render: frontier MODEL -->``: KL against measured speed-up per density and method,
   from ``results/frontier/MODEL/`` (written by ``benchmarks/frontier.py``).
+* ``<!-- render: decode-overhead -->``: the runtime's Python cost per decode step, one row per
+  ``results/decode-overhead-MODEL.json`` (``benchmarks/decode_overhead.py``).
+* ``<!-- render: demo-text MODEL -->``: repetition of greedy replies per method and density
+  (``results/demo-text-MODEL.json``, from ``benchmarks/demo_text.py``).
 
 To add a section: commit its records under ``benchmarks/results/`` (small JSON/CSV), write
 ``benchmarks/text/NN-name.md`` (NN places it) with the prose and the directives above,
@@ -198,9 +202,28 @@ def render_prior_speed(model: str | None) -> str:
     return "\n".join(lines)
 
 
+# runtime overhead and greedy text -------------------------------------------------------
+
+
+def render_decode_overhead(arg: str | None) -> str:
+    """The rows of every ``results/decode-overhead-MODEL.json`` (``benchmarks/decode_overhead.py``)."""
+    paths = sorted(RESULTS.glob("decode-overhead-*.json"))
+    if not paths:
+        raise RenderError("no decode-overhead records (run benchmarks/decode_overhead.py --model MODEL)")
+    return _script("decode_overhead").markdown(paths)
+
+
+def render_demo_text(model: str | None) -> str:
+    """The repetition table of ``results/demo-text-MODEL.json`` (``benchmarks/demo_text.py``)."""
+    path = RESULTS / f"demo-text-{model}.json"
+    if not model or not path.is_file():
+        raise RenderError(f"no demo-text record {path} (run benchmarks/demo_text.py --model MODEL)")
+    return _script("demo_text").markdown(path)
+
+
 RENDERERS: dict[str, Callable[[str | None], str]] = {
     "speed": render_speed, "fidelity": render_fidelity, "lm-eval": render_lm_eval, "frontier": render_frontier,
-    "prior-speed": render_prior_speed,
+    "prior-speed": render_prior_speed, "decode-overhead": render_decode_overhead, "demo-text": render_demo_text,
 }
 
 

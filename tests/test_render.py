@@ -136,3 +136,49 @@ def test_method_labels_name_lam_only_where_it_is_the_aggregation_weight():
     assert method_label("glass-a", 0.5) == "glass-a (lam 0.5)"
     assert method_label("glass", 0.5) == "glass" and method_label("glass-refresh", 0.5) == "glass-refresh"
     assert method_label("glass", 0.7) == "glass (tilt 0.7)"
+
+
+def _bench_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_repeat4_counts_4grams_seen_earlier_and_a_loop_collapses():
+    demo_text = _bench_script("demo_text")
+    assert demo_text.repeat4(list(range(20))) == 0.0
+    assert demo_text.repeat4([1, 2, 3]) == 0.0  # no 4-gram at all
+    # 1 2 3 4 1 2 3 4: 5 4-grams, (1,2,3,4) again at the end
+    assert demo_text.repeat4([1, 2, 3, 4, 1, 2, 3, 4]) == pytest.approx(1 / 5)
+    loop = list(range(10)) + [7, 8] * 20
+    fig = demo_text.figures(loop)
+    assert fig["collapsed"] and fig["repeat4_second_half"] > 0.9
+    assert not demo_text.figures(list(range(50)))["collapsed"]
+
+
+def test_demo_text_and_decode_overhead_tables_read_their_records(tmp_path):
+    demo_text = _bench_script("demo_text")
+
+    def run(method, density, texts, collapsed):
+        return {"method": method, "density": density,
+                "replies": [{"text": t, "repeat4": 0.5 * c, "collapsed": c} for t, c in zip(texts, collapsed)]}
+
+    doc = {"model": "m", "gen_tokens": 8, "prompts": ["p0", "p1"], "collapse_threshold": 0.5,
+           "runs": [run("dense", 1.0, ["fine | text", "ok"], [False, False]),
+                    run("glass", 0.5, ["loop loop", "x"], [True, False]),
+                    run("glass", 0.9, ["fine", "ok"], [False, False])]}
+    (tmp_path / "d.json").write_text(json.dumps(doc))
+    table = demo_text.markdown(tmp_path / "d.json")
+    assert "| glass | 0.5 | 0.25 | 1/2 |" in table and "| glass | 0.9 | 0.00 | 0/2 |" in table
+    assert "| dense | fine \\| text |" in table and "| glass | loop loop |" in table
+    assert table.index("| glass | 0.9 |") < table.index("| glass | 0.5 |")
+
+    overhead = _bench_script("decode_overhead")
+    s = lambda v: {"median": v, "min": v, "max": v}  # noqa: E731
+    rec = {"model": "m", "n_blocks": 30, "threads": 1, "wrapped_us": s(320.0), "written_out_us": s(300.0),
+           "wrapper_cost_us_per_block": s(20.0), "hooks_us": s(4.0), "step_ms": s(100.0),
+           "max_saving_ms_per_step": s(0.604), "max_saving_share_of_step": s(0.00604)}
+    (tmp_path / "o.json").write_text(json.dumps(rec))
+    assert "| m | 30 | 1 | 320 us | 300 us | 20.0 (20.0 to 20.0) us | 4.0 us | 100.0 ms | 0.60 ms (0.6%) |" \
+        in overhead.markdown([tmp_path / "o.json"])
