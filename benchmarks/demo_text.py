@@ -3,7 +3,8 @@
     python benchmarks/demo_text.py [--model smollm2-135m] [--densities 0.5,0.7,0.9] [--gen-tokens 128]
 
 Eight short chat prompts (the first is ``glass demo``'s), greedy decoding with the chat
-template, all prompts in one batch (left padding; every row keeps its own neuron set).
+template (plain text for a model without one), all prompts in one batch (left padding;
+every row keeps its own neuron set).
 Methods: dense, griffin, global, glass-a, glass, glass-refresh, and ``oracle``: the static
 set that the dense model's own greedy reply activates most (chosen from the reply it is
 then asked to write, so no selection made before decoding can know more), decoded one
@@ -89,9 +90,12 @@ def main() -> int:
     model, tok = load_model(args.model)
     prior = get_or_build_prior(model, tok, args.model)
     tok.padding_side = "left"
-    chats = [[{"role": "user", "content": p}] for p in PROMPTS]
-    enc = tok.apply_chat_template(chats, add_generation_prompt=True, padding=True, return_tensors="pt",
-                                  return_dict=True)
+    if getattr(tok, "chat_template", None):
+        chats = [[{"role": "user", "content": p}] for p in PROMPTS]
+        enc = tok.apply_chat_template(chats, add_generation_prompt=True, padding=True, return_tensors="pt",
+                                      return_dict=True)
+    else:  # a base model: the prompts as plain text
+        enc = tok(PROMPTS, padding=True, return_tensors="pt")
     P = enc["input_ids"].shape[1]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     gen = dict(max_new_tokens=args.gen_tokens, min_new_tokens=args.gen_tokens, do_sample=False, pad_token_id=pad,
