@@ -31,6 +31,7 @@ from glass_llm.engine import GlassConfig, apply_glass
 from glass_llm.evaluation import oracle_sums
 from glass_llm.io import atomic_write
 from glass_llm.methods import GLOBAL_SOURCES, MethodSpec, register_global_source, register_method
+from glass_llm.metrics import LOOP_SHARE, falls_into_loop, repeated_ngram_share
 from glass_llm.models import load_model
 
 PROMPTS = [
@@ -44,7 +45,7 @@ PROMPTS = [
     "Tell me a story about a robot who learns to paint.",
 ]
 METHODS = ("griffin", "global", "glass-a", "glass", "glass-refresh")
-COLLAPSE = 0.5
+COLLAPSE = LOOP_SHARE
 
 # The oracle's global scores: one prompt's activation sums over its dense reply, set before each use.
 _ORACLE: list[torch.Tensor] = []
@@ -61,18 +62,12 @@ def _register_oracle() -> None:
 
 def repeat4(tokens: list[int]) -> float:
     """Share of the 4-grams of ``tokens`` that already occurred earlier in them."""
-    grams = [tuple(tokens[i:i + 4]) for i in range(len(tokens) - 3)]
-    seen, repeated = set(), 0
-    for g in grams:
-        repeated += g in seen
-        seen.add(g)
-    return repeated / len(grams) if grams else 0.0
+    return repeated_ngram_share(tokens, 4)
 
 
 def figures(tokens: list[int]) -> dict:
-    half = tokens[len(tokens) // 2:]
-    r_half = repeat4(half)
-    return {"repeat4": repeat4(tokens), "repeat4_second_half": r_half, "collapsed": r_half >= COLLAPSE}
+    return {"repeat4": repeat4(tokens), "repeat4_second_half": repeat4(tokens[len(tokens) // 2:]),
+            "collapsed": falls_into_loop(tokens)}
 
 
 @torch.no_grad()

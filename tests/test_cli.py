@@ -181,3 +181,11 @@ def test_decode_commands_take_compile(command, extra):
     assert args.compile and args.max_cache_len == 300
     with pytest.raises(ValueError, match="shorter than prompt"):
         compile_generate_kwargs(args, None, 400)
+
+
+def test_demo_labels_a_text_that_falls_into_a_loop():
+    from glass_llm.commands.demo import loop_note
+
+    assert loop_note(list(range(40))) == ""
+    note = loop_note(list(range(10)) + [7, 8] * 20)
+    assert "falls into a loop (91% of its second half" in note  # 20 of its 22 4-grams repeat

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from glass_llm import GlassConfig, apply_glass
-from glass_llm.metrics import kl_per_token, perplexity, token_nll
+from glass_llm.metrics import falls_into_loop, kl_per_token, perplexity, repeated_ngram_share, token_nll
 from glass_llm.teacher import continuation_logits
 
 PROMPTS = ["Explain why the sky is blue.", "Tell me about the city of Paris."]
@@ -31,6 +31,19 @@ def test_metrics_on_known_distributions():
     assert token_nll(q, targets).tolist() == [pytest.approx(-math.log(0.75)), pytest.approx(-math.log(0.9))]
     # perplexity = exp(mean NLL) = 1 / geometric mean of the target probabilities
     assert perplexity(q, targets) == pytest.approx(1 / math.sqrt(0.75 * 0.9))
+
+
+def test_repeated_ngram_share_and_loops():
+    assert repeated_ngram_share(list(range(20))) == 0.0
+    assert repeated_ngram_share([1, 2, 3]) == 0.0  # no 4-gram at all
+    # 1 2 3 4 1 2 3 4: five 4-grams, the last one, (1, 2, 3, 4), seen before
+    assert repeated_ngram_share([1, 2, 3, 4, 1, 2, 3, 4]) == pytest.approx(1 / 5)
+    assert repeated_ngram_share([5, 5, 5, 5, 5], n=2) == pytest.approx(3 / 4)
+    # a reply that starts well and ends in a two-token loop; and one that never repeats
+    assert falls_into_loop(list(range(10)) + [7, 8] * 20)
+    assert not falls_into_loop(list(range(50)))
+    # a repeated phrase early on does not make a loop when the second half is fresh
+    assert not falls_into_loop([1, 2, 3, 4] * 3 + list(range(100, 120)))
 
 
 def _dense_ppl_of_generation(model, tok, prior, method):

@@ -91,6 +91,16 @@ def choose_density(kl: dict[tuple[str, float], float], densities) -> tuple[float
     return d, why
 
 
+def loop_note(tokens: list[int]) -> str:
+    """A label suffix saying that a text has fallen into a loop (``metrics.falls_into_loop``)."""
+    from ..metrics import falls_into_loop, repeated_ngram_share
+
+    if not falls_into_loop(tokens):
+        return ""
+    share = repeated_ngram_share(tokens[len(tokens) // 2:])
+    return f", falls into a loop ({share:.0%} of its second half's 4-grams repeat)"
+
+
 def _generate(model, enc, config, prior, n):
     import torch
 
@@ -147,6 +157,7 @@ def run(args) -> int:
         texts[m] = _generate(model, enc, GlassConfig(method=m, density=chosen), prior, args.max_new_tokens)[:, P:]
     for name, out in texts.items():
         label = name if name == "dense" else f"{name}, density {chosen:g}, KL {kl[(name, chosen)]:.3f}"
+        label += loop_note(out[0].tolist())
         print(f"--- {label} ---\n{tok.decode(out[0], skip_special_tokens=True).strip()}\n")
     print("GRIFFIN picks the neurons from the prompt alone; GLASS merges that ranking with a prior of the "
           "neurons the model\nuses in general, so it keeps the ones a long reply will need even when the prompt "
