@@ -16,8 +16,8 @@ Steps (each ``glass eval`` run resumes if interrupted):
    to a fragment in benchmarks/text/).
 With ``--ablation`` it instead compares prior sizes on the calibration split: self-sampled
 priors of 2048 / 8192 / 16384 tokens (each with its own calibration), for global, glass-a
-and glass at 8- and 32-token prompts; the smallest size that costs no fidelity is the
-default (``prior_cache.DEFAULT_PRIOR_TOKENS``).
+and glass-schedule-adaptive (the default glass at the time) at 8- and 32-token prompts; the
+smallest size that costs no fidelity is the default (``prior_cache.DEFAULT_PRIOR_TOKENS``).
 Wrap it in ``flock /tmp/glass-heavy.lock`` on a shared machine.
 """
 
@@ -163,7 +163,8 @@ def ablation(args, out: Path) -> int:
             glass("prior", "smollm2-135m", "--source", source, "--tokens", tokens, "-o", str(path))
         priors[f"{source}-{tokens}"] = path
     for name, path in priors.items():
-        glass("eval", "smollm2-135m", "--split", "calib", "--methods", "dense,global,glass-a,glass", "--lam", lam,
+        glass("eval", "smollm2-135m", "--split", "calib", "--methods", "dense,global,glass-a,glass-schedule-adaptive",
+              "--lam", lam,
               "--prompt-tokens", "8,32", "--prompts", args.calib_prompts, "--gen-tokens", args.gen_tokens,
               "--density", "0.5", "--batch-size", "16", "--corpus", "wikipedia", "--threads", args.threads,
               "--prior", str(path), "--no-plots", "--out", str(out / f"prior-{name}"))

@@ -34,6 +34,10 @@ METHODS = ("griffin", "glass-a", "glass", "glass-refresh")
 # the bench run whose decode shapes each method shares
 SPEED_OF = {"griffin": "griffin", "glass-a": "griffin", "glass": "glass", "glass-refresh": "glass-refresh"}
 STYLE = {"griffin": "tab:red", "glass-a": "tab:olive", "glass": "tab:green", "glass-refresh": "tab:blue"}
+# Records made while the default glass was the schedule plus the adaptive lam name it so.
+SPEED_OF["glass-schedule-adaptive"] = "glass-schedule-adaptive"
+STYLE["glass-schedule-adaptive"] = "tab:purple"
+SHOWN = ("griffin", "glass-a", "glass-schedule-adaptive", "glass", "glass-refresh")  # plot and table order
 
 
 def glass(*args: str, stdout=None) -> None:
@@ -76,7 +80,7 @@ def plot(pts: list[dict], model: str, path: Path) -> None:
     fig = Figure(figsize=(6, 4.2), dpi=90)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    for method in METHODS:
+    for method in SHOWN:
         ps = sorted((p for p in pts if p["method"] == method), key=lambda p: p["density"])
         if not ps:
             continue
@@ -112,7 +116,7 @@ def markdown(folder: Path) -> str:
              f"{bench['gen_tokens']} new tokens, {bench['repeats']} interleaved rounds, {bench['threads']} threads, "
              f"{bench['dtype']}. KL: mean ± 95% half-width; speed-up: median (min-max) over rounds.", "",
              "| density | method | KL(dense‖m) | speed-up |", "|---:|---|---:|---:|"]
-    for p in sorted(pts, key=lambda p: (-p["density"], METHODS.index(p["method"]))):
+    for p in sorted(pts, key=lambda p: (-p["density"], SHOWN.index(p["method"]))):
         ci = f" ± {p['kl_ci95']:.3f}" if p["kl_ci95"] is not None else ""
         lines.append(f"| {p['density']:g} | {p['method']} | {p['kl']:.3f}{ci} | {p['speedup']:.2f} "
                      f"({p['speedup_min']:.2f}-{p['speedup_max']:.2f}) |")
@@ -128,9 +132,14 @@ def main() -> int:
     p.add_argument("--repeats", default="5")
     p.add_argument("--out", default="runs/frontier")
     p.add_argument("--skip-eval", action="store_true", help="reuse a finished eval run in --out")
+    p.add_argument("--plot-only", action="store_true", help="redraw the figure from the committed records")
     args = p.parse_args()
     run = Path(args.out) / args.model
     dest = RESULTS / args.model
+    if args.plot_only:
+        plot(points(dest), args.model, HERE / "figures" / f"frontier_{args.model}.png")
+        print(markdown(dest))
+        return 0
     dest.mkdir(parents=True, exist_ok=True)
     if not args.skip_eval:
         glass("eval", args.model, "--methods", ",".join(("dense", *METHODS)), "--density", DENSITIES,

@@ -3,7 +3,8 @@
     python benchmarks/refresh_sweep.py --corpus wikipedia [--prompt-tokens 8] [--gen-tokens 128] [--prompts 16]
 
 SmolLM2-135M, density 0.5, the cached default prior: mean KL(dense || method) over the
-prompts for griffin, global, glass-a (R = 0, 16) and glass (R = 0, 4, 8, 16, 32, 64), each
+prompts for griffin, global, glass-a (R = 0, 16) and glass-schedule-adaptive (R = 0, 4, 8, 16,
+32, 64; the default ``glass`` when R was chosen), each
 teacher-forced on the dense model's greedy continuation (``teacher.continuation_logits``,
 which refreshes at the same points as generation). Prints one line per setting.
 """
@@ -25,8 +26,8 @@ from glass_llm.prior_cache import find_cached_prior
 from glass_llm.teacher import continuation_logits
 from glass_llm.tokens import pad_id
 
-SETTINGS = [("griffin", 0), ("global", 0), ("glass-a", 0), ("glass-a", 16), ("glass", 0), ("glass", 4),
-            ("glass", 8), ("glass", 16), ("glass", 32), ("glass", 64)]
+SETTINGS = [("griffin", 0), ("global", 0), ("glass-a", 0), ("glass-a", 16),
+            *(("glass-schedule-adaptive", r) for r in (0, 4, 8, 16, 32, 64))]
 
 
 def main() -> int:

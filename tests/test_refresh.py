@@ -62,20 +62,25 @@ def test_refresh_sliced_equals_masked_and_changes_the_sets(kind, batch):
     assert (sliced[:, :4] - static[:, :4]).abs().max() <= 1e-5  # before the first refresh: the same sets
 
 
-@pytest.mark.parametrize("method,refresh", [("glass", 4), ("glass-a", 5), ("griffin", 3)])
-def test_teacher_forced_refresh_equals_stepwise_generation(smollm, smollm_prior, method, refresh):
+# 14 new tokens: the prefill gives the first, 13 sparse forwards the rest; a refresh comes
+# before the forward that follows each interval, so equal intervals of R give (14 - 2) // R
+# refreshes, and growing ones 2, 4, 8 give two (before forwards 3 and 7).
+@pytest.mark.parametrize("method,refresh,growth,expected", [("glass", 4, 1, 3), ("glass-a", 5, 1, 2),
+                                                            ("griffin", 3, 1, 4), ("glass-refresh", 2, 2, 2)])
+def test_teacher_forced_refresh_equals_stepwise_generation(smollm, smollm_prior, method, refresh, growth, expected):
     model, tok = smollm
     enc = _chat(tok, "Tell me about the history of Rome.")
     P = enc["input_ids"].shape[1]
-    cfg = GlassConfig(method=method, density=0.5, prior=smollm_prior, refresh=refresh)
+    cfg = GlassConfig(method=method, density=0.5, prior=smollm_prior, refresh=refresh, refresh_growth=growth)
     with apply_glass(model, cfg) as h:
         out = model.generate(**enc, max_new_tokens=14, do_sample=False, output_logits=True,
                              return_dict_in_generate=True)
-        assert h.refreshes == (14 - 2) // refresh  # 13 sparse steps; the first token is the prefill's
+        assert h.refreshes == expected
         assert h.refresh_s > 0
     step_logits = torch.stack(out.logits, 1)
     cont = out.sequences[:, P:]
-    masked = GlassConfig(method=method, density=0.5, prior=smollm_prior, refresh=refresh, path="masked")
+    masked = GlassConfig(method=method, density=0.5, prior=smollm_prior, refresh=refresh, refresh_growth=growth,
+                         path="masked")
     tf_logits, _ = continuation_logits(model, enc["input_ids"], cont, masked)
     assert (tf_logits - step_logits).abs().max() <= 1e-4
     static, _ = continuation_logits(model, enc["input_ids"], cont, GlassConfig(method=method, density=0.5,
@@ -106,6 +111,20 @@ def test_static_methods_never_refresh():
 def test_bad_refresh_is_a_clear_error(bad):
     with pytest.raises(ValueError, match="refresh must be a whole number"):
         GlassConfig(method="griffin", refresh=bad).resolved()
+
+
+@pytest.mark.parametrize("bad", [0.5, 0, -2, float("nan"), float("inf"), True, "2"])
+def test_bad_refresh_growth_is_a_clear_error(bad):
+    with pytest.raises(ValueError, match="refresh_growth must be a finite number >= 1"):
+        GlassConfig(method="griffin", refresh=4, refresh_growth=bad).resolved()
+
+
+def test_growing_intervals():
+    model = tiny_model("llama")
+    with apply_glass(model, GlassConfig(method="griffin", density=0.5, refresh=3, refresh_growth=1.5)) as h:
+        assert [h.refresh_interval(n) for n in range(5)] == [3, 4, 7, 10, 15]  # 3 * 1.5 ** n, rounded
+    with apply_glass(model, GlassConfig(method="griffin", density=0.5, refresh=0, refresh_growth=2)) as h:
+        assert h.refresh_interval(3) == 0
 
 
 def test_a_forward_across_a_refresh_point_is_refused():

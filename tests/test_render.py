@@ -134,8 +134,9 @@ def test_method_labels_name_lam_only_where_it_is_the_aggregation_weight():
 
     assert method_label("griffin", 1.0) == "griffin" and method_label("oracle", 0.0) == "oracle"
     assert method_label("glass-a", 0.5) == "glass-a (lam 0.5)"
-    assert method_label("glass", 0.5) == "glass" and method_label("glass-refresh", 0.5) == "glass-refresh"
-    assert method_label("glass", 0.7) == "glass (tilt 0.7)"
+    assert method_label("glass", 0.5) == "glass (lam 0.5)"  # the fixed lam: the aggregation weight
+    assert method_label("glass-refresh", 0.5) == "glass-refresh"  # adaptive: lam tilts the calibrated lams
+    assert method_label("glass-refresh", 0.7) == "glass-refresh (tilt 0.7)"
 
 
 def _bench_script(name: str):

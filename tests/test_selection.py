@@ -1,6 +1,6 @@
 """Selection on the real SmolLM2 model: the paper's methods stay exact, the calibrated
-``glass`` (per-layer density, adaptive lam) reads its prior's calibration, and priors of
-both file formats load."""
+``glass`` (per-layer density) and ``glass-refresh`` (per-layer density, adaptive lam) read
+their prior's calibration, and priors of every file format load."""
 
 from __future__ import annotations
 
@@ -91,11 +91,29 @@ def _checked(prior, ratio: float):
                                               check_upper=torch.full((4,), ratio * 1.05)))
 
 
-def test_calibrated_glass_uses_schedule_and_per_row_lam(smollm, calibrated, prompt_sums):
+def test_calibrated_glass_uses_schedule_and_fixed_lam(smollm, calibrated, prompt_sums):
+    model, _ = smollm
+    sums, n = prompt_sums
+    glass, blocks = _selector(model, _checked(calibrated, 0.9), "glass")
+    d_ff = [b.d_ff for b in blocks]
+    assert not glass.adaptive and sum(glass.k) == budget(0.5, d_ff) and len(set(glass.k)) > 1
+    glob = calibrated.scores_for("activation")
+    for i in (0, len(blocks) - 1):  # the paper's fusion at the fixed lam, on the block's own k
+        expected = select(finalize(sums[i], "activation"), glob[i], 0.5, 0.5, k=glass.k[i])
+        assert torch.equal(glass.choose(i, sums[i], n), expected)
+    # where the check keeps one density, glass selects exactly as the paper's glass-a
+    same, _ = _selector(model, _checked(calibrated, 1.1), "glass")
+    paper, _ = _selector(model, calibrated, "glass-a")
+    assert same.k == paper.k
+    for i in range(len(blocks)):
+        assert torch.equal(same.choose(i, sums[i], n), paper.choose(i, sums[i], n))
+
+
+def test_refresh_method_uses_schedule_and_per_row_lam(smollm, calibrated, prompt_sums):
     model, _ = smollm
     sums, n = prompt_sums
     calibrated = _checked(calibrated, 0.9)
-    sel, blocks = _selector(model, calibrated, "glass")
+    sel, blocks = _selector(model, calibrated, "glass-refresh")
     d_ff = [b.d_ff for b in blocks]
     assert sel.adaptive and sum(sel.k) == budget(0.5, d_ff) and len(set(sel.k)) > 1
     lam = sel.lam_of(0, n)
@@ -105,13 +123,17 @@ def test_calibrated_glass_uses_schedule_and_per_row_lam(smollm, calibrated, prom
     with pytest.raises(ValueError, match="n_tokens"):
         sel.choose(0, sums[0])
     # an explicit per-layer tuple overrides the schedule
-    tup, _ = _selector(model, calibrated, "glass", density=tuple([0.25] * len(blocks)))
+    tup, _ = _selector(model, calibrated, "glass-refresh", density=tuple([0.25] * len(blocks)))
     assert tup.k == [384] * len(blocks)
-    # the ablations: one lever each
+    # the ablations: one lever each, and both without refresh
     s_only, _ = _selector(model, calibrated, "glass-schedule")
     a_only, _ = _selector(model, calibrated, "glass-adaptive")
+    both, _ = _selector(model, calibrated, "glass-schedule-adaptive")
     assert s_only.k == sel.k and not s_only.adaptive
     assert a_only.adaptive and a_only.k == [768] * len(blocks)
+    assert both.adaptive and both.k == sel.k
+    for i in (0, len(blocks) - 1):
+        assert torch.equal(both.choose(i, sums[i], n), sel.choose(i, sums[i], n))
 
 
 def test_schedule_is_used_only_where_its_check_pays(smollm, calibrated):

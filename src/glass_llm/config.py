@@ -20,14 +20,17 @@ class GlassConfig:
     density: one fraction for every FFN block, or a sequence with one per block. For
     ``glass`` one fraction is the mean over blocks (weighted by size), spread across them by
     the prior's sensitivity profile; a sequence overrides that schedule.
-    lam: the prompt ranking's weight. For ``glass`` the prior's calibration sets it per
-    block and prompt length, and ``lam`` shifts those in log-odds (0.5 keeps them).
+    lam: the prompt ranking's weight. For the methods with an adaptive lam (``glass-refresh``)
+    the prior's calibration sets it per block and token count, and ``lam`` shifts those in
+    log-odds (0.5 keeps them).
     path: "sliced" (physically smaller weights, the fast path) or "masked" (unselected
     neurons zeroed, the reference path). share_batch: one neuron set for the whole batch,
     chosen from the rows' combined statistic (faster decode for large batches).
     refresh: re-select every ``refresh`` generated tokens from the prompt's statistic plus
     the generated tokens' own (recomputed densely from their kept FFN inputs), fused with
     the prior as at the first selection; None keeps the method's setting, 0 is off.
+    refresh_growth: each interval between re-selections is this many times the one before
+    (1: every ``refresh`` tokens; 2: after R, 2R, 4R, ... more tokens); None keeps the method's.
     weights: "float" (the model's own) or "int8": every linear projection in int8 with one
     scale per output channel (``quant``), the compact FFN weights sliced from the int8 ones;
     undone exactly by ``remove()``. The prior and the selection still read the float model.
@@ -42,6 +45,7 @@ class GlassConfig:
     share_batch: bool = False
     seed: int = 0
     refresh: int | None = None
+    refresh_growth: float | None = None
     weights: str = "float"
 
     def refresh_every(self, spec: MethodSpec) -> int:
@@ -53,6 +57,13 @@ class GlassConfig:
         if isinstance(r, bool) or not isinstance(r, int) or r < 0:
             raise ValueError(f"refresh must be a whole number of generated tokens >= 1 (or 0 for off), got {r!r}")
         return 0 if spec.dense else r
+
+    def refresh_growth_of(self, spec: MethodSpec) -> float:
+        """How much each interval between re-selections grows over the one before (>= 1)."""
+        g = spec.refresh_growth if self.refresh_growth is None else self.refresh_growth
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not g >= 1 or g == float("inf"):
+            raise ValueError(f"refresh_growth must be a finite number >= 1 (1: equal intervals), got {g!r}")
+        return float(g)
 
     def densities(self) -> tuple[float, ...]:
         if isinstance(self.density, (list, tuple)):
@@ -85,6 +96,7 @@ class GlassConfig:
         if statistic not in STATISTICS:
             raise ValueError(f"unknown statistic {statistic!r}; choose one of {', '.join(STATISTICS)}")
         self.refresh_every(spec)
+        self.refresh_growth_of(spec)
         check_weights(self.weights)
         if self.path not in PATHS:
             raise ValueError(f"unknown path {self.path!r}; choose 'sliced' or 'masked'")

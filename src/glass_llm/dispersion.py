@@ -1,4 +1,4 @@
-"""How much to trust the prompt: the lam rule of the adaptive ``glass``. Pure tensor math.
+"""How much to trust the prompt: the lam rule of the adaptive methods (``glass-refresh``). Pure tensor math.
 
 docs/method.md (section 4) gives the fusion ``s = lam * r_loc + (1 - lam) * r_glob``, the MAP ranking
 when the local and global rankings are Mallows draws (Spearman's rho as distance) around

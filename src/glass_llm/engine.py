@@ -60,8 +60,9 @@ class GlassHandle:
         self.select_s = 0.0  # wall time of the last selection (device-synchronised)
         # mask refresh: generated tokens between re-selections (0: off); static methods never refresh
         self.refresh_every = config.refresh_every(spec) if selector.uses_prompt else 0
+        self.refresh_growth = config.refresh_growth_of(spec)
         self.refreshes, self.refresh_s = 0, 0.0  # re-selections of this request and their wall time
-        self._since = self._generated = 0
+        self._since = self._generated = self._interval = 0
         self._quantized: list[tuple[nn.Module, str, nn.Module]] = []
         if config.weights == "int8":  # every projection, also for the dense method
             self._quantized = quantize_linears(model)
@@ -181,7 +182,7 @@ class GlassHandle:
             selections.append(chosen)
         self.selections = selections
         self.phase = "decode"
-        self._since, self._generated = 0, 0
+        self._since, self._generated, self._interval = 0, 0, self.refresh_interval(0)
         self.select_s = _synced_time(self.devices) - t0
         return selections
 
@@ -201,12 +202,19 @@ class GlassHandle:
             st.mode = "masked"
 
     # mask refresh ------------------------------------------------------------------
+    def refresh_interval(self, n: int) -> int:
+        """Generated tokens between selection ``n`` (0: the prompt's) and the next one:
+        ``refresh_every`` times ``refresh_growth ** n``, rounded (0: no refresh)."""
+        if not self.refresh_every:
+            return 0
+        return max(1, round(self.refresh_every * self.refresh_growth ** n))
+
     def _advance(self, n: int) -> None:
-        """Count ``n`` tokens entering a decode forward; re-select first when ``refresh_every``
-        tokens have passed since the last selection."""
-        R = self.refresh_every
-        if self._since >= R:
+        """Count ``n`` tokens entering a decode forward; re-select first when the current
+        interval's tokens have passed since the last selection."""
+        if self._since >= self._interval:
             self.refresh()
+        R = self._interval
         if self._since + n > R:
             raise GlassError(
                 f"a decode forward of {n} tokens crosses a mask refresh (every {R} generated tokens, "
@@ -238,6 +246,7 @@ class GlassHandle:
         self.selections = selections
         self._since = 0
         self.refreshes += 1
+        self._interval = self.refresh_interval(self.refreshes)
         self.refresh_s += _synced_time(self.devices) - t0
         return selections
 

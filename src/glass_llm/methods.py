@@ -2,8 +2,9 @@
 
 Every method selects neurons by ``ranking.select(local, global, lam, density)``; a
 method only fixes which local statistic it uses, where its global scores come from
-and which ``lam`` it uses. The default ``glass`` goes beyond the paper with two
-calibrated settings (``adaptive`` lam, per-layer ``schedule``; see ``selection``);
+and which ``lam`` it uses. The default ``glass`` goes beyond the paper with a per-layer
+``schedule`` calibrated on the model's own text; ``glass-refresh`` adds re-selection during
+decoding with an ``adaptive`` lam that grows with the tokens seen (see ``selection``);
 ``glass-a``/``glass-i`` are the paper's method, unchanged. New methods and new global
 sources plug in with the ``register_method`` / ``register_global_source`` decorators,
 without touching the engine.
@@ -38,6 +39,7 @@ class MethodSpec:
     schedule: bool = False  # per-block density under the one density asked for (schedule.py)
     fusion: str = "rank"  # with adaptive: "rank" (weighted mean rank) or "score" (mixed mean statistic)
     refresh: int | None = None  # re-select every this many generated tokens (engine.GlassHandle.refresh)
+    refresh_growth: float = 1.0  # each interval between re-selections this many times the previous one
 
     @property
     def needs_prior(self) -> bool:
@@ -75,21 +77,26 @@ for _spec in (
     MethodSpec("dense", "the unmodified model (no sparsity)", lam=1.0, global_source=None, dense=True),
     MethodSpec("griffin", "prompt-only selection by activation (GRIFFIN, lam=1)", lam=1.0, global_source=None),
     MethodSpec("global", "static selection by the global prior alone (lam=0)", lam=0.0),
-    MethodSpec("glass", "GLASS, calibrated: per-layer density and a lam that grows with the prompt's length",
-               adaptive=True, schedule=True),
+    MethodSpec("glass", "GLASS, calibrated: per-layer density where the prior's check shows it better, "
+               "prompt merged with prior", schedule=True),
     MethodSpec("glass-a", "A-GLASS (the paper): activation statistic, prompt merged with prior"),
     MethodSpec("glass-i", "I-GLASS: impact statistic, prompt merged with prior", statistic="impact"),
     MethodSpec("magnitude", "static selection by weight norms ||W_gate[j]||*||W_up[j]||", lam=0.0, global_source="magnitude"),
     MethodSpec("random", "static random selection (seeded)", lam=0.0, global_source="random"),
-    MethodSpec("glass-schedule", "ablation of glass: per-layer density, fixed lam", schedule=True),
-    MethodSpec("glass-adaptive", "ablation of glass: adaptive lam, uniform density", adaptive=True),
+    MethodSpec("glass-schedule", "ablation: per-layer density, fixed lam (the same selection as glass)",
+               schedule=True),
+    MethodSpec("glass-adaptive", "ablation: adaptive lam, uniform density", adaptive=True),
+    MethodSpec("glass-schedule-adaptive", "ablation: per-layer density and adaptive lam, no refresh",
+               adaptive=True, schedule=True),
     MethodSpec("glass-score", "glass with score fusion: prompt and prior mean statistics mixed", adaptive=True,
                schedule=True, fusion="score"),
     MethodSpec("glass-score-adaptive", "ablation: score fusion, uniform density", adaptive=True, fusion="score"),
-    MethodSpec("glass-refresh", f"glass, re-selecting every {REFRESH_TOKENS} generated tokens from prompt and output",
-               adaptive=True, schedule=True, refresh=REFRESH_TOKENS),
+    MethodSpec("glass-refresh", f"glass re-selecting every {REFRESH_TOKENS} generated tokens from prompt and output, "
+               "with a lam that grows with the tokens seen", adaptive=True, schedule=True, refresh=REFRESH_TOKENS),
     MethodSpec("glass-a-refresh", f"ablation: glass-a re-selecting every {REFRESH_TOKENS} generated tokens",
                refresh=REFRESH_TOKENS),
+    MethodSpec("glass-schedule-refresh", f"ablation: per-layer density, fixed lam, re-selecting every "
+               f"{REFRESH_TOKENS} generated tokens", schedule=True, refresh=REFRESH_TOKENS),
 ):
     register_method(_spec)
 

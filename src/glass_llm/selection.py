@@ -6,14 +6,15 @@ block's device, so a request only ranks its own prompt statistic). ``choose`` ru
 per request, after the dense prefill, and returns the kept neuron indices of one block.
 
 Two settings go beyond the paper, both read from the prior's selection calibration
-(``calibration_data``) and used by the default ``glass`` method only:
+(``calibration_data``): the default ``glass`` uses the schedule, ``glass-refresh`` both
+(its local view grows with every generated token, and the adaptive lam follows it):
 
 * ``schedule``: ``k`` differs per block, allocated from the sensitivity profile under the
   user's one density (``schedule.allocate``); computed once, here, and only at densities
   where the calibration's schedule check measured it better than one density for all
   (``Calibration.use_schedule``);
 * ``adaptive``: lam differs per block and per request, looked up from the prompt's token
-  count (``dispersion.lam_for_tokens``), once per block per request: no decode-step cost.
+  count (``dispersion.lam_for_tokens``), once per block per selection: no decode-step cost.
 
 ``glass-a``/``glass-i`` keep one fixed lam and a uniform density: their selections are
 exactly ``ranking.select`` (the paper's method).

@@ -40,12 +40,13 @@ def continuation_logits(model: nn.Module, prompt_ids: torch.Tensor, continuation
         # With mask refresh, the continuation goes in pieces that end where generation
         # re-selects, so the same neuron sets apply to the same tokens.
         G = continuation.shape[1] - 1
-        step = handle.refresh_every if handle is not None and handle.refresh_every else max(G, 1)
-        parts = [first]
-        for lo in range(0, G, step):
-            hi = min(G, lo + step)
+        parts, lo, n = [first], 0, 0
+        while lo < G:
+            step = handle.refresh_interval(n) if handle is not None and handle.refresh_every else G
+            hi, n = min(G, lo + step), n + 1
             parts.append(model(input_ids=continuation[:, lo:hi], attention_mask=full_mask[:, :P + hi],
                                position_ids=positions[:, P + lo:P + hi], cache=cache, use_cache=True).logits)
+            lo = hi
         logits = torch.cat(parts, dim=1)
         selections = None if handle is None else handle.selections
     finally:
