@@ -270,6 +270,7 @@ def _variants(settings: BenchSettings) -> list[tuple[str, GlassConfig | None, bo
             out.append((settings.variant(method, d), GlassConfig(method=method, density=float(d),
                                                                  share_batch=settings.share_batch,
                                                                  refresh=settings.refresh,
+                                                                 refresh_growth=settings.refresh_growth,
                                                                  weights=settings.weights), False))
     return out
 

@@ -62,6 +62,7 @@ class BenchSettings:
     share_batch: bool = False
     warmup_tokens: int = 8
     refresh: int | None = None  # None: the method's own setting
+    refresh_growth: float | None = None  # None: the method's own setting
     methods: tuple[str, ...] = ()
     weights: str = "float"
 

@@ -52,6 +52,9 @@ def add_refresh_arg(p: argparse.ArgumentParser) -> None:
                    help="re-select the neurons every R generated tokens from the prompt and the tokens "
                         "generated so far (0: off; default: the method's own setting, off except for "
                         "*-refresh methods); not with --compile")
+    p.add_argument("--refresh-growth", type=float, default=None, metavar="G",
+                   help="each interval between re-selections is G times the one before (1: every R tokens; "
+                        "2: after R, 2R, 4R, ... more tokens; default: the method's own setting)")
 
 
 def check_refresh_compile(args, refresh_every: int) -> None:

@@ -51,7 +51,7 @@ def run(args) -> int:
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     config = GlassConfig(method=args.method, density=args.density, lam=args.lam, refresh=args.refresh,
-                         weights=args.weights)
+                         refresh_growth=args.refresh_growth, weights=args.weights)
     spec, lam, _ = config.resolved()
     check_refresh_compile(args, config.refresh_every(spec))
     model, tok = load_model(args.model, **model_kwargs(args))
@@ -83,4 +83,7 @@ def run(args) -> int:
 def _refresh_note(handle) -> str:
     if not handle.refresh_every:
         return ""
-    return f", {handle.refreshes} refreshes every {handle.refresh_every} tokens ({1e3 * handle.refresh_s:.0f} ms)"
+    every = f"every {handle.refresh_every} tokens"
+    if handle.refresh_growth != 1:
+        every = f"after {handle.refresh_every} tokens, intervals growing {handle.refresh_growth:g}x"
+    return f", {handle.refreshes} refreshes {every} ({1e3 * handle.refresh_s:.0f} ms)"
