@@ -88,7 +88,7 @@ for _spec in (
     MethodSpec("glass-adaptive", "ablation: adaptive lam, uniform density", adaptive=True),
     MethodSpec("glass-schedule-adaptive", "ablation: per-layer density and adaptive lam, no refresh",
                adaptive=True, schedule=True),
-    MethodSpec("glass-score", "glass with score fusion: prompt and prior mean statistics mixed", adaptive=True,
+    MethodSpec("glass-score", "alternative: per-layer density, prompt and prior mean statistics mixed", adaptive=True,
                schedule=True, fusion="score"),
     MethodSpec("glass-score-adaptive", "ablation: score fusion, uniform density", adaptive=True, fusion="score"),
     MethodSpec("glass-refresh", f"glass re-selecting every {REFRESH_TOKENS} generated tokens from prompt and output, "
