@@ -217,3 +217,17 @@ def test_int8_eval_scores_every_method_against_the_float_reference(smollm, smoll
     identity = {"m": 1}
     assert (settings_key(settings, run.items, identity, None)
             != settings_key(replace(settings, weights="float"), run.items, identity, None))
+
+
+def test_a_changed_method_gets_a_new_journal_key(monkeypatch):
+    """A journal keyed by method names alone would resume rows computed under a method's
+    earlier definition; the key covers what each name means."""
+    from glass_llm import methods
+    from glass_llm.evaluation.plan import WorkItem, settings_key
+
+    settings = replace(BASE, methods=("dense", "glass"))
+    items = [WorkItem(8, 0, (0,), ((1, 2, 3),))]
+    before = settings_key(settings, items, {"m": 1}, None)
+    assert settings_key(settings, items, {"m": 1}, None) == before
+    monkeypatch.setitem(methods.METHODS, "glass", replace(methods.METHODS["glass"], adaptive=True))
+    assert settings_key(settings, items, {"m": 1}, None) != before

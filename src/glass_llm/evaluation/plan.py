@@ -213,11 +213,14 @@ def plan_items(settings: EvalSettings, tokenizer, docs: Sequence[str]) -> list[W
 
 
 def settings_key(settings: EvalSettings, items: Sequence[WorkItem], identity: dict, prior: Prior | None) -> str:
-    """A hash of everything the records depend on: settings, prompts, model weights, prior."""
+    """A hash of everything the records depend on: settings, prompts, model weights, prior,
+    and what each method name means (its registered settings), so that a journal written
+    before a method changed is never resumed under the same name."""
     h = hashlib.sha256()
     fields = asdict(settings)
-    if fields["weights"] == "float":  # keys of runs from before int8 existed stay valid
+    if fields["weights"] == "float":  # int8 is part of the key only when used
         del fields["weights"]
+    fields["method_specs"] = [asdict(get_method(m)) for m in settings.methods if m != ORACLE]
     h.update(json.dumps(fields, sort_keys=True).encode())
     h.update(json.dumps(identity, sort_keys=True).encode())
     for it in items:
