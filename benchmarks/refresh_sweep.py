@@ -6,7 +6,10 @@ SmolLM2-135M, density 0.5, the cached default prior: mean KL(dense || method) ov
 prompts for griffin, global, glass-a (R = 0, 16) and glass-schedule-adaptive (R = 0, 4, 8, 16,
 32, 64; the default ``glass`` when R was chosen), each
 teacher-forced on the dense model's greedy continuation (``teacher.continuation_logits``,
-which refreshes at the same points as generation). Prints one line per setting.
+which refreshes at the same points as generation). Prints one line per setting, with the
+geometric mean of the per-prompt KL ratio against the first setting (95% t interval).
+With ``--growth``: glass without refresh, glass-refresh (R = 16, 32) and growing intervals
+(R = 16 and 8, each interval twice the one before).
 """
 
 from __future__ import annotations
@@ -17,17 +20,22 @@ import torch
 
 from glass_llm import load_model
 from glass_llm.corpora import load_texts
+from glass_llm.config import refresh_interval
 from glass_llm.engine import GlassConfig
 from glass_llm.evaluation.plan import EvalSettings, plan_items
 from glass_llm.evaluation.score import generate_references
+from glass_llm.intervals import t_quantile
 from glass_llm.metrics import kl_per_token
 from glass_llm.prior import load_prior
 from glass_llm.prior_cache import find_cached_prior
 from glass_llm.teacher import continuation_logits
 from glass_llm.tokens import pad_id
 
-SETTINGS = [("griffin", 0), ("global", 0), ("glass-a", 0), ("glass-a", 16),
-            *(("glass-schedule-adaptive", r) for r in (0, 4, 8, 16, 32, 64))]
+SETTINGS = [("griffin", 0, 1), ("global", 0, 1), ("glass-a", 0, 1), ("glass-a", 16, 1),
+            *(("glass-schedule-adaptive", r, 1) for r in (0, 4, 8, 16, 32, 64))]
+# --growth: fewer, growing intervals against glass-refresh's 16 (method, R, growth)
+GROWTH = [("glass", 0, 1), ("glass-refresh", 16, 1), ("glass-refresh", 32, 1), ("glass-refresh", 16, 2),
+          ("glass-refresh", 8, 2)]
 
 
 def main() -> int:
@@ -36,6 +44,7 @@ def main() -> int:
     p.add_argument("--prompt-tokens", type=int, default=8)
     p.add_argument("--gen-tokens", type=int, default=128)
     p.add_argument("--prompts", type=int, default=16)
+    p.add_argument("--growth", action="store_true", help="compare growing refresh intervals instead")
     args = p.parse_args()
     model, tok = load_model("smollm2-135m")
     path = find_cached_prior("smollm2-135m")
@@ -48,12 +57,33 @@ def main() -> int:
     prompts = torch.tensor(plan_items(settings, tok, load_texts(args.corpus))[0].prompts)
     refs = generate_references(model, prompts, args.gen_tokens, pad_id(tok))
     dense, _ = continuation_logits(model, prompts, refs)
-    for method, R in SETTINGS:
-        logits, _ = continuation_logits(model, prompts, refs, GlassConfig(method=method, density=0.5, refresh=R), prior)
+    base = None
+    for method, R, growth in GROWTH if args.growth else SETTINGS:
+        config = GlassConfig(method=method, density=0.5, refresh=R, refresh_growth=growth)
+        logits, _ = continuation_logits(model, prompts, refs, config, prior)
         kl = torch.stack([kl_per_token(dense[i, 1:], logits[i, 1:]).mean() for i in range(len(prompts))])
-        print(f"{args.corpus} P={args.prompt_tokens} G={args.gen_tokens} {method:8s} R={R:3d} "
-              f"KL {kl.mean():.3f} +- {kl.std() / len(kl) ** 0.5:.3f} (s.e.)", flush=True)
+        base = kl if base is None else base
+        ratio = (kl / base).log()
+        half = t_quantile(0.975, len(kl) - 1) * ratio.std() / len(kl) ** 0.5
+        n_ref = sum(1 for _ in _refresh_points(R, growth, args.gen_tokens))
+        print(f"{args.corpus} P={args.prompt_tokens} G={args.gen_tokens} {method:8s} R={R:3d} growth {growth:g} "
+              f"({n_ref} refreshes) KL {kl.mean():.3f} +- {kl.std() / len(kl) ** 0.5:.3f} (s.e.); "
+              f"vs {GROWTH[0][0] if args.growth else SETTINGS[0][0]}: geometric mean ratio "
+              f"{ratio.mean().exp():.3f} [{(ratio.mean() - half).exp():.3f}, {(ratio.mean() + half).exp():.3f}]",
+              flush=True)
     return 0
+
+
+def _refresh_points(R: int, growth: float, gen_tokens: int):
+    """The generated-token counts at which a decode of ``gen_tokens`` re-selects (the first
+    token comes from the dense prefill, so ``gen_tokens - 1`` sparse steps)."""
+    at, n = 0, 0
+    while R:
+        at += refresh_interval(R, growth, n)
+        n += 1
+        if at >= gen_tokens - 1:
+            return
+        yield at
 
 
 if __name__ == "__main__":

@@ -13,6 +13,12 @@ from .stats import STATISTICS
 PATHS = ("sliced", "masked")
 
 
+def refresh_interval(every: int, growth: float, n: int) -> int:
+    """Generated tokens between selection ``n`` (0: the prompt's) and the next one:
+    ``every * growth ** n``, rounded, at least 1; 0 when refresh is off (``every`` 0)."""
+    return max(1, round(every * growth ** n)) if every else 0
+
+
 @dataclass(frozen=True)
 class GlassConfig:
     """What to apply. ``lam``/``statistic`` default to the method's own settings.

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .adapters import FFNBlock, compute_dtype, down_column_norms, ffn_intermediate, find_ffn_blocks
-from .config import PATHS, GlassConfig  # noqa: F401  (re-exported)
+from .config import PATHS, GlassConfig, refresh_interval  # noqa: F401  (PATHS, GlassConfig re-exported)
 from .errors import UserError
 from .methods import GLOBAL_SOURCES, MethodSpec
 from .prior import load_prior
@@ -203,11 +203,8 @@ class GlassHandle:
 
     # mask refresh ------------------------------------------------------------------
     def refresh_interval(self, n: int) -> int:
-        """Generated tokens between selection ``n`` (0: the prompt's) and the next one:
-        ``refresh_every`` times ``refresh_growth ** n``, rounded (0: no refresh)."""
-        if not self.refresh_every:
-            return 0
-        return max(1, round(self.refresh_every * self.refresh_growth ** n))
+        """Generated tokens between selection ``n`` (0: the prompt's) and the next one."""
+        return refresh_interval(self.refresh_every, self.refresh_growth, n)
 
     def _advance(self, n: int) -> None:
         """Count ``n`` tokens entering a decode forward; re-select first when the current
