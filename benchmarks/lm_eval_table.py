@@ -18,7 +18,7 @@ TASKS = ("hellaswag_offline", "piqa_offline", "copa_offline", "boolq_offline", "
          "arc_challenge_offline", "winogrande_offline")
 SHORT = {"hellaswag_offline": "HellaSwag", "piqa_offline": "PIQA", "copa_offline": "COPA", "boolq_offline": "BoolQ",
          "arc_easy_offline": "ARC-E", "arc_challenge_offline": "ARC-C", "winogrande_offline": "Winogrande"}
-METHODS = ("dense", "griffin", "glass")
+METHODS = ("dense", "griffin", "glass-a", "glass")
 
 
 def newest_results(folder: Path) -> dict | None:
