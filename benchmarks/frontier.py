@@ -148,7 +148,8 @@ def main() -> int:
     for name in ("results.json", "records.csv", "settings.json"):
         shutil.copyfile(run / name, dest / name)
     with open(dest / "bench.json", "w") as f:
-        glass("bench", args.model, "--method", ",".join(dict.fromkeys(SPEED_OF.values())), "--density", DENSITIES,
+        speeds = ",".join(dict.fromkeys(SPEED_OF[m] for m in METHODS))
+        glass("bench", args.model, "--method", speeds, "--density", DENSITIES,
               "--prompt-tokens", "16", "--gen-tokens", args.bench_tokens, "--repeats", args.repeats, "--json",
               "--raw", "--quiet", stdout=f)
     plot(points(dest), args.model, HERE / "figures" / f"frontier_{args.model}.png")
