@@ -42,7 +42,7 @@ def continuation_logits(model: nn.Module, prompt_ids: torch.Tensor, continuation
         G = continuation.shape[1] - 1
         parts, lo, n = [first], 0, 0
         while lo < G:
-            step = handle.refresh_interval(n) if handle is not None and handle.refresh_every else G
+            step = (handle.refresh_interval(n) if handle is not None else 0) or G  # 0: no refresh
             hi, n = min(G, lo + step), n + 1
             parts.append(model(input_ids=continuation[:, lo:hi], attention_mask=full_mask[:, :P + hi],
                                position_ids=positions[:, P + lo:P + hi], cache=cache, use_cache=True).logits)
