@@ -9,7 +9,8 @@ teacher-forced on the dense model's greedy continuation (``teacher.continuation_
 which refreshes at the same points as generation). Prints one line per setting, with the
 geometric mean of the per-prompt KL ratio against the first setting (95% t interval).
 With ``--growth``: glass without refresh, glass-refresh (R = 16, 32) and growing intervals
-(R = 16 and 8, each interval twice the one before).
+(R = 16 and 8, each interval twice the one before). With ``--halflife``: glass-refresh with every
+token weighted the same (the ratios' base) and with half-lives of 16, 32 and 64 tokens.
 """
 
 from __future__ import annotations
@@ -31,11 +32,14 @@ from glass_llm.prior_cache import find_cached_prior
 from glass_llm.teacher import continuation_logits
 from glass_llm.tokens import pad_id
 
-SETTINGS = [("griffin", 0, 1), ("global", 0, 1), ("glass-a", 0, 1), ("glass-a", 16, 1),
-            *(("glass-schedule-adaptive", r, 1) for r in (0, 4, 8, 16, 32, 64))]
-# --growth: fewer, growing intervals against glass-refresh's 16 (method, R, growth)
-GROWTH = [("glass", 0, 1), ("glass-refresh", 16, 1), ("glass-refresh", 32, 1), ("glass-refresh", 16, 2),
-          ("glass-refresh", 8, 2)]
+# (method, R, growth, half-life); the first of each list is the base of the ratios
+SETTINGS = [("griffin", 0, 1, 0), ("global", 0, 1, 0), ("glass-a", 0, 1, 0), ("glass-a", 16, 1, 0),
+            *(("glass-schedule-adaptive", r, 1, 0) for r in (0, 4, 8, 16, 32, 64))]
+# --growth: fewer, growing intervals against glass-refresh's 16
+GROWTH = [("glass", 0, 1, 0), ("glass-refresh", 16, 1, 0), ("glass-refresh", 32, 1, 0), ("glass-refresh", 16, 2, 0),
+          ("glass-refresh", 8, 2, 0)]
+# --halflife: recent tokens weighing more in each re-selection
+HALFLIFE = [("glass-refresh", 16, 1, 0), *(("glass-refresh", 16, 1, h) for h in (16, 32, 64))]
 
 
 def main() -> int:
@@ -45,6 +49,7 @@ def main() -> int:
     p.add_argument("--gen-tokens", type=int, default=128)
     p.add_argument("--prompts", type=int, default=16)
     p.add_argument("--growth", action="store_true", help="compare growing refresh intervals instead")
+    p.add_argument("--halflife", action="store_true", help="compare recency half-lives instead")
     args = p.parse_args()
     model, tok = load_model("smollm2-135m")
     path = find_cached_prior("smollm2-135m")
@@ -58,8 +63,9 @@ def main() -> int:
     refs = generate_references(model, prompts, args.gen_tokens, pad_id(tok))
     dense, _ = continuation_logits(model, prompts, refs)
     base = None
-    for method, R, growth in GROWTH if args.growth else SETTINGS:
-        config = GlassConfig(method=method, density=0.5, refresh=R, refresh_growth=growth)
+    grid = HALFLIFE if args.halflife else GROWTH if args.growth else SETTINGS
+    for method, R, growth, halflife in grid:
+        config = GlassConfig(method=method, density=0.5, refresh=R, refresh_growth=growth, refresh_halflife=halflife)
         logits, _ = continuation_logits(model, prompts, refs, config, prior)
         kl = torch.stack([kl_per_token(dense[i, 1:], logits[i, 1:]).mean() for i in range(len(prompts))])
         base = kl if base is None else base
@@ -67,8 +73,8 @@ def main() -> int:
         half = t_quantile(0.975, len(kl) - 1) * ratio.std() / len(kl) ** 0.5
         n_ref = sum(1 for _ in _refresh_points(R, growth, args.gen_tokens))
         print(f"{args.corpus} P={args.prompt_tokens} G={args.gen_tokens} {method:8s} R={R:3d} growth {growth:g} "
-              f"({n_ref} refreshes) KL {kl.mean():.3f} +- {kl.std() / len(kl) ** 0.5:.3f} (s.e.); "
-              f"vs {GROWTH[0][0] if args.growth else SETTINGS[0][0]}: geometric mean ratio "
+              f"half-life {halflife:g} ({n_ref} refreshes) KL {kl.mean():.3f} +- {kl.std() / len(kl) ** 0.5:.3f} "
+              f"(s.e.); vs the first setting: geometric mean ratio "
               f"{ratio.mean().exp():.3f} [{(ratio.mean() - half).exp():.3f}, {(ratio.mean() + half).exp():.3f}]",
               flush=True)
     return 0

@@ -36,6 +36,7 @@ def test_help_lists_the_workflow():
     (["generate", "smollm2-135m", "   ", "--method", "griffin"], "empty prompt"),
     (["generate", "smollm2-135m", "hi", "--refresh", "-2"], "refresh must be a whole number"),
     (["generate", "smollm2-135m", "hi", "--refresh", "4", "--refresh-growth", "0.5"], "refresh_growth must be"),
+    (["generate", "smollm2-135m", "hi", "--refresh", "4", "--refresh-halflife", "-1"], "refresh_halflife must be"),
     (["generate", "smollm2-135m", "hi", "--method", "griffin", "--refresh", "8", "--compile"],
      "cannot be combined with --compile"),
     (["bench", "smollm2-135m", "--method", "glass-refresh", "--compile"], "cannot be combined with --compile"),
@@ -111,9 +112,10 @@ def test_generate_and_prior(smollm_prior, tmp_path):
     refreshes, tokens = map(int, found.groups())
     assert refreshes == (tokens - 2) // 3  # the first token is the prefill's; sparse steps refresh every 3
     out = _run("generate", "smollm2-135m", "Name a colour.", "--prior", str(prior), "--max-new-tokens", "12",
-               "--refresh", "2", "--refresh-growth", "2", "--raw")
+               "--refresh", "2", "--refresh-growth", "2", "--refresh-halflife", "4", "--raw")
     assert out.returncode == 0, out.stderr
-    found = re.search(r"(\d+) refreshes after 2 tokens, intervals growing 2x .*: (\d+) tokens in", out.stderr)
+    found = re.search(r"(\d+) refreshes after 2 tokens, intervals growing 2x, half-life 4 tokens .*: (\d+) tokens in",
+                      out.stderr)
     assert found, out.stderr
     refreshes, tokens = map(int, found.groups())
     assert refreshes == sum(1 for end in (3, 7) if end < tokens)  # before the sparse forwards 3 and 7

@@ -12,6 +12,7 @@ import torch
 
 from glass_llm import GlassConfig, GlassError, apply_glass, find_ffn_blocks
 from glass_llm.adapters import ffn_intermediate
+from glass_llm.stats import recency_weights
 from glass_llm.teacher import continuation_logits
 
 from tiny import ARCHS, tiny_model
@@ -65,13 +66,16 @@ def test_refresh_sliced_equals_masked_and_changes_the_sets(kind, batch):
 # 14 new tokens: the prefill gives the first, 13 sparse forwards the rest; a refresh comes
 # before the forward that follows each interval, so equal intervals of R give (14 - 2) // R
 # refreshes, and growing ones 2, 4, 8 give two (before forwards 3 and 7).
-@pytest.mark.parametrize("method,refresh,growth,expected", [("glass", 4, 1, 3), ("glass-a", 5, 1, 2),
-                                                            ("griffin", 3, 1, 4), ("glass-refresh", 2, 2, 2)])
-def test_teacher_forced_refresh_equals_stepwise_generation(smollm, smollm_prior, method, refresh, growth, expected):
+@pytest.mark.parametrize("method,refresh,growth,halflife,expected", [
+    ("glass", 4, 1, 0, 3), ("glass-a", 5, 1, 0, 2), ("griffin", 3, 1, 0, 4), ("glass-refresh", 2, 2, None, 2),
+    ("glass-refresh", 3, 1, 2.5, 4), ("glass-refresh", 3, 1, 0, 4)])
+def test_teacher_forced_refresh_equals_stepwise_generation(smollm, smollm_prior, method, refresh, growth, halflife,
+                                                           expected):
     model, tok = smollm
     enc = _chat(tok, "Tell me about the history of Rome.")
     P = enc["input_ids"].shape[1]
-    cfg = GlassConfig(method=method, density=0.5, prior=smollm_prior, refresh=refresh, refresh_growth=growth)
+    cfg = GlassConfig(method=method, density=0.5, prior=smollm_prior, refresh=refresh, refresh_growth=growth,
+                      refresh_halflife=halflife)
     with apply_glass(model, cfg) as h:
         out = model.generate(**enc, max_new_tokens=14, do_sample=False, output_logits=True,
                              return_dict_in_generate=True)
@@ -80,7 +84,7 @@ def test_teacher_forced_refresh_equals_stepwise_generation(smollm, smollm_prior,
     step_logits = torch.stack(out.logits, 1)
     cont = out.sequences[:, P:]
     masked = GlassConfig(method=method, density=0.5, prior=smollm_prior, refresh=refresh, refresh_growth=growth,
-                         path="masked")
+                         refresh_halflife=halflife, path="masked")
     tf_logits, _ = continuation_logits(model, enc["input_ids"], cont, masked)
     assert (tf_logits - step_logits).abs().max() <= 1e-4
     static, _ = continuation_logits(model, enc["input_ids"], cont, GlassConfig(method=method, density=0.5,
@@ -117,6 +121,67 @@ def test_bad_refresh_is_a_clear_error(bad):
 def test_bad_refresh_growth_is_a_clear_error(bad):
     with pytest.raises(ValueError, match="refresh_growth must be a finite number >= 1"):
         GlassConfig(method="griffin", refresh=4, refresh_growth=bad).resolved()
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), True, "8"])
+def test_bad_refresh_halflife_is_a_clear_error(bad):
+    with pytest.raises(ValueError, match="refresh_halflife must be a finite number"):
+        GlassConfig(method="griffin", refresh=4, refresh_halflife=bad).resolved()
+
+
+def test_recency_weights():
+    w, fade = recency_weights(5, 2.0)
+    assert torch.allclose(w, torch.tensor([0.25, 0.5 ** 1.5, 0.5, 0.5 ** 0.5, 1.0]))
+    assert fade == pytest.approx(0.5 ** 2.5)
+    w, fade = recency_weights(3, 0)
+    assert torch.equal(w, torch.ones(3)) and fade == 1.0
+    # two steps compose: weights after the second equal one step over all tokens
+    w1, _ = recency_weights(4, 3.0)
+    w2, f2 = recency_weights(2, 3.0)
+    both, _ = recency_weights(6, 3.0)
+    assert torch.allclose(torch.cat([w1 * f2, w2]), both)
+
+
+def _decode(model, prompt, steps, cache):
+    out = model(input_ids=prompt, cache=cache, use_cache=True)
+    for _ in range(steps):
+        out = model(input_ids=out.logits[:, -1:].argmax(-1), cache=cache, use_cache=True)
+
+
+@pytest.mark.parametrize("halflife", [0, 1.5])
+def test_refresh_weighs_every_token_by_its_age(halflife):
+    """After two re-selections every token counts 0.5 ** (age / halflife), its age counted in
+    generated tokens at the last re-selection (the prompt's tokens as old as the first
+    decode step); the adaptive lam sees the weights' sum as the token count."""
+    from transformers import DynamicCache
+
+    model = tiny_model("llama")
+    prompt = torch.randint(3, 96, (2, 5), generator=torch.Generator().manual_seed(1))
+    cfg = GlassConfig(method="griffin", density=0.5, refresh=100, refresh_halflife=halflife)
+    with apply_glass(model, cfg) as h, torch.no_grad():
+        cache = DynamicCache(config=model.config)
+        _decode(model, prompt, 3, cache)
+        prompt_sums = [st.seen_sums.clone() for st in h.states]
+        first = [torch.cat(st.inputs, 1) for st in h.states]
+        h.refresh()
+        out = model(input_ids=torch.full((2, 1), 7), cache=cache, use_cache=True)
+        model(input_ids=out.logits[:, -1:].argmax(-1), cache=cache, use_cache=True)
+        second = [torch.cat(st.inputs, 1) for st in h.states]
+        h.refresh()
+        got = [st.seen_sums.clone() for st in h.states]
+        tokens, prompt_tokens = h.seen_tokens.clone(), h.prompt_tokens.clone()
+    n = first[0].shape[1] + second[0].shape[1]
+    assert n == 5
+    age = torch.arange(n - 1, -1, -1, dtype=torch.float64)
+    w = torch.ones(n) if halflife == 0 else (0.5 ** (age / halflife)).float()
+    w_prompt = 1.0 if halflife == 0 else 0.5 ** (n / halflife)
+    for b, x1, x2, p, sums in zip(h.blocks, first, second, prompt_sums, got):
+        with torch.no_grad():  # the original projections again: the handle is removed
+            z = ffn_intermediate(b, torch.cat([x1, x2], 1))
+        u2 = (z / z.norm(dim=-1, keepdim=True)).square()
+        expected = p * w_prompt + (u2 * w.view(1, -1, 1)).sum(1)
+        assert torch.allclose(sums, expected, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(tokens, prompt_tokens * w_prompt + w.sum())
 
 
 def test_growing_intervals():

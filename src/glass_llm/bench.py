@@ -271,6 +271,7 @@ def _variants(settings: BenchSettings) -> list[tuple[str, GlassConfig | None, bo
                                                                  share_batch=settings.share_batch,
                                                                  refresh=settings.refresh,
                                                                  refresh_growth=settings.refresh_growth,
+                                                                 refresh_halflife=settings.refresh_halflife,
                                                                  weights=settings.weights), False))
     return out
 

@@ -63,6 +63,7 @@ class BenchSettings:
     warmup_tokens: int = 8
     refresh: int | None = None  # None: the method's own setting
     refresh_growth: float | None = None  # None: the method's own setting
+    refresh_halflife: float | None = None  # None: the method's own setting
     methods: tuple[str, ...] = ()
     weights: str = "float"
 

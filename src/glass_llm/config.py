@@ -37,6 +37,9 @@ class GlassConfig:
     the prior as at the first selection; None keeps the method's setting, 0 is off.
     refresh_growth: each interval between re-selections is this many times the one before
     (1: every ``refresh`` tokens; 2: after R, 2R, 4R, ... more tokens); None keeps the method's.
+    refresh_halflife: at a re-selection, a token's share of the local statistic halves every
+    this many generated tokens after it (recent text counts more; ``stats.recency_weights``);
+    0 sums every token seen with equal weight; None keeps the method's.
     weights: "float" (the model's own) or "int8": every linear projection in int8 with one
     scale per output channel (``quant``), the compact FFN weights sliced from the int8 ones;
     undone exactly by ``remove()``. The prior and the selection still read the float model.
@@ -52,6 +55,7 @@ class GlassConfig:
     seed: int = 0
     refresh: int | None = None
     refresh_growth: float | None = None
+    refresh_halflife: float | None = None
     weights: str = "float"
 
     def refresh_every(self, spec: MethodSpec) -> int:
@@ -70,6 +74,14 @@ class GlassConfig:
         if isinstance(g, bool) or not isinstance(g, (int, float)) or not g >= 1 or g == float("inf"):
             raise ValueError(f"refresh_growth must be a finite number >= 1 (1: equal intervals), got {g!r}")
         return float(g)
+
+    def refresh_halflife_of(self, spec: MethodSpec) -> float:
+        """Generated tokens over which a token's weight in a re-selection halves (0: equal weights)."""
+        h = spec.refresh_halflife if self.refresh_halflife is None else self.refresh_halflife
+        if isinstance(h, bool) or not isinstance(h, (int, float)) or not h >= 0 or h == float("inf"):
+            raise ValueError(f"refresh_halflife must be a finite number of tokens > 0 (or 0: every token "
+                             f"weighs the same), got {h!r}")
+        return float(h)
 
     def densities(self) -> tuple[float, ...]:
         if isinstance(self.density, (list, tuple)):
@@ -103,6 +115,7 @@ class GlassConfig:
             raise ValueError(f"unknown statistic {statistic!r}; choose one of {', '.join(STATISTICS)}")
         self.refresh_every(spec)
         self.refresh_growth_of(spec)
+        self.refresh_halflife_of(spec)
         check_weights(self.weights)
         if self.path not in PATHS:
             raise ValueError(f"unknown path {self.path!r}; choose 'sliced' or 'masked'")

@@ -26,7 +26,7 @@ from .prior import load_prior
 from .quant import Int8Linear, quantize_linears
 from .selection import Selector, build_selector
 from .sliced import BlockState, NeuronInput, NeuronOutput, compact_block, update_compact
-from .stats import accumulate_activation
+from .stats import accumulate_activation, recency_weights
 
 
 class GlassError(RuntimeError, UserError):
@@ -61,6 +61,9 @@ class GlassHandle:
         # mask refresh: generated tokens between re-selections (0: off); static methods never refresh
         self.refresh_every = config.refresh_every(spec) if selector.uses_prompt else 0
         self.refresh_growth = config.refresh_growth_of(spec)
+        self.refresh_halflife = config.refresh_halflife_of(spec)
+        # tokens behind the local statistic, each weighted by its recency (B,); the adaptive lam reads it
+        self.seen_tokens: torch.Tensor | None = None
         self.refreshes, self.refresh_s = 0, 0.0  # re-selections of this request and their wall time
         self._since = self._generated = self._interval = 0
         self._quantized: list[tuple[nn.Module, str, nn.Module]] = []
@@ -116,7 +119,7 @@ class GlassHandle:
             st.mode, st.sums, st.token_mask, st.neuron_mask, st.selected = "dense", None, None, None, None
             st.keep_inputs, st.seen_sums = False, None
             st.inputs.clear()
-        self.refreshes, self.refresh_s = 0, 0.0
+        self.refreshes, self.refresh_s, self.seen_tokens = 0, 0.0, None
 
     # request state machine -------------------------------------------------------
     # Both hooks return at once inside a compiled region: transformers compiles only the
@@ -183,6 +186,7 @@ class GlassHandle:
         self.selections = selections
         self.phase = "decode"
         self._since, self._generated, self._interval = 0, 0, self.refresh_interval(0)
+        self.seen_tokens = self.prompt_tokens.clone()
         self.select_s = _synced_time(self.devices) - t0
         return selections
 
@@ -226,18 +230,23 @@ class GlassHandle:
         The kept FFN inputs of the tokens since the last selection go through one dense pass
         per block (the original projections and the layout's activation); their statistic is
         added to the running sums, so the local view covers the prompt and all generated
-        tokens, and the adaptive lam sees their total count.
+        tokens, and the adaptive lam sees their total count. With a half-life
+        (``refresh_halflife``) every token is weighted by its age in generated tokens
+        (``stats.recency_weights``; the prompt as old as the first decode step), and the
+        count is the weights' sum.
         """
         t0 = _synced_time(self.devices)
+        weights, fade = recency_weights(self._since, self.refresh_halflife)
         self._generated += self._since
-        tokens = self.prompt_tokens + self._generated
+        self.seen_tokens = self.seen_tokens * fade + float(weights.sum())
         selections = []
         for i, (st, block) in enumerate(zip(self.states, self.blocks)):
             if st.inputs:
                 z = ffn_intermediate(block, torch.cat(st.inputs, dim=1), [w.original for w in self._inputs[i]])
-                st.seen_sums = st.seen_sums + accumulate_activation(z)
+                w = weights.to(z.device).expand(z.shape[0], -1) if self.refresh_halflife else None
+                st.seen_sums = (st.seen_sums * fade if fade != 1.0 else st.seen_sums) + accumulate_activation(z, w)
                 st.inputs.clear()
-            chosen = self.selector.choose(i, st.seen_sums, tokens)
+            chosen = self.selector.choose(i, st.seen_sums, self.seen_tokens)
             self._use(i, chosen, incremental=True)
             selections.append(chosen)
         self.selections = selections

@@ -40,6 +40,7 @@ class MethodSpec:
     fusion: str = "rank"  # with adaptive: "rank" (weighted mean rank) or "score" (mixed mean statistic)
     refresh: int | None = None  # re-select every this many generated tokens (engine.GlassHandle.refresh)
     refresh_growth: float = 1.0  # each interval between re-selections this many times the previous one
+    refresh_halflife: float = 0.0  # a token's weight in a re-selection halves every this many tokens (0: equal)
 
     @property
     def needs_prior(self) -> bool:

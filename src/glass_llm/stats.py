@@ -36,6 +36,22 @@ def accumulate_activation(z: torch.Tensor, mask: torch.Tensor | None = None) -> 
     return u2.sum(dim=1)
 
 
+def recency_weights(n: int, halflife: float) -> tuple[torch.Tensor, float]:
+    """Weights of ``n`` new tokens, oldest first, and the factor for the sums before them.
+
+    A token ``a`` tokens older than the newest weighs ``0.5 ** (a / halflife)`` (the newest
+    1); sums accumulated before the ``n`` new tokens are multiplied by ``0.5 ** (n / halflife)``,
+    so that repeating this at every re-selection weighs every token by its age at the last
+    one. ``halflife`` 0 means equal weights: all ones and a factor of 1.
+    """
+    if n < 0 or halflife < 0:
+        raise ValueError(f"need n >= 0 and halflife >= 0, got n={n}, halflife={halflife}")
+    if halflife == 0:
+        return torch.ones(n), 1.0
+    age = torch.arange(n - 1, -1, -1, dtype=torch.float64)
+    return (0.5 ** (age / halflife)).float(), 0.5 ** (n / halflife)
+
+
 def activation_from_sums(sums: torch.Tensor) -> torch.Tensor:
     """``a_j = sqrt(sum_t u_tj^2)`` from the accumulated sums."""
     return sums.clamp_min(0).sqrt()

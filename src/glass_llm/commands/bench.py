@@ -59,7 +59,8 @@ def run(args) -> int:
         raise ValueError("give at least one method with --method")
     needs_prior = False
     for method in args.method:
-        config = GlassConfig(method=method, refresh=args.refresh, refresh_growth=args.refresh_growth)
+        config = GlassConfig(method=method, refresh=args.refresh, refresh_growth=args.refresh_growth,
+                             refresh_halflife=args.refresh_halflife)
         spec, lam, _ = config.resolved()
         check_refresh_compile(args, config.refresh_every(spec))
         needs_prior = needs_prior or spec.needs_prior_at(lam)
@@ -72,7 +73,8 @@ def run(args) -> int:
                                    progress=not args.quiet)
     settings = BenchSettings(densities=tuple(args.density), gen_tokens=args.gen_tokens, repeats=args.repeats,
                              method=args.method[0], methods=tuple(args.method), share_batch=args.share_batch,
-                             refresh=args.refresh, refresh_growth=args.refresh_growth, weights=args.weights)
+                             refresh=args.refresh, refresh_growth=args.refresh_growth,
+                             refresh_halflife=args.refresh_halflife, weights=args.weights)
     gen_kwargs = {"pad_token_id": tok.pad_token_id,
                   **compile_generate_kwargs(args, model, args.prompt_tokens + args.gen_tokens)}
     records = []

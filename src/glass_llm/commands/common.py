@@ -55,6 +55,9 @@ def add_refresh_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refresh-growth", type=float, default=None, metavar="G",
                    help="each interval between re-selections is G times the one before (1: every R tokens; "
                         "2: after R, 2R, 4R, ... more tokens; default: the method's own setting)")
+    p.add_argument("--refresh-halflife", type=float, default=None, metavar="H",
+                   help="at a re-selection, a generated token's weight halves every H tokens after it "
+                        "(0: every token weighs the same; default: the method's own setting)")
 
 
 def check_refresh_compile(args, refresh_every: int) -> None:

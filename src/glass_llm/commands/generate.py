@@ -51,7 +51,8 @@ def run(args) -> int:
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     config = GlassConfig(method=args.method, density=args.density, lam=args.lam, refresh=args.refresh,
-                         refresh_growth=args.refresh_growth, weights=args.weights)
+                         refresh_growth=args.refresh_growth,
+                         refresh_halflife=args.refresh_halflife, weights=args.weights)
     spec, lam, _ = config.resolved()
     check_refresh_compile(args, config.refresh_every(spec))
     model, tok = load_model(args.model, **model_kwargs(args))
@@ -86,4 +87,6 @@ def _refresh_note(handle) -> str:
     every = f"every {handle.refresh_every} tokens"
     if handle.refresh_growth != 1:
         every = f"after {handle.refresh_every} tokens, intervals growing {handle.refresh_growth:g}x"
+    if handle.refresh_halflife:
+        every += f", half-life {handle.refresh_halflife:g} tokens"
     return f", {handle.refreshes} refreshes {every} ({1e3 * handle.refresh_s:.0f} ms)"
