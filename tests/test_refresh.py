@@ -123,6 +123,21 @@ def test_bad_refresh_growth_is_a_clear_error(bad):
         GlassConfig(method="griffin", refresh=4, refresh_growth=bad).resolved()
 
 
+def test_glass_refresh_weighs_recent_tokens_more_than_its_cumulative_ablation(smollm, smollm_prior):
+    model, tok = smollm
+    enc = _chat(tok, "Describe a walk through an old city at night.")
+    with torch.no_grad():
+        cont = model.generate(**enc, max_new_tokens=40, do_sample=False)[:, enc["input_ids"].shape[1]:]
+    recent, sel_r = continuation_logits(model, enc["input_ids"], cont, GlassConfig(method="glass-refresh"), smollm_prior)
+    cumul, sel_c = continuation_logits(model, enc["input_ids"], cont, GlassConfig(method="glass-refresh-cumulative"),
+                                       smollm_prior)
+    assert torch.equal(recent[:, :17], cumul[:, :17])  # the same sets until the first refresh (16 sparse tokens)
+    assert any(not torch.equal(a, b) for a, b in zip(sel_r, sel_c))  # the refreshes weigh the tokens differently
+    same, _ = continuation_logits(model, enc["input_ids"], cont, GlassConfig(method="glass-refresh",
+                                                                             refresh_halflife=0), smollm_prior)
+    assert torch.equal(same, cumul)
+
+
 @pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), True, "8"])
 def test_bad_refresh_halflife_is_a_clear_error(bad):
     with pytest.raises(ValueError, match="refresh_halflife must be a finite number"):

@@ -92,8 +92,11 @@ for _spec in (
     MethodSpec("glass-score", "alternative: per-layer density, prompt and prior mean statistics mixed", adaptive=True,
                schedule=True, fusion="score"),
     MethodSpec("glass-score-adaptive", "ablation: score fusion, uniform density", adaptive=True, fusion="score"),
-    MethodSpec("glass-refresh", f"glass re-selecting every {REFRESH_TOKENS} generated tokens from prompt and output, "
-               "with a lam that grows with the tokens seen", adaptive=True, schedule=True, refresh=REFRESH_TOKENS),
+    MethodSpec("glass-refresh", f"glass re-selecting every {REFRESH_TOKENS} generated tokens from prompt and output "
+               f"(a token's weight halving every {REFRESH_TOKENS} tokens after it), with a lam that grows with the "
+               "tokens seen", adaptive=True, schedule=True, refresh=REFRESH_TOKENS, refresh_halflife=REFRESH_TOKENS),
+    MethodSpec("glass-refresh-cumulative", "ablation: glass-refresh with every token seen weighing the same",
+               adaptive=True, schedule=True, refresh=REFRESH_TOKENS),
     MethodSpec("glass-a-refresh", f"ablation: glass-a re-selecting every {REFRESH_TOKENS} generated tokens",
                refresh=REFRESH_TOKENS),
     MethodSpec("glass-schedule-refresh", f"ablation: per-layer density, fixed lam, re-selecting every "
