@@ -166,8 +166,8 @@ def _decode(model, prompt, steps, cache):
 @pytest.mark.parametrize("halflife", [0, 1.5])
 def test_refresh_weighs_every_token_by_its_age(halflife):
     """After two re-selections every token counts 0.5 ** (age / halflife), its age counted in
-    generated tokens at the last re-selection (the prompt's tokens as old as the first
-    decode step); the adaptive lam sees the weights' sum as the token count."""
+    generated tokens at the last re-selection (every prompt token as old as the last one);
+    the adaptive lam sees the weights' sum as the token count."""
     from transformers import DynamicCache
 
     model = tiny_model("llama")

@@ -232,7 +232,7 @@ class GlassHandle:
         added to the running sums, so the local view covers the prompt and all generated
         tokens, and the adaptive lam sees their total count. With a half-life
         (``refresh_halflife``) every token is weighted by its age in generated tokens
-        (``stats.recency_weights``; the prompt as old as the first decode step), and the
+        (``stats.recency_weights``; every prompt token as old as the last one), and the
         count is the weights' sum.
         """
         t0 = _synced_time(self.devices)
