@@ -11,6 +11,10 @@ geometric mean of the per-prompt KL ratio against the first setting (95% t inter
 With ``--growth``: glass without refresh, glass-refresh (R = 16, 32) and growing intervals
 (R = 16 and 8, each interval twice the one before). With ``--halflife``: glass-refresh with every
 token weighted the same (the ratios' base) and with half-lives of 16, 32 and 64 tokens.
+With ``--dense-start``: glass (the base) and glass whose first W = 8, 16, 32, 48 generated
+tokens run dense before it selects, at the density that keeps the FFN work of the whole
+reply equal to glass's (``equal_budget_density``), then glass-refresh without and with a
+dense start of 16 at that density. Also prints the mean KL over four spans of the reply.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from glass_llm.prior_cache import find_cached_prior
 from glass_llm.teacher import continuation_logits
 from glass_llm.tokens import pad_id
 
-# (method, R, growth, half-life); the first of each list is the base of the ratios
+# (method, R, growth, half-life[, dense start]); the first of each list is the base of the ratios
 SETTINGS = [("griffin", 0, 1, 0), ("global", 0, 1, 0), ("glass-a", 0, 1, 0), ("glass-a", 16, 1, 0),
             *(("glass-schedule-adaptive", r, 1, 0) for r in (0, 4, 8, 16, 32, 64))]
 # --growth: fewer, growing intervals against glass-refresh's 16
@@ -40,6 +44,19 @@ GROWTH = [("glass", 0, 1, 0), ("glass-refresh", 16, 1, 0), ("glass-refresh", 32,
           ("glass-refresh", 8, 2, 0)]
 # --halflife: recent tokens weighing more in each re-selection
 HALFLIFE = [("glass-refresh", 16, 1, 0), *(("glass-refresh", 16, 1, h) for h in (16, 32, 64))]
+# --dense-start: the first W generated tokens dense, the rest sparser, the same FFN work in all
+DENSE_START = [("glass", 0, 1, 0, 0), *(("glass", 0, 1, 0, w) for w in (8, 16, 32, 48)),
+               ("glass-refresh", 16, 1, 16, 0), ("glass-refresh", 16, 1, 16, 16)]
+
+
+def equal_budget_density(density: float, dense_start: int, gen_tokens: int) -> float:
+    """The density of the sparse decode steps that, after ``dense_start`` dense ones, does
+    the same FFN work over the ``gen_tokens - 1`` decode steps as ``density`` throughout."""
+    steps = gen_tokens - 1
+    if dense_start >= density * steps:
+        raise ValueError(f"a dense start of {dense_start} tokens alone exceeds the FFN budget of density "
+                         f"{density:g} over {gen_tokens} tokens")
+    return (density * steps - dense_start) / (steps - dense_start)
 
 
 def main() -> int:
@@ -50,6 +67,7 @@ def main() -> int:
     p.add_argument("--prompts", type=int, default=16)
     p.add_argument("--growth", action="store_true", help="compare growing refresh intervals instead")
     p.add_argument("--halflife", action="store_true", help="compare recency half-lives instead")
+    p.add_argument("--dense-start", action="store_true", help="compare dense starts at equal FFN work instead")
     args = p.parse_args()
     model, tok = load_model("smollm2-135m")
     path = find_cached_prior("smollm2-135m")
@@ -63,21 +81,34 @@ def main() -> int:
     refs = generate_references(model, prompts, args.gen_tokens, pad_id(tok))
     dense, _ = continuation_logits(model, prompts, refs)
     base = None
-    grid = HALFLIFE if args.halflife else GROWTH if args.growth else SETTINGS
-    for method, R, growth, halflife in grid:
-        config = GlassConfig(method=method, density=0.5, refresh=R, refresh_growth=growth, refresh_halflife=halflife)
+    grid = (DENSE_START if args.dense_start else HALFLIFE if args.halflife else GROWTH if args.growth
+            else SETTINGS)
+    for method, R, growth, halflife, *start in grid:
+        W = start[0] if start else 0
+        density = equal_budget_density(0.5, W, args.gen_tokens)
+        config = GlassConfig(method=method, density=density, refresh=R, refresh_growth=growth,
+                             refresh_halflife=halflife, dense_start=W)
         logits, _ = continuation_logits(model, prompts, refs, config, prior)
-        kl = torch.stack([kl_per_token(dense[i, 1:], logits[i, 1:]).mean() for i in range(len(prompts))])
+        per_token = torch.stack([kl_per_token(dense[i, 1:], logits[i, 1:]) for i in range(len(prompts))])
+        kl = per_token.mean(1)
         base = kl if base is None else base
         ratio = (kl / base).log()
         half = t_quantile(0.975, len(kl) - 1) * ratio.std() / len(kl) ** 0.5
         n_ref = sum(1 for _ in _refresh_points(R, growth, args.gen_tokens))
         print(f"{args.corpus} P={args.prompt_tokens} G={args.gen_tokens} {method:8s} R={R:3d} growth {growth:g} "
-              f"half-life {halflife:g} ({n_ref} refreshes) KL {kl.mean():.3f} +- {kl.std() / len(kl) ** 0.5:.3f} "
+              f"half-life {halflife:g} ({n_ref} refreshes){_start_note(W, density)} KL {kl.mean():.3f} +- {kl.std() / len(kl) ** 0.5:.3f} "
               f"(s.e.); vs the first setting: geometric mean ratio "
               f"{ratio.mean().exp():.3f} [{(ratio.mean() - half).exp():.3f}, {(ratio.mean() + half).exp():.3f}]",
               flush=True)
+        if args.dense_start:
+            edges = [e for e in (0, 16, 64, 128) if e < args.gen_tokens - 1] + [args.gen_tokens - 1]
+            print("    mean KL at positions " + ", ".join(f"{a + 1}-{b}: {per_token[:, a:b].mean():.3f}"
+                                                         for a, b in zip(edges, edges[1:])), flush=True)
     return 0
+
+
+def _start_note(dense_start: int, density: float) -> str:
+    return f" dense start {dense_start} at density {density:.4f}" if dense_start else ""
 
 
 def _refresh_points(R: int, growth: float, gen_tokens: int):

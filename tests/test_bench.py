@@ -52,6 +52,17 @@ def test_benchmark_reports_complete_records(tiny, batch, share):
     assert "effic" in format_table(records)
 
 
+def test_benchmark_with_a_dense_start_times_its_dense_steps_apart(tiny):
+    ids = torch.randint(0, 256, (1, 8))
+    settings = BenchSettings(densities=(0.5,), gen_tokens=9, repeats=1, method="griffin", warmup_tokens=3,
+                             dense_start=3)
+    (rec,) = benchmark(tiny, ids, settings, model_name="tiny", generate_kwargs={"pad_token_id": 0})
+    _check(rec, 1, 0.5)
+    (run,) = rec.raw["d=0.5"]
+    assert run["dense_steps"] == 3 and run["dense_steps_s"] > 0 and run["select_s"] > 0
+    assert rec.dense_start_steps == 3
+
+
 def test_int8_benchmark_runs_every_variant_in_int8_and_counts_int8_bytes(tiny):
     from glass_llm.bench_summary import linear_weight_bytes
 

@@ -40,6 +40,9 @@ def test_help_lists_the_workflow():
     (["generate", "smollm2-135m", "hi", "--method", "griffin", "--refresh", "8", "--compile"],
      "cannot be combined with --compile"),
     (["bench", "smollm2-135m", "--method", "glass-refresh", "--compile"], "cannot be combined with --compile"),
+    (["generate", "smollm2-135m", "hi", "--dense-start", "-3"], "dense_start must be a whole number"),
+    (["bench", "smollm2-135m", "--method", "glass", "--dense-start", "16", "--compile"],
+     "a dense start (--dense-start, or a method with one) cannot be combined with --compile"),
 ])
 def test_bad_input_is_a_clear_error(args, message, capsys):
     assert main(args) == 2
@@ -112,13 +115,15 @@ def test_generate_and_prior(smollm_prior, tmp_path):
     refreshes, tokens = map(int, found.groups())
     assert refreshes == (tokens - 2) // 3  # the first token is the prefill's; sparse steps refresh every 3
     out = _run("generate", "smollm2-135m", "Name a colour.", "--prior", str(prior), "--max-new-tokens", "12",
-               "--refresh", "2", "--refresh-growth", "2", "--refresh-halflife", "4", "--raw")
+               "--refresh", "2", "--refresh-growth", "2", "--refresh-halflife", "4", "--dense-start", "3", "--raw")
     assert out.returncode == 0, out.stderr
-    found = re.search(r"(\d+) refreshes after 2 tokens, intervals growing 2x, half-life 4 tokens .*: (\d+) tokens in",
-                      out.stderr)
+    found = re.search(r"dense start 3 tokens, (\d+) refreshes after 2 tokens, intervals growing 2x, half-life 4 tokens "
+                      r".*: (\d+) tokens in", out.stderr)
     assert found, out.stderr
     refreshes, tokens = map(int, found.groups())
-    assert refreshes == sum(1 for end in (3, 7) if end < tokens)  # before the sparse forwards 3 and 7
+    # the prefill gives the first token and 3 dense forwards the next; of the tokens - 4 sparse
+    # forwards after the selection, the 3rd and the 7th come after a refresh
+    assert refreshes == sum(1 for end in (3, 7) if end <= tokens - 4)
     out = _run("generate", "smollm2-135m", "hi", "--prior", str(tmp_path / "corrupt.safetensors"))
     assert out.returncode == 2 and "does not exist" in out.stderr
     bad = tmp_path / "bad.safetensors"

@@ -74,6 +74,26 @@ def test_mask_refreshes_are_spread_over_the_steps():
     assert "2 mask refreshes per run, 200.0 ms each = 2.00 dense steps" in format_table([rec])
 
 
+def test_dense_start_steps_count_as_dense_in_the_step_and_the_ideal():
+    runs = {
+        "dense": [_run("dense", 0.100, 1.1) for _ in range(3)],
+        "skip-ffn": [_run("skip-ffn", 0.060, 0.6) for _ in range(3)],
+        "d=0.5": [],
+    }
+    for _ in range(3):  # the first 2 of 10 decode steps dense (0.105 s each), the other 8 at 0.080 s
+        r = _run("d=0.5", 0.080, 1.0)
+        r.dense_steps, r.dense_steps_s = 2, 0.210
+        runs["d=0.5"].append(r)
+    (rec,) = summarize(runs, BenchSettings(densities=(0.5,), gen_tokens=11, repeats=3), "m", batch=1,
+                       prompt_tokens=16, dtype="float32")
+    assert rec.sparse_step_ms == pytest.approx((8 * 80.0 + 210.0) / 10)
+    assert rec.ideal_speedup == pytest.approx(100 / ((8 * (60 + 0.5 * 40) + 2 * 100) / 10))
+    assert rec.dense_start_steps == 2
+    from glass_llm.bench_summary import format_table
+
+    assert "the first 2 decode steps dense" in format_table([rec])
+
+
 def test_several_methods_share_the_rounds_and_get_a_record_each():
     runs = {"dense": [_run("dense", 0.100, 1.1) for _ in range(3)],
             "skip-ffn": [_run("skip-ffn", 0.060, 0.6) for _ in range(3)],

@@ -242,6 +242,7 @@ def timed_generate(model: nn.Module, input_ids: torch.Tensor, gen_tokens: int, v
             compact = _compact_mb(handle)
             select_s = 0.0 if handle is None else handle.select_s
             refreshes, refresh_s = (0, 0.0) if handle is None else (handle.refreshes, handle.refresh_s)
+            dense_steps = 0 if handle is None or not handle.active else min(handle.dense_start, gen_tokens - 1)
         finally:
             if handle is not None:
                 handle.remove()
@@ -250,12 +251,15 @@ def timed_generate(model: nn.Module, input_ids: torch.Tensor, gen_tokens: int, v
         raise BenchError(f"{variant}: generated {new} tokens in {len(clock.end)} steps, expected {gen_tokens}")
     decode_s = clock.end[-1] - clock.end[0]
     intervals = [b - a for a, b in zip(clock.end, clock.end[1:])] or [decode_s]
+    # a dense start's steps come first; the selection runs at the end of the last of them
+    dense_steps_s = max(0.0, sum(intervals[:dense_steps]) - select_s) if dense_steps else 0.0
+    sparse_intervals = intervals[dense_steps:] or intervals
     peak_dev = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
-    return RunTiming(variant=variant, total_s=t1 - t0, prefill_s=clock.end[0] - t0 - select_s,
+    return RunTiming(variant=variant, total_s=t1 - t0, prefill_s=clock.end[0] - t0 - (0.0 if dense_steps else select_s),
                      select_s=select_s, decode_s=decode_s, steps=len(clock.end) - 1,
                      peak_rss_mb=peak_rss_mb(), compact_mb=compact,
-                     median_step_s=_median(intervals), load_before=load, peak_device_mb=peak_dev,
-                     refreshes=refreshes, refresh_s=refresh_s)
+                     median_step_s=_median(sparse_intervals), load_before=load, peak_device_mb=peak_dev,
+                     refreshes=refreshes, refresh_s=refresh_s, dense_steps=dense_steps, dense_steps_s=dense_steps_s)
 
 
 # ---------------------------------------------------------------------------------
@@ -272,6 +276,7 @@ def _variants(settings: BenchSettings) -> list[tuple[str, GlassConfig | None, bo
                                                                  refresh=settings.refresh,
                                                                  refresh_growth=settings.refresh_growth,
                                                                  refresh_halflife=settings.refresh_halflife,
+                                                                 dense_start=settings.dense_start,
                                                                  weights=settings.weights), False))
     return out
 

@@ -36,6 +36,8 @@ class RunTiming:
     peak_device_mb: float = 0.0
     refreshes: int = 0  # mask refreshes during the decode, and their total wall time
     refresh_s: float = 0.0
+    dense_steps: int = 0  # decode steps of a dense start (before the first selection), and their time
+    dense_steps_s: float = 0.0
 
     @property
     def mean_step_s(self) -> float:
@@ -43,9 +45,11 @@ class RunTiming:
 
     @property
     def step_s(self) -> float:
-        """The typical decode step: the median interval plus the mask refreshes spread over
-        every step (a refresh lands in one step every R, which the median leaves out)."""
-        return self.median_step_s + self.refresh_s / max(1, self.steps)
+        """The typical decode step: the median interval of the sparse steps, with the mask
+        refreshes (one step every R, which the median leaves out) and the dense start's
+        steps counted in, averaged over every step."""
+        sparse = max(0, self.steps - self.dense_steps)
+        return (self.median_step_s * sparse + self.dense_steps_s + self.refresh_s) / max(1, self.steps)
 
 
 @dataclass
@@ -64,6 +68,7 @@ class BenchSettings:
     refresh: int | None = None  # None: the method's own setting
     refresh_growth: float | None = None  # None: the method's own setting
     refresh_halflife: float | None = None  # None: the method's own setting
+    dense_start: int | None = None  # None: the method's own setting
     methods: tuple[str, ...] = ()
     weights: str = "float"
 
@@ -126,6 +131,7 @@ class BenchRecord:
     refreshes: float = 0.0
     refresh_ms: float = 0.0
     refresh_in_decode_steps: float = 0.0
+    dense_start_steps: float = 0.0
     weights: str = "float"
     raw: dict = field(default_factory=dict, repr=False)
 
@@ -174,8 +180,9 @@ def summarize(runs: dict[str, list[RunTiming]], settings: BenchSettings, model_n
     """Turn the timings into one record per density.
 
     A decode step's time is the median of the run's per-step intervals (robust to other
-    processes' bursts) plus the run's mask refreshes spread over its steps, then the
-    median over rounds; the ``*_mean`` fields use the
+    processes' bursts), with the run's mask refreshes and dense-start steps counted in
+    (``RunTiming.step_s``), then the median over rounds; the skip-FFN ideal counts the
+    dense-start steps as dense ones; the ``*_mean`` fields use the
     run's total decode time instead. End-to-end times are whole ``generate`` calls.
     ``weight_bytes`` (from :func:`linear_weight_bytes`) adds the memory-bandwidth view:
     bytes of weight read per step, dense and sparse, the roofline speed-up (their ratio:
@@ -192,7 +199,9 @@ def summarize(runs: dict[str, list[RunTiming]], settings: BenchSettings, model_n
         name = settings.variant(method, d)
         sp = runs[name]
         step = _median([r.step_s for r in sp])
-        ideal_step = skip_step + float(d) * ffn
+        steps = _median([r.steps for r in sp])
+        dense_steps = _median([r.dense_steps for r in sp])
+        ideal_step = ((steps - dense_steps) * (skip_step + float(d) * ffn) + dense_steps * dense_step) / max(1, steps)
         speedup = dense_step / step
         ideal = dense_step / ideal_step
         sel = _median([r.select_s for r in sp])
@@ -226,7 +235,7 @@ def summarize(runs: dict[str, list[RunTiming]], settings: BenchSettings, model_n
             compiled=compiled, warmup_s=_median([r.total_s for r in runs.get(f"{name}:warmup", [])] or [0.0]),
             dense_warmup_s=_median([r.total_s for r in runs.get("dense:warmup", [])] or [0.0]),
             refreshes=n_refresh, refresh_ms=per_refresh * 1e3, refresh_in_decode_steps=per_refresh / dense_step,
-            weights=settings.weights,
+            dense_start_steps=dense_steps, weights=settings.weights,
             raw={"dense": [asdict(r) for r in dense], "skip-ffn": [asdict(r) for r in skip],
                  f"d={d:g}": [asdict(r) for r in sp]},
         ))
@@ -276,4 +285,7 @@ def format_table(records: Sequence[BenchRecord]) -> str:
             lines.append(f"{r.method}, batch {r.batch}, density {r.density:g}: {r.refreshes:g} mask refreshes per "
                          f"run, {r.refresh_ms:.1f} ms each = {r.refresh_in_decode_steps:.2f} dense steps "
                          "(spread over the steps in sparse t/s)")
+        if r.dense_start_steps:
+            lines.append(f"{r.method}, batch {r.batch}, density {r.density:g}: the first {r.dense_start_steps:g} "
+                         "decode steps dense (a dense start, counted in sparse t/s and the ideal)")
     return "\n".join(lines)

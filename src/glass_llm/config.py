@@ -40,6 +40,9 @@ class GlassConfig:
     refresh_halflife: at a re-selection, a token's share of the local statistic halves every
     this many generated tokens after it (recent text counts more; ``stats.recency_weights``);
     0 sums every token seen with equal weight; None keeps the method's.
+    dense_start: the first ``dense_start`` generated tokens go through the dense model, and
+    their statistic joins the prompt's before the first selection (as if the prompt were
+    that much longer); 0 selects right after the prefill; None keeps the method's.
     weights: "float" (the model's own) or "int8": every linear projection in int8 with one
     scale per output channel (``quant``), the compact FFN weights sliced from the int8 ones;
     undone exactly by ``remove()``. The prior and the selection still read the float model.
@@ -56,6 +59,7 @@ class GlassConfig:
     refresh: int | None = None
     refresh_growth: float | None = None
     refresh_halflife: float | None = None
+    dense_start: int | None = None
     weights: str = "float"
 
     def refresh_every(self, spec: MethodSpec) -> int:
@@ -82,6 +86,14 @@ class GlassConfig:
             raise ValueError(f"refresh_halflife must be a finite number of tokens > 0 (or 0: every token "
                              f"weighs the same), got {h!r}")
         return float(h)
+
+    def dense_start_of(self, spec: MethodSpec) -> int:
+        """Generated tokens decoded densely before the first selection (0: select after the prefill)."""
+        n = spec.dense_start if self.dense_start is None else self.dense_start
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"dense_start must be a whole number of generated tokens >= 0 (0: select right "
+                             f"after the prompt), got {n!r}")
+        return 0 if spec.dense else n
 
     def densities(self) -> tuple[float, ...]:
         if isinstance(self.density, (list, tuple)):
@@ -116,6 +128,7 @@ class GlassConfig:
         self.refresh_every(spec)
         self.refresh_growth_of(spec)
         self.refresh_halflife_of(spec)
+        self.dense_start_of(spec)
         check_weights(self.weights)
         if self.path not in PATHS:
             raise ValueError(f"unknown path {self.path!r}; choose 'sliced' or 'masked'")

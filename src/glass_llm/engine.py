@@ -7,7 +7,9 @@
 The FFN projections are swapped for wrappers (``sliced``); a forward pre-hook on the
 model tells a prefill (empty KV cache: a new request) from a decode step. Prefill runs
 dense and records the prompt statistic; the first decode step selects the neurons of
-every block and gathers their compact weights; later steps use them.
+every block and gathers their compact weights; later steps use them. With a dense start
+(``dense_start=W``) the first W generated tokens also run dense and are recorded as if
+they were part of the prompt; the selection follows them.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class GlassHandle:
         self.refresh_every = config.refresh_every(spec) if selector.uses_prompt else 0
         self.refresh_growth = config.refresh_growth_of(spec)
         self.refresh_halflife = config.refresh_halflife_of(spec)
+        self.dense_start = config.dense_start_of(spec)
+        self._dense_left = 0  # generated tokens still to decode densely before the first selection
         # tokens behind the local statistic, each weighted by its recency (B,); the adaptive lam reads it
         self.seen_tokens: torch.Tensor | None = None
         self.refreshes, self.refresh_s = 0, 0.0  # re-selections of this request and their wall time
@@ -120,12 +124,16 @@ class GlassHandle:
             st.keep_inputs, st.seen_sums = False, None
             st.inputs.clear()
         self.refreshes, self.refresh_s, self.seen_tokens = 0, 0.0, None
+        self._dense_left = 0
 
     # request state machine -------------------------------------------------------
     # Both hooks return at once inside a compiled region: transformers compiles only the
     # decode forward, where the neuron sets are already chosen and nothing changes.
     def _pre_forward(self, module, args, kwargs):
         if torch.compiler.is_compiling():
+            if self.phase == "prefill" and self._dense_left:
+                raise GlassError("a dense start records its first generated tokens between decode steps and "
+                                 "cannot run inside a compiled decode step; turn off either compile or dense_start")
             return None
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is None:
@@ -135,7 +143,10 @@ class GlassHandle:
         if past == 0:
             self.begin_request(ids.shape[0], ids.shape[1], kwargs.get("attention_mask"), ids.device)
         elif self.phase == "prefill":
-            self.select()
+            if self._dense_left:
+                self._record_dense_start(ids.shape[1])
+            else:
+                self.select()
         elif self.phase == "idle":
             raise GlassError("a decode step arrived before any prefill; start with the full prompt and an empty cache")
         if self.phase == "decode" and self.refresh_every:
@@ -146,7 +157,8 @@ class GlassHandle:
         # Select right after a prefill that keeps a KV cache, so that no decode step
         # (compiled or not) carries selection work; a forward without a cache cannot be
         # followed by a decode step and keeps its statistic for a later call.
-        if not torch.compiler.is_compiling() and self.phase == "prefill" and kwargs.get("use_cache") is not False:
+        if (not torch.compiler.is_compiling() and self.phase == "prefill" and not self._dense_left
+                and kwargs.get("use_cache") is not False):
             self.select()
         return None
 
@@ -164,13 +176,30 @@ class GlassHandle:
             token_mask = torch.ones(batch, length, device=device)
         self.prompt_tokens = token_mask.sum(1).float()
         if self.selector.uses_prompt:
-            on_device = {}
-            for st, dev in zip(self.states, self.devices):
-                if dev not in on_device:
-                    on_device[dev] = token_mask.to(device=dev, dtype=torch.float32)
-                st.mode, st.token_mask = "record", on_device[dev]
+            for st, mask in zip(self.states, self._per_device(lambda dev: token_mask.to(dev, torch.float32))):
+                st.mode, st.token_mask = "record", mask
         self.phase = "prefill"
         self.selections = None
+        self._dense_left = self.dense_start
+
+    def _record_dense_start(self, n: int) -> None:
+        """``n`` generated tokens enter a dense forward before the first selection: record
+        them with the prompt (every row has all ``n`` of them)."""
+        if n > self._dense_left:
+            raise GlassError(
+                f"a decode forward of {n} tokens crosses the end of the dense start ({self._dense_left} generated "
+                f"tokens left before the first selection); feed at most that many tokens per forward")
+        if self.selector.uses_prompt:
+            rows = int(self.prompt_tokens.shape[0])
+            for st, mask in zip(self.states, self._per_device(lambda dev: torch.ones(rows, n, device=dev))):
+                st.token_mask = mask
+        self.prompt_tokens = self.prompt_tokens + n
+        self._dense_left -= n
+
+    def _per_device(self, make) -> list[torch.Tensor]:
+        """One tensor per block, ``make(device)`` called once per device the blocks live on."""
+        made: dict = {}
+        return [made[dev] if dev in made else made.setdefault(dev, make(dev)) for dev in self.devices]
 
     @torch.no_grad()
     def select(self) -> list[torch.Tensor]:

@@ -4,7 +4,8 @@ Every method selects neurons by ``ranking.select(local, global, lam, density)``;
 method only fixes which local statistic it uses, where its global scores come from
 and which ``lam`` it uses. The default ``glass`` goes beyond the paper with a per-layer
 ``schedule`` calibrated on the model's own text; ``glass-refresh`` adds re-selection during
-decoding with an ``adaptive`` lam that grows with the tokens seen (see ``selection``);
+decoding with an ``adaptive`` lam that grows with the tokens seen (see ``selection``); the
+``*-start`` methods decode their first tokens densely and select after them;
 ``glass-a``/``glass-i`` are the paper's method, unchanged. New methods and new global
 sources plug in with the ``register_method`` / ``register_global_source`` decorators,
 without touching the engine.
@@ -24,6 +25,8 @@ from .adapters import FFNBlock, magnitude_scores
 DEFAULT_LAM = 0.5
 # Generated tokens between re-selections for the methods that refresh their neuron sets.
 REFRESH_TOKENS = 16
+# Generated tokens decoded densely before the first selection, for the methods with a dense start.
+DENSE_START_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class MethodSpec:
     refresh: int | None = None  # re-select every this many generated tokens (engine.GlassHandle.refresh)
     refresh_growth: float = 1.0  # each interval between re-selections this many times the previous one
     refresh_halflife: float = 0.0  # a token's weight in a re-selection halves every this many tokens (0: equal)
+    dense_start: int = 0  # generated tokens decoded densely, their statistic joining the prompt's, before selecting
 
     @property
     def needs_prior(self) -> bool:
@@ -97,6 +101,11 @@ for _spec in (
                "tokens seen", adaptive=True, schedule=True, refresh=REFRESH_TOKENS, refresh_halflife=REFRESH_TOKENS),
     MethodSpec("glass-refresh-cumulative", "ablation: glass-refresh with every token seen weighing the same",
                adaptive=True, schedule=True, refresh=REFRESH_TOKENS),
+    MethodSpec("glass-start", f"glass whose first {DENSE_START_TOKENS} generated tokens run dense, selecting from "
+               "the prompt plus them", schedule=True, dense_start=DENSE_START_TOKENS),
+    MethodSpec("glass-refresh-start", f"glass-refresh whose first {DENSE_START_TOKENS} generated tokens run dense",
+               adaptive=True, schedule=True, refresh=REFRESH_TOKENS, refresh_halflife=REFRESH_TOKENS,
+               dense_start=DENSE_START_TOKENS),
     MethodSpec("glass-a-refresh", f"ablation: glass-a re-selecting every {REFRESH_TOKENS} generated tokens",
                refresh=REFRESH_TOKENS),
     MethodSpec("glass-schedule-refresh", f"ablation: per-layer density, fixed lam, re-selecting every "

@@ -1,7 +1,7 @@
 """Teacher-forced sparse evaluation: choose neurons from the prompt, then run the given
 continuation through the sparse model in one forward pass over the KV cache. This is
-exactly what step-by-step sparse decoding computes for those tokens (with mask refresh,
-one forward per refresh interval)."""
+exactly what step-by-step sparse decoding computes for those tokens (one forward for a
+dense start, and with mask refresh one per refresh interval)."""
 
 from __future__ import annotations
 
@@ -37,10 +37,16 @@ def continuation_logits(model: nn.Module, prompt_ids: torch.Tensor, continuation
         cache = DynamicCache(config=model.config)
         first = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions[:, :P],
                       cache=cache, use_cache=True).logits[:, -1:]
-        # With mask refresh, the continuation goes in pieces that end where generation
-        # re-selects, so the same neuron sets apply to the same tokens.
+        # A dense start goes in first, then (with mask refresh) the continuation goes in
+        # pieces that end where generation re-selects, so the same neuron sets apply to
+        # the same tokens.
         G = continuation.shape[1] - 1
         parts, lo, n = [first], 0, 0
+        if handle is not None and handle.dense_start:
+            lo = min(G, handle.dense_start)
+        if lo:
+            parts.append(model(input_ids=continuation[:, :lo], attention_mask=full_mask[:, :P + lo],
+                               position_ids=positions[:, P:P + lo], cache=cache, use_cache=True).logits)
         while lo < G:
             step = (handle.refresh_interval(n) if handle is not None else 0) or G  # 0: no refresh
             hi, n = min(G, lo + step), n + 1

@@ -60,9 +60,9 @@ def run(args) -> int:
     needs_prior = False
     for method in args.method:
         config = GlassConfig(method=method, refresh=args.refresh, refresh_growth=args.refresh_growth,
-                             refresh_halflife=args.refresh_halflife)
+                             refresh_halflife=args.refresh_halflife, dense_start=args.dense_start)
         spec, lam, _ = config.resolved()
-        check_refresh_compile(args, config.refresh_every(spec))
+        check_refresh_compile(args, config.refresh_every(spec), config.dense_start_of(spec))
         needs_prior = needs_prior or spec.needs_prior_at(lam)
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     say(f"loading {args.model} ...")
@@ -74,7 +74,7 @@ def run(args) -> int:
     settings = BenchSettings(densities=tuple(args.density), gen_tokens=args.gen_tokens, repeats=args.repeats,
                              method=args.method[0], methods=tuple(args.method), share_batch=args.share_batch,
                              refresh=args.refresh, refresh_growth=args.refresh_growth,
-                             refresh_halflife=args.refresh_halflife, weights=args.weights)
+                             refresh_halflife=args.refresh_halflife, dense_start=args.dense_start, weights=args.weights)
     gen_kwargs = {"pad_token_id": tok.pad_token_id,
                   **compile_generate_kwargs(args, model, args.prompt_tokens + args.gen_tokens)}
     records = []

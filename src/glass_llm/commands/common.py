@@ -58,13 +58,21 @@ def add_refresh_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refresh-halflife", type=float, default=None, metavar="H",
                    help="at a re-selection, a generated token's weight halves every H tokens after it "
                         "(0: every token weighs the same; default: the method's own setting)")
+    p.add_argument("--dense-start", type=int, default=None, metavar="W",
+                   help="decode the first W generated tokens with the dense model and choose the neurons from "
+                        "the prompt plus them (0: right after the prompt; default: the method's own setting); "
+                        "not with --compile")
 
 
-def check_refresh_compile(args, refresh_every: int) -> None:
-    """Mask refresh runs between decode steps in Python: not inside a compiled step."""
+def check_refresh_compile(args, refresh_every: int, dense_start: int = 0) -> None:
+    """Mask refresh and a dense start change the neuron sets between decode steps in Python:
+    not inside a compiled step."""
     if getattr(args, "compile", False) and refresh_every:
         raise ValueError("mask refresh (--refresh, or a *-refresh method) cannot be combined with --compile: "
                          "it re-selects between decode steps; drop --compile or pass --refresh 0")
+    if getattr(args, "compile", False) and dense_start:
+        raise ValueError("a dense start (--dense-start, or a method with one) cannot be combined with --compile: "
+                         "it selects after the first decode steps; drop --compile or pass --dense-start 0")
 
 
 def add_compile_arg(p: argparse.ArgumentParser) -> None:

@@ -52,9 +52,9 @@ def run(args) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     config = GlassConfig(method=args.method, density=args.density, lam=args.lam, refresh=args.refresh,
                          refresh_growth=args.refresh_growth,
-                         refresh_halflife=args.refresh_halflife, weights=args.weights)
+                         refresh_halflife=args.refresh_halflife, dense_start=args.dense_start, weights=args.weights)
     spec, lam, _ = config.resolved()
-    check_refresh_compile(args, config.refresh_every(spec))
+    check_refresh_compile(args, config.refresh_every(spec), config.dense_start_of(spec))
     model, tok = load_model(args.model, **model_kwargs(args))
     enc = encode_prompt(tok, prompt, args.raw).to(model_device(model))
     prior = None
@@ -82,11 +82,12 @@ def run(args) -> int:
 
 
 def _refresh_note(handle) -> str:
+    start = f", dense start {handle.dense_start} tokens" if handle.active and handle.dense_start else ""
     if not handle.refresh_every:
-        return ""
+        return start
     every = f"every {handle.refresh_every} tokens"
     if handle.refresh_growth != 1:
         every = f"after {handle.refresh_every} tokens, intervals growing {handle.refresh_growth:g}x"
     if handle.refresh_halflife:
         every += f", half-life {handle.refresh_halflife:g} tokens"
-    return f", {handle.refreshes} refreshes {every} ({1e3 * handle.refresh_s:.0f} ms)"
+    return f"{start}, {handle.refreshes} refreshes {every} ({1e3 * handle.refresh_s:.0f} ms)"
