@@ -75,6 +75,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--densities", default="0.5,0.7,0.9")
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"methods to run (default {','.join(METHODS)})")
     ap.add_argument("--oracle-densities", default="0.5", help="the oracle runs one prompt at a time: keep it short")
     ap.add_argument("--gen-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=None)
@@ -104,7 +105,7 @@ def main() -> int:
     dense = model.generate(**enc, **gen)
     runs = [{"method": "dense", "density": 1.0, "replies": [reply(dense, r) for r in range(len(PROMPTS))]}]
     for d in (float(x) for x in args.densities.split(",")):
-        for m in METHODS:
+        for m in args.methods.split(","):
             with apply_glass(model, GlassConfig(method=m, density=d), prior=prior):
                 out = model.generate(**enc, **gen)
             runs.append({"method": m, "density": d, "replies": [reply(out, r) for r in range(len(PROMPTS))]})
@@ -145,7 +146,7 @@ def markdown(path: Path) -> str:
              f"repeat4: share of a reply's 4-grams seen earlier in it (mean over prompts); collapsed: replies "
              f"whose second half has repeat4 >= {doc['collapse_threshold']:g}.", "",
              "| method | density | repeat4 | collapsed |", "|---|---:|---:|---:|"]
-    order = {m: i for i, m in enumerate(("dense", *METHODS, "oracle"))}
+    order = {m: i for i, m in enumerate(("dense", *METHODS, "glass-start", "glass-refresh-start", "oracle"))}
     for run in sorted(doc["runs"], key=lambda r: (-r["density"], order.get(r["method"], 99))):
         mean, bad, n = _summary(run)
         lines.append(f"| {run['method']} | {run['density']:g} | {mean:.2f} | {bad}/{n} |")

@@ -2,7 +2,7 @@
 
     python benchmarks/refresh_sweep.py --corpus wikipedia [--prompt-tokens 8] [--gen-tokens 128] [--prompts 16]
 
-SmolLM2-135M, density 0.5, the cached default prior: mean KL(dense || method) over the
+SmolLM2-135M (or ``--model``), density 0.5, the cached default prior: mean KL(dense || method) over the
 prompts for griffin, global, glass-a (R = 0, 16) and glass-schedule-adaptive (R = 0, 4, 8, 16,
 32, 64; the default ``glass`` when R was chosen), each
 teacher-forced on the dense model's greedy continuation (``teacher.continuation_logits``,
@@ -13,7 +13,7 @@ With ``--growth``: glass without refresh, glass-refresh (R = 16, 32) and growing
 token weighted the same (the ratios' base) and with half-lives of 16, 32 and 64 tokens.
 With ``--dense-start``: glass (the base) and glass whose first W = 8, 16, 32, 48 generated
 tokens run dense before it selects, at the density that keeps the FFN work of the whole
-reply equal to glass's (``equal_budget_density``), then glass-refresh without and with a
+reply equal to glass's (``config.equal_work_density``), then glass-refresh without and with a
 dense start of 16 at that density. Also prints the mean KL over four spans of the reply.
 """
 
@@ -25,7 +25,7 @@ import torch
 
 from glass_llm import load_model
 from glass_llm.corpora import load_texts
-from glass_llm.config import refresh_interval
+from glass_llm.config import equal_work_density, refresh_interval
 from glass_llm.engine import GlassConfig
 from glass_llm.evaluation.plan import EvalSettings, plan_items
 from glass_llm.evaluation.score import generate_references
@@ -49,18 +49,9 @@ DENSE_START = [("glass", 0, 1, 0, 0), *(("glass", 0, 1, 0, w) for w in (8, 16, 3
                ("glass-refresh", 16, 1, 16, 0), ("glass-refresh", 16, 1, 16, 16)]
 
 
-def equal_budget_density(density: float, dense_start: int, gen_tokens: int) -> float:
-    """The density of the sparse decode steps that, after ``dense_start`` dense ones, does
-    the same FFN work over the ``gen_tokens - 1`` decode steps as ``density`` throughout."""
-    steps = gen_tokens - 1
-    if dense_start >= density * steps:
-        raise ValueError(f"a dense start of {dense_start} tokens alone exceeds the FFN budget of density "
-                         f"{density:g} over {gen_tokens} tokens")
-    return (density * steps - dense_start) / (steps - dense_start)
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--corpus", default="wikipedia")
     p.add_argument("--prompt-tokens", type=int, default=8)
     p.add_argument("--gen-tokens", type=int, default=128)
@@ -69,12 +60,12 @@ def main() -> int:
     p.add_argument("--halflife", action="store_true", help="compare recency half-lives instead")
     p.add_argument("--dense-start", action="store_true", help="compare dense starts at equal FFN work instead")
     args = p.parse_args()
-    model, tok = load_model("smollm2-135m")
-    path = find_cached_prior("smollm2-135m")
+    model, tok = load_model(args.model)
+    path = find_cached_prior(args.model)
     if path is None:
-        raise SystemExit("no cached default prior: run `glass prior smollm2-135m` first")
+        raise SystemExit(f"no cached default prior: run `glass prior {args.model}` first")
     prior = load_prior(path)
-    settings = EvalSettings(model="smollm2-135m", corpus=args.corpus, prompt_tokens=(args.prompt_tokens,),
+    settings = EvalSettings(model=args.model, corpus=args.corpus, prompt_tokens=(args.prompt_tokens,),
                             gen_tokens=args.gen_tokens, n_prompts=args.prompts, split="calib",
                             batch_size=args.prompts)
     prompts = torch.tensor(plan_items(settings, tok, load_texts(args.corpus))[0].prompts)
@@ -85,7 +76,7 @@ def main() -> int:
             else SETTINGS)
     for method, R, growth, halflife, *start in grid:
         W = start[0] if start else 0
-        density = equal_budget_density(0.5, W, args.gen_tokens)
+        density = equal_work_density(0.5, W, args.gen_tokens)
         config = GlassConfig(method=method, density=density, refresh=R, refresh_growth=growth,
                              refresh_halflife=halflife, dense_start=W)
         logits, _ = continuation_logits(model, prompts, refs, config, prior)
@@ -95,7 +86,7 @@ def main() -> int:
         ratio = (kl / base).log()
         half = t_quantile(0.975, len(kl) - 1) * ratio.std() / len(kl) ** 0.5
         n_ref = sum(1 for _ in _refresh_points(R, growth, args.gen_tokens))
-        print(f"{args.corpus} P={args.prompt_tokens} G={args.gen_tokens} {method:8s} R={R:3d} growth {growth:g} "
+        print(f"{args.model} {args.corpus} P={args.prompt_tokens} G={args.gen_tokens} {method:8s} R={R:3d} growth {growth:g} "
               f"half-life {halflife:g} ({n_ref} refreshes){_start_note(W, density)} KL {kl.mean():.3f} +- {kl.std() / len(kl) ** 0.5:.3f} "
               f"(s.e.); vs the first setting: geometric mean ratio "
               f"{ratio.mean().exp():.3f} [{(ratio.mean() - half).exp():.3f}, {(ratio.mean() + half).exp():.3f}]",

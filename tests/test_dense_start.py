@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from glass_llm import GlassConfig, GlassError, apply_glass
+from glass_llm import GlassConfig, GlassError, apply_glass, equal_work_density
 from glass_llm.teacher import continuation_logits
 
 from tiny import tiny_model
@@ -116,3 +116,16 @@ def test_a_forward_crossing_the_dense_start_is_a_clear_error():
 def test_bad_dense_start_is_a_clear_error(bad):
     with pytest.raises(ValueError, match="dense_start must be a whole number"):
         GlassConfig(method="griffin", dense_start=bad).resolved()
+
+
+@pytest.mark.parametrize("density,W,G", [(0.5, 16, 256), (0.3, 8, 64), (0.9, 100, 1000)])
+def test_equal_work_density_keeps_the_ffn_work_of_the_reply(density, W, G):
+    d = equal_work_density(density, W, G)
+    assert d < density
+    assert W * 1.0 + (G - 1 - W) * d == pytest.approx(density * (G - 1))
+    assert equal_work_density(density, 0, G) == pytest.approx(density)
+
+
+def test_a_dense_start_beyond_the_budget_is_a_clear_error():
+    with pytest.raises(ValueError, match="alone does more FFN work than density 0.5"):
+        equal_work_density(0.5, 40, 64)

@@ -19,6 +19,19 @@ def refresh_interval(every: int, growth: float, n: int) -> int:
     return max(1, round(every * growth ** n)) if every else 0
 
 
+def equal_work_density(density: float, dense_start: int, gen_tokens: int) -> float:
+    """The density of the sparse decode steps that, after ``dense_start`` dense ones, does the
+    same FFN work over a reply of ``gen_tokens`` tokens (``gen_tokens - 1`` decode steps; the
+    first token comes from the prefill) as ``density`` throughout."""
+    steps = gen_tokens - 1
+    if dense_start < 0 or steps < 1:
+        raise ValueError(f"need dense_start >= 0 and gen_tokens >= 2, got {dense_start} and {gen_tokens}")
+    if dense_start >= density * steps:
+        raise ValueError(f"a dense start of {dense_start} tokens alone does more FFN work than density {density:g} "
+                         f"over {gen_tokens} tokens; use a shorter dense start or a longer reply")
+    return (density * steps - dense_start) / (steps - dense_start)
+
+
 @dataclass(frozen=True)
 class GlassConfig:
     """What to apply. ``lam``/``statistic`` default to the method's own settings.
