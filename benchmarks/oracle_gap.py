@@ -29,19 +29,14 @@ from pathlib import Path
 
 import torch
 
-from glass_llm import load_model
+from calib_case import load_calib_case
 from glass_llm.adapters import find_ffn_blocks
 from glass_llm.calibrate import ActivationRecorder
-from glass_llm.corpora import load_texts
 from glass_llm.engine import GlassConfig
-from glass_llm.evaluation.plan import EvalSettings, plan_items
-from glass_llm.evaluation.score import generate_references
 from glass_llm.io import atomic_write
 from glass_llm.metrics import kl_per_token
-from glass_llm.prior import load_prior, prior_from_sums
-from glass_llm.prior_cache import find_cached_prior
+from glass_llm.prior import prior_from_sums
 from glass_llm.teacher import continuation_logits
-from glass_llm.tokens import pad_id
 
 HERE = Path(__file__).resolve().parent
 METHODS = ("glass", "glass-refresh-cumulative", "glass-refresh")
@@ -81,17 +76,9 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    model, tok = load_model(args.model)
-    path = find_cached_prior(args.model)
-    if path is None:
-        raise SystemExit(f"no cached default prior: run `glass prior {args.model}` first")
-    prior = load_prior(path)
     P, G, N = args.prompt_tokens, args.gen_tokens, args.prompts
-    settings = EvalSettings(model=args.model, corpus="wikipedia", prompt_tokens=(P,), gen_tokens=G, n_prompts=N,
-                            split="calib", batch_size=N)
-    prompts = torch.tensor(plan_items(settings, tok, load_texts("wikipedia"))[0].prompts)
-    refs = generate_references(model, prompts, G, pad_id(tok))
-    dense, _ = continuation_logits(model, prompts, refs)
+    case = load_calib_case(args.model, "wikipedia", P, G, N)
+    model, prior, prompts, refs, dense = case.model, case.prior, case.prompts, case.refs, case.dense
     blocks = find_ffn_blocks(model)
     ids = torch.cat([prompts, refs[:, :-1]], dim=1)  # every token a sparse FFN processes
     kls: dict[str, torch.Tensor] = {}

@@ -23,18 +23,12 @@ import argparse
 
 import torch
 
-from glass_llm import load_model
-from glass_llm.corpora import load_texts
+from calib_case import load_calib_case
 from glass_llm.config import equal_work_density, refresh_interval
 from glass_llm.engine import GlassConfig
-from glass_llm.evaluation.plan import EvalSettings, plan_items
-from glass_llm.evaluation.score import generate_references
 from glass_llm.intervals import t_quantile
 from glass_llm.metrics import kl_per_token
-from glass_llm.prior import load_prior
-from glass_llm.prior_cache import find_cached_prior
 from glass_llm.teacher import continuation_logits
-from glass_llm.tokens import pad_id
 
 # (method, R, growth, half-life[, dense start]); the first of each list is the base of the ratios
 SETTINGS = [("griffin", 0, 1, 0), ("global", 0, 1, 0), ("glass-a", 0, 1, 0), ("glass-a", 16, 1, 0),
@@ -60,17 +54,8 @@ def main() -> int:
     p.add_argument("--halflife", action="store_true", help="compare recency half-lives instead")
     p.add_argument("--dense-start", action="store_true", help="compare dense starts at equal FFN work instead")
     args = p.parse_args()
-    model, tok = load_model(args.model)
-    path = find_cached_prior(args.model)
-    if path is None:
-        raise SystemExit(f"no cached default prior: run `glass prior {args.model}` first")
-    prior = load_prior(path)
-    settings = EvalSettings(model=args.model, corpus=args.corpus, prompt_tokens=(args.prompt_tokens,),
-                            gen_tokens=args.gen_tokens, n_prompts=args.prompts, split="calib",
-                            batch_size=args.prompts)
-    prompts = torch.tensor(plan_items(settings, tok, load_texts(args.corpus))[0].prompts)
-    refs = generate_references(model, prompts, args.gen_tokens, pad_id(tok))
-    dense, _ = continuation_logits(model, prompts, refs)
+    case = load_calib_case(args.model, args.corpus, args.prompt_tokens, args.gen_tokens, args.prompts)
+    model, prior, prompts, refs, dense = case.model, case.prior, case.prompts, case.refs, case.dense
     base = None
     grid = (DENSE_START if args.dense_start else HALFLIFE if args.halflife else GROWTH if args.growth
             else SETTINGS)
