@@ -18,6 +18,12 @@ in four spans of the continuation, for:
   future tokens included (the ``oracle`` of ``glass eval``).
 
 Writes ``benchmarks/results/oracle-gap-MODEL.json``.
+
+With ``--informed`` it asks instead what each selection rule makes of more evidence: every rule
+of ``INFORMED`` chooses one set per prompt with the prompt plus the first K tokens of the
+dense reply (K = 64, and the whole reply) taken as its prompt, and that set scores the reply
+from its first position. ``griffin`` given the whole reply is the static oracle but for the
+prompt's few tokens in its statistic. Writes ``benchmarks/results/oracle-gap-informed-MODEL.json``.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import torch
 from calib_case import load_calib_case
 from glass_llm.adapters import find_ffn_blocks
 from glass_llm.calibrate import ActivationRecorder
-from glass_llm.engine import GlassConfig
+from glass_llm.engine import GlassConfig, apply_glass
 from glass_llm.io import atomic_write
 from glass_llm.metrics import kl_per_token
 from glass_llm.prior import prior_from_sums
@@ -41,6 +47,8 @@ from glass_llm.teacher import continuation_logits
 HERE = Path(__file__).resolve().parent
 METHODS = ("glass", "glass-refresh-cumulative", "glass-refresh")
 SPAN = 16  # the causal oracle re-selects every SPAN generated tokens, as glass-refresh does
+# --informed: rules without refresh, from prompt only to the default glass (with and without its pieces)
+INFORMED = ("griffin", "glass-a", "glass-adaptive", "glass", "glass-schedule-adaptive")
 
 
 def spans(gen_tokens: int) -> list[tuple[int, int]]:
@@ -66,6 +74,49 @@ def fixed_set_logits(model, blocks, prompt, ref, sums, n_tokens):
     return continuation_logits(model, prompt, ref, GlassConfig(method="global", density=0.5), prior)[0][0]
 
 
+@torch.no_grad()
+def informed_sets(model, config: GlassConfig, ids: torch.Tensor) -> list[torch.Tensor]:
+    """The sets (one row per row of ``ids``) that ``config``'s rule chooses with ``ids`` as its prompt."""
+    with apply_glass(model, config) as handle:
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1)
+        return handle.selections
+
+
+def set_logits(model, blocks, prompt, ref, sets: list[torch.Tensor]):
+    """Continuation logits of one row with block ``i`` keeping exactly the neurons ``sets[i]`` (k,)."""
+    marks = [torch.zeros(b.d_ff).index_fill_(0, s.cpu(), 1.0) for s, b in zip(sets, blocks)]
+    prior = prior_from_sums(model, marks, 1, {"kind": "informed"}, blocks)
+    density = tuple(s.numel() / b.d_ff for s, b in zip(sets, blocks))
+    return continuation_logits(model, prompt, ref, GlassConfig(method="global", density=density), prior)[0][0]
+
+
+def informed(args, case, blocks) -> int:
+    model, prior, prompts, refs, dense = case.model, case.prior, case.prompts, case.refs, case.dense
+    N, G = len(prompts), refs.shape[1]
+    rows = []
+    for method in INFORMED:
+        for K in sorted({min(64, G), G}):
+            sets = informed_sets(model, GlassConfig(method=method, density=0.5, prior=prior),
+                                 torch.cat([prompts, refs[:, :K]], dim=1))
+            kl = torch.stack([kl_per_token(dense[r, 1:], set_logits(model, blocks, prompts[r:r + 1], refs[r:r + 1],
+                                                                    [s[min(r, len(s) - 1)] for s in sets])[1:])
+                              for r in range(N)])
+            per_prompt = kl.mean(1)
+            rows.append({"method": method, "reply_tokens_seen": K, "kl": float(per_prompt.mean()),
+                         "kl_se": float(per_prompt.std() / N ** 0.5),
+                         "per_prompt": [round(float(x), 5) for x in per_prompt]})
+            print(f"{method:24s} prompt + {K:3d} reply tokens: KL {rows[-1]['kl']:.3f} +- {rows[-1]['kl_se']:.3f}",
+                  flush=True)
+    out = HERE / "results" / f"oracle-gap-informed-{args.model}.json"
+    command = (f"python benchmarks/oracle_gap.py --informed --model {args.model} --prompt-tokens {args.prompt_tokens} "
+               f"--gen-tokens {G} --prompts {N} --threads {args.threads}")
+    atomic_write(out, json.dumps({"model": args.model, "command": command, "prompt_tokens": args.prompt_tokens,
+                                  "gen_tokens": G, "prompts": N, "split": "calib", "corpus": "wikipedia",
+                                  "density": 0.5, "rows": rows}, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m")
@@ -73,6 +124,7 @@ def main() -> int:
     p.add_argument("--gen-tokens", type=int, default=256)
     p.add_argument("--prompts", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--informed", action="store_true", help="score each rule given part of the reply instead")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -80,6 +132,8 @@ def main() -> int:
     case = load_calib_case(args.model, "wikipedia", P, G, N)
     model, prior, prompts, refs, dense = case.model, case.prior, case.prompts, case.refs, case.dense
     blocks = find_ffn_blocks(model)
+    if args.informed:
+        return informed(args, case, blocks)
     ids = torch.cat([prompts, refs[:, :-1]], dim=1)  # every token a sparse FFN processes
     kls: dict[str, torch.Tensor] = {}
     for method in METHODS:

@@ -15,6 +15,10 @@ With ``--dense-start``: glass (the base) and glass whose first W = 8, 16, 32, 48
 tokens run dense before it selects, at the density that keeps the FFN work of the whole
 reply equal to glass's (``config.equal_work_density``), then glass-refresh without and with a
 dense start of 16 at that density. Also prints the mean KL over four spans of the reply.
+With ``--fade``: glass-refresh (the base) and glass-refresh whose re-selections move the per-layer
+schedule toward one density for all, halfway every 64, 128, 256 generated tokens
+(``schedule_halflife``), then glass-refresh with a dense start of 16 without and with the fade of 64
+(at the equal-work density); also with the span means.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from glass_llm.intervals import t_quantile
 from glass_llm.metrics import kl_per_token
 from glass_llm.teacher import continuation_logits
 
-# (method, R, growth, half-life[, dense start]); the first of each list is the base of the ratios
+# (method, R, growth, half-life[, dense start[, schedule half-life]]); the first of each list is the base of the ratios
 SETTINGS = [("griffin", 0, 1, 0), ("global", 0, 1, 0), ("glass-a", 0, 1, 0), ("glass-a", 16, 1, 0),
             *(("glass-schedule-adaptive", r, 1, 0) for r in (0, 4, 8, 16, 32, 64))]
 # --growth: fewer, growing intervals against glass-refresh's 16
@@ -41,6 +45,9 @@ HALFLIFE = [("glass-refresh", 16, 1, 0), *(("glass-refresh", 16, 1, h) for h in 
 # --dense-start: the first W generated tokens dense, the rest sparser, the same FFN work in all
 DENSE_START = [("glass", 0, 1, 0, 0), *(("glass", 0, 1, 0, w) for w in (8, 16, 32, 48)),
                ("glass-refresh", 16, 1, 16, 0), ("glass-refresh", 16, 1, 16, 16)]
+# --fade: re-selections that move the per-layer schedule toward one density as the reply grows
+FADE = [("glass-refresh", 16, 1, 16, 0, 0), *(("glass-refresh", 16, 1, 16, 0, h) for h in (64, 128, 256)),
+        ("glass-refresh", 16, 1, 16, 16, 0), ("glass-refresh", 16, 1, 16, 16, 64)]
 
 
 def main() -> int:
@@ -53,17 +60,18 @@ def main() -> int:
     p.add_argument("--growth", action="store_true", help="compare growing refresh intervals instead")
     p.add_argument("--halflife", action="store_true", help="compare recency half-lives instead")
     p.add_argument("--dense-start", action="store_true", help="compare dense starts at equal FFN work instead")
+    p.add_argument("--fade", action="store_true", help="compare schedule half-lives of glass-refresh instead")
     args = p.parse_args()
     case = load_calib_case(args.model, args.corpus, args.prompt_tokens, args.gen_tokens, args.prompts)
     model, prior, prompts, refs, dense = case.model, case.prior, case.prompts, case.refs, case.dense
     base = None
-    grid = (DENSE_START if args.dense_start else HALFLIFE if args.halflife else GROWTH if args.growth
+    grid = (FADE if args.fade else DENSE_START if args.dense_start else HALFLIFE if args.halflife else GROWTH if args.growth
             else SETTINGS)
-    for method, R, growth, halflife, *start in grid:
-        W = start[0] if start else 0
+    for method, R, growth, halflife, *extra in grid:
+        W, fade = (extra + [0, 0])[:2]
         density = equal_work_density(0.5, W, args.gen_tokens)
         config = GlassConfig(method=method, density=density, refresh=R, refresh_growth=growth,
-                             refresh_halflife=halflife, dense_start=W)
+                             refresh_halflife=halflife, dense_start=W, schedule_halflife=fade)
         logits, _ = continuation_logits(model, prompts, refs, config, prior)
         per_token = torch.stack([kl_per_token(dense[i, 1:], logits[i, 1:]) for i in range(len(prompts))])
         kl = per_token.mean(1)
@@ -72,11 +80,12 @@ def main() -> int:
         half = t_quantile(0.975, len(kl) - 1) * ratio.std() / len(kl) ** 0.5
         n_ref = sum(1 for _ in _refresh_points(R, growth, args.gen_tokens))
         print(f"{args.model} {args.corpus} P={args.prompt_tokens} G={args.gen_tokens} {method:8s} R={R:3d} growth {growth:g} "
-              f"half-life {halflife:g} ({n_ref} refreshes){_start_note(W, density)} KL {kl.mean():.3f} +- {kl.std() / len(kl) ** 0.5:.3f} "
+              f"half-life {halflife:g} ({n_ref} refreshes){_start_note(W, density)}"
+              f"{f' schedule half-life {fade:g}' if fade else ''} KL {kl.mean():.3f} +- {kl.std() / len(kl) ** 0.5:.3f} "
               f"(s.e.); vs the first setting: geometric mean ratio "
               f"{ratio.mean().exp():.3f} [{(ratio.mean() - half).exp():.3f}, {(ratio.mean() + half).exp():.3f}]",
               flush=True)
-        if args.dense_start:
+        if args.dense_start or args.fade:
             edges = [e for e in (0, 16, 64, 128) if e < args.gen_tokens - 1] + [args.gen_tokens - 1]
             print("    mean KL at positions " + ", ".join(f"{a + 1}-{b}: {per_token[:, a:b].mean():.3f}"
                                                          for a, b in zip(edges, edges[1:])), flush=True)

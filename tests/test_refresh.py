@@ -7,6 +7,8 @@ model's own intermediate activations on every supported layout.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -237,3 +239,59 @@ def test_slots_rewritten_in_place_hold_the_chosen_neurons():
         k = second.shape[1]
         assert torch.equal(st.weight_in[:k], w_in[st.slots]) and torch.equal(st.weight_in[k:], w_in[st.slots + 64])
         assert torch.equal(st.weight_out, w_out[:, st.slots])
+
+
+def _scheduled(prior):
+    """``prior`` whose schedule check measured the per-layer schedule better at every density."""
+    cal = prior.calibration
+    return replace(prior, calibration=replace(cal, check_densities=torch.tensor([0.3, 0.5, 0.7, 0.9]),
+                                              check_ratio=torch.full((4,), 0.9), check_upper=torch.full((4,), 0.95)))
+
+
+def test_schedule_fade_moves_the_per_layer_counts_toward_one_density(smollm, smollm_prior):
+    model, tok = smollm
+    smollm_prior = _scheduled(smollm_prior)
+    enc = _chat(tok, "Describe a walk through an old city at night.")
+    P = enc["input_ids"].shape[1]
+    cfg = GlassConfig(method="glass-refresh-fade", density=0.5, prior=smollm_prior, schedule_halflife=12)
+    with apply_glass(model, cfg) as h:
+        sched, even = h.selector.k, h.selector.k_even
+        assert even is not None and sched != even
+        out = model.generate(**enc, max_new_tokens=40, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True)
+        assert h.refreshes == 2  # 39 sparse forwards: re-selections after 16 and 32 generated tokens
+        counts = [s.shape[-1] for s in h.selections]
+    w = 2 ** (-32 / 12)  # the schedule's weight at the last re-selection, 0.157
+    assert counts == h.selector.counts(w)
+    assert sum(counts) == round(w * sum(sched) + (1 - w) * sum(even))  # the budget, between the two
+    assert all(min(a, b) <= c <= max(a, b) for a, b, c in zip(sched, even, counts))
+    dist_sched = sum(abs(c - a) for c, a in zip(counts, sched))
+    assert dist_sched > 3 * sum(abs(c - b) for c, b in zip(counts, even))  # much nearer one density for all
+    step_logits = torch.stack(out.logits, 1)
+    cont = out.sequences[:, P:]
+    masked = GlassConfig(method="glass-refresh-fade", density=0.5, prior=smollm_prior, schedule_halflife=12,
+                         path="masked")
+    tf_logits, tf_sel = continuation_logits(model, enc["input_ids"], cont, masked)
+    assert (tf_logits - step_logits).abs().max() <= 1e-4
+    assert [s.shape[-1] for s in tf_sel] == counts
+    # no fade: glass-refresh exactly; the fade changes nothing before the first re-selection
+    off, _ = continuation_logits(model, enc["input_ids"], cont, GlassConfig(
+        method="glass-refresh-fade", schedule_halflife=0), smollm_prior)
+    plain, _ = continuation_logits(model, enc["input_ids"], cont, GlassConfig(method="glass-refresh"), smollm_prior)
+    faded, _ = continuation_logits(model, enc["input_ids"], cont, GlassConfig(method="glass-refresh-fade",
+                                                                              schedule_halflife=12), smollm_prior)
+    assert torch.equal(off, plain)
+    assert torch.equal(faded[:, :17], plain[:, :17])
+    assert (faded - plain).abs().max() > 1e-3
+
+
+def test_schedule_fade_without_a_schedule_keeps_the_counts():
+    model = tiny_model("llama")
+    with apply_glass(model, GlassConfig(method="griffin", density=0.5, refresh=2, schedule_halflife=4)) as h:
+        assert h.selector.k_even is None and h.selector.counts(0.0) == h.selector.k
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), True, "8"])
+def test_bad_schedule_halflife_is_a_clear_error(bad):
+    with pytest.raises(ValueError, match="schedule_halflife must be a finite number"):
+        GlassConfig(method="glass-refresh", schedule_halflife=bad).resolved()

@@ -9,7 +9,7 @@ import torch
 
 from glass_llm.dispersion import fill_missing, lam_for_tokens, tilt, window_lams, window_score_lams
 from glass_llm.ranking import ranks
-from glass_llm.schedule import (ScheduleError, allocate, budget, check_schedule, checked_ratio, loss_curve,
+from glass_llm.schedule import (ScheduleError, allocate, blend, budget, check_schedule, checked_ratio, loss_curve,
                                mean_density)
 
 GRID = torch.tensor([0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875])
@@ -157,3 +157,24 @@ def test_score_lam_trusts_the_view_that_predicts_the_following_tokens():
     shifting /= shifting.sum(-1, keepdim=True)
     lam = window_score_lams(shifting, torch.full((B,), T), noisy_prior, windows=(4,), horizon=32)
     assert 0.0 <= float(lam[0]) <= 1.0
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.1, 0.37, 0.5, 0.93, 1.0])
+def test_blend_keeps_the_budget_and_stays_between_the_two_schedules(weight):
+    d_ff = [1536] * 30
+    sched = allocate(_profile(30), GRID, d_ff, 0.5)
+    even = [768] * 30
+    assert sum(sched) == sum(even)
+    k = blend(sched, even, weight)
+    assert sum(k) == sum(even)
+    assert all(min(a, b) <= c <= max(a, b) for a, b, c in zip(sched, even, k))
+    assert all(abs(c - (weight * a + (1 - weight) * b)) < 1 for a, b, c in zip(sched, even, k))
+    assert blend(sched, even, 1.0) == sched and blend(sched, even, 0.0) == even
+
+
+def test_blend_of_unequal_totals_rounds_the_blended_total():
+    assert blend([10, 2, 6], [6, 6, 7], 0.3) == [7, 5, 7]  # 7.2, 4.8, 6.7: total 18.7 -> 19
+    with pytest.raises(ScheduleError, match="blend weight"):
+        blend([1, 2], [2, 1], 1.5)
+    with pytest.raises(ScheduleError, match="2 and 3 blocks"):
+        blend([1, 2], [2, 1, 1], 0.5)

@@ -56,6 +56,10 @@ class GlassConfig:
     dense_start: the first ``dense_start`` generated tokens go through the dense model, and
     their statistic joins the prompt's before the first selection (as if the prompt were
     that much longer); 0 selects right after the prefill; None keeps the method's.
+    schedule_halflife: for a method with a per-layer schedule that refreshes, each re-selection
+    keeps ``w = 2 ** (-g / schedule_halflife)`` of the schedule's departure from one density for
+    all, ``g`` the tokens generated since the first selection (``schedule.blend``; the total
+    stays the budget); 0 keeps the schedule throughout; None keeps the method's.
     weights: "float" (the model's own) or "int8": every linear projection in int8 with one
     scale per output channel (``quant``), the compact FFN weights sliced from the int8 ones;
     undone exactly by ``remove()``. The prior and the selection still read the float model.
@@ -73,6 +77,7 @@ class GlassConfig:
     refresh_growth: float | None = None
     refresh_halflife: float | None = None
     dense_start: int | None = None
+    schedule_halflife: float | None = None
     weights: str = "float"
 
     def refresh_every(self, spec: MethodSpec) -> int:
@@ -108,6 +113,14 @@ class GlassConfig:
                              f"after the prompt), got {n!r}")
         return 0 if spec.dense else n
 
+    def schedule_halflife_of(self, spec: MethodSpec) -> float:
+        """Generated tokens over which a re-selection's schedule moves halfway to one density (0: never)."""
+        h = spec.schedule_halflife if self.schedule_halflife is None else self.schedule_halflife
+        if isinstance(h, bool) or not isinstance(h, (int, float)) or not h >= 0 or h == float("inf"):
+            raise ValueError(f"schedule_halflife must be a finite number of tokens > 0 (or 0: keep the per-layer "
+                             f"schedule at every re-selection), got {h!r}")
+        return float(h)
+
     def densities(self) -> tuple[float, ...]:
         if isinstance(self.density, (list, tuple)):
             if not self.density:
@@ -142,6 +155,7 @@ class GlassConfig:
         self.refresh_growth_of(spec)
         self.refresh_halflife_of(spec)
         self.dense_start_of(spec)
+        self.schedule_halflife_of(spec)
         check_weights(self.weights)
         if self.path not in PATHS:
             raise ValueError(f"unknown path {self.path!r}; choose 'sliced' or 'masked'")

@@ -64,6 +64,7 @@ class GlassHandle:
         self.refresh_every = config.refresh_every(spec) if selector.uses_prompt else 0
         self.refresh_growth = config.refresh_growth_of(spec)
         self.refresh_halflife = config.refresh_halflife_of(spec)
+        self.schedule_halflife = config.schedule_halflife_of(spec)
         self.dense_start = config.dense_start_of(spec)
         self._dense_left = 0  # generated tokens still to decode densely before the first selection
         # tokens behind the local statistic, each weighted by its recency (B,); the adaptive lam reads it
@@ -262,12 +263,16 @@ class GlassHandle:
         tokens, and the adaptive lam sees their total count. With a half-life
         (``refresh_halflife``) every token is weighted by its age in generated tokens
         (``stats.recency_weights``; every prompt token as old as the last one), and the
-        count is the weights' sum.
+        count is the weights' sum. With ``schedule_halflife`` a per-layer schedule keeps
+        ``2 ** (-g / schedule_halflife)`` of its departure from one density for all, ``g`` the
+        tokens generated since the first selection (``Selector.counts``).
         """
         t0 = _synced_time(self.devices)
         weights, fade = recency_weights(self._since, self.refresh_halflife)
         self._generated += self._since
         self.seen_tokens = self.seen_tokens * fade + float(weights.sum())
+        k = (self.selector.counts(2.0 ** (-self._generated / self.schedule_halflife)) if self.schedule_halflife
+             else self.selector.k)
         selections = []
         for i, (st, block) in enumerate(zip(self.states, self.blocks)):
             if st.inputs:
@@ -275,7 +280,7 @@ class GlassHandle:
                 w = weights.to(z.device).expand(z.shape[0], -1) if self.refresh_halflife else None
                 st.seen_sums = (st.seen_sums * fade if fade != 1.0 else st.seen_sums) + accumulate_activation(z, w)
                 st.inputs.clear()
-            chosen = self.selector.choose(i, st.seen_sums, self.seen_tokens)
+            chosen = self.selector.choose(i, st.seen_sums, self.seen_tokens, k[i])
             self._use(i, chosen, incremental=True)
             selections.append(chosen)
         self.selections = selections

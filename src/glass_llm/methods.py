@@ -27,6 +27,9 @@ DEFAULT_LAM = 0.5
 REFRESH_TOKENS = 16
 # Generated tokens decoded densely before the first selection, for the methods with a dense start.
 DENSE_START_TOKENS = 16
+# Generated tokens over which a re-selection's per-layer schedule moves halfway to one density for
+# all, for the *-fade methods (chosen on the calibration split: BENCHMARKS.md, "Schedule fade").
+SCHEDULE_HALFLIFE_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,9 @@ class MethodSpec:
     refresh_growth: float = 1.0  # each interval between re-selections this many times the previous one
     refresh_halflife: float = 0.0  # a token's weight in a re-selection halves every this many tokens (0: equal)
     dense_start: int = 0  # generated tokens decoded densely, their statistic joining the prompt's, before selecting
+    # with schedule and refresh: the per-layer density's pull away from one density for all halves
+    # every this many generated tokens (0: the schedule at every re-selection)
+    schedule_halflife: float = 0.0
 
     @property
     def needs_prior(self) -> bool:
@@ -106,6 +112,13 @@ for _spec in (
     MethodSpec("glass-refresh-start", f"glass-refresh whose first {DENSE_START_TOKENS} generated tokens run dense",
                adaptive=True, schedule=True, refresh=REFRESH_TOKENS, refresh_halflife=REFRESH_TOKENS,
                dense_start=DENSE_START_TOKENS),
+    MethodSpec("glass-refresh-fade", f"glass-refresh whose per-layer density moves toward one density for all as "
+               f"the reply grows (halfway every {SCHEDULE_HALFLIFE_TOKENS} generated tokens)", adaptive=True,
+               schedule=True, refresh=REFRESH_TOKENS, refresh_halflife=REFRESH_TOKENS,
+               schedule_halflife=SCHEDULE_HALFLIFE_TOKENS),
+    MethodSpec("glass-refresh-start-fade", "glass-refresh-start with the schedule fade of glass-refresh-fade",
+               adaptive=True, schedule=True, refresh=REFRESH_TOKENS, refresh_halflife=REFRESH_TOKENS,
+               dense_start=DENSE_START_TOKENS, schedule_halflife=SCHEDULE_HALFLIFE_TOKENS),
     MethodSpec("glass-a-refresh", f"ablation: glass-a re-selecting every {REFRESH_TOKENS} generated tokens",
                refresh=REFRESH_TOKENS),
     MethodSpec("glass-schedule-refresh", f"ablation: per-layer density, fixed lam, re-selecting every "

@@ -157,3 +157,21 @@ def check_schedule(k: Sequence[int], d_ff: Sequence[int]) -> None:
 def mean_density(k: Sequence[int], d_ff: Sequence[int]) -> float:
     """The size-weighted mean density of a schedule."""
     return sum(k) / sum(d_ff)
+
+
+def blend(k_from: Sequence[int], k_to: Sequence[int], weight: float) -> list[int]:
+    """Per-block neuron counts ``weight`` of the way from ``k_to`` back to ``k_from``:
+    ``weight * k_from + (1 - weight) * k_to``, rounded so that the total is the blend of the
+    two totals rounded (so two schedules of one budget give that budget exactly; largest
+    remainders get the spare neurons) and every block stays between its two counts."""
+    if len(k_from) != len(k_to):
+        raise ScheduleError(f"cannot blend schedules of {len(k_from)} and {len(k_to)} blocks")
+    if not 0.0 <= float(weight) <= 1.0:
+        raise ScheduleError(f"the blend weight must be in [0, 1], got {weight!r}")
+    w = float(weight)
+    exact = [w * a + (1.0 - w) * b for a, b in zip(k_from, k_to)]
+    k = [math.floor(x) for x in exact]
+    spare = int(round(w * sum(k_from) + (1.0 - w) * sum(k_to))) - sum(k)
+    for i in sorted(range(len(k)), key=lambda i: k[i] - exact[i])[:max(0, spare)]:
+        k[i] += 1
+    return k

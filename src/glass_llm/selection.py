@@ -13,6 +13,9 @@ Two settings go beyond the paper, both read from the prior's selection calibrati
   user's one density (``schedule.allocate``); computed once, here, and only at densities
   where the calibration's schedule check measured it better than one density for all
   (``Calibration.use_schedule``);
+  With ``schedule_halflife`` (the ``*-fade`` methods), re-selections move ``k`` toward the
+  uniform density as the reply grows (``Selector.counts``): the schedule is measured for a
+  selection from the prior, and a local view of many tokens errs less in every block;
 * ``adaptive``: lam differs per block and per request, looked up from the prompt's token
   count (``dispersion.lam_for_tokens``), once per block per selection: no decode-step cost.
 
@@ -27,7 +30,7 @@ import torch
 from .adapters import FFNBlock, weight_out_in
 from .dispersion import lam_for_tokens, tilt
 from .ranking import aggregate, keep_count, ranks, select_smallest
-from .schedule import allocate
+from .schedule import allocate, blend
 from .stats import finalize
 
 
@@ -39,13 +42,17 @@ class Selector:
     down_norms: per-block ``||W_down[:, j]||`` for the impact statistic, else None.
     lam_table, lam_windows: adaptive lam, (n_blocks, W) lams for prompts of ``lam_windows``
     (W,) tokens; ``lam`` then only tilts them (``dispersion.tilt``; 0.5 keeps them).
+    k_even: with a per-layer schedule ``k``, the uniform density's counts (the same density), which
+    ``counts`` blends toward; None without a schedule.
     """
 
     def __init__(self, blocks: list[FFNBlock], k: list[int], lam: float, statistic: str,
                  global_scores: list[torch.Tensor] | None, down_norms: list[torch.Tensor] | None = None,
                  share_batch: bool = False, lam_table: torch.Tensor | None = None,
-                 lam_windows: torch.Tensor | None = None, prior_means: list[torch.Tensor] | None = None):
+                 lam_windows: torch.Tensor | None = None, prior_means: list[torch.Tensor] | None = None,
+                 k_even: list[int] | None = None):
         self.k = list(k)
+        self.k_even = None if k_even is None else list(k_even)
         self.lam = float(lam)
         self.statistic = statistic
         self.share_batch = share_batch
@@ -77,16 +84,25 @@ class Selector:
         """Block ``i``'s adaptive lam for prompts of ``n_tokens`` (B,) tokens, shape (B,)."""
         return lam_for_tokens(self.lam_rows[i], self.lam_windows[i], n_tokens.to(self.devices[i]))
 
-    def choose(self, i: int, sums: torch.Tensor | None, n_tokens: torch.Tensor | None = None) -> torch.Tensor:
+    def counts(self, weight: float) -> list[int]:
+        """Per-block neuron counts that keep ``weight`` of the schedule's departure from the
+        uniform density (1: the schedule ``k``; 0: ``k_even``); ``k`` without a schedule."""
+        if self.k_even is None or weight >= 1:
+            return self.k
+        return blend(self.k, self.k_even, weight)
+
+    def choose(self, i: int, sums: torch.Tensor | None, n_tokens: torch.Tensor | None = None,
+               k: int | None = None) -> torch.Tensor:
         """Kept neurons of block ``i``, shape (S, k), sorted ascending; S = 1 when one set
         serves the whole batch (``share_batch`` or a static method), else the batch size.
 
         sums: (B, d_ff) accumulated prompt statistic of the block (float32), or None when
         the method does not look at the prompt. n_tokens: (B,) prompt tokens per row
-        (padding excluded); an adaptive lam needs it.
+        (padding excluded); an adaptive lam needs it. k: neurons to keep (default ``self.k[i]``).
         """
+        k = self.k[i] if k is None else k
         if not self.uses_prompt:
-            return select_smallest(self.global_ranks[i], self.k[i]).unsqueeze(0)
+            return select_smallest(self.global_ranks[i], k).unsqueeze(0)
         if sums is None:
             raise ValueError("no prompt statistic was recorded; was the prompt empty?")
         if self.share_batch:
@@ -101,10 +117,10 @@ class Selector:
             lam = self.lam_of(i, n_tokens).unsqueeze(-1)
             if self.prior_means is not None:  # score fusion: mix the mean statistics
                 mean = sums / n_tokens.to(sums.device, sums.dtype).clamp_min(1).unsqueeze(-1)
-                return select_smallest(-(lam * mean + (1 - lam) * self.prior_means[i]), self.k[i])
-            return select_smallest(lam * r_loc + (1 - lam) * self.global_ranks[i], self.k[i])
+                return select_smallest(-(lam * mean + (1 - lam) * self.prior_means[i]), k)
+            return select_smallest(lam * r_loc + (1 - lam) * self.global_ranks[i], k)
         r_glob = None if self.global_ranks is None or self.lam == 1 else self.global_ranks[i]
-        return select_smallest(aggregate(r_loc, r_glob, self.lam), self.k[i])
+        return select_smallest(aggregate(r_loc, r_glob, self.lam), k)
 
 
 def _calibration_of(prior, n_blocks: int):
@@ -134,12 +150,12 @@ def build_selector(blocks: list[FFNBlock], config, spec, lam: float, statistic: 
     use_schedule = spec.schedule and not per_block and not spec.dense
     use_adaptive = spec.adaptive and not spec.dense and 0 < lam < 1
     cal = _calibration_of(prior, len(blocks)) if (use_schedule or use_adaptive) else None
-    if use_schedule and cal.use_schedule(float(config.density)):
-        k = allocate(cal.profile, cal.grid, d_ff, float(config.density))
-    else:
-        k = [keep_count(d, n) for d, n in zip(config.density_for(len(blocks)), d_ff)]
+    even = [keep_count(d, n) for d, n in zip(config.density_for(len(blocks)), d_ff)]
+    scheduled = use_schedule and cal.use_schedule(float(config.density))
+    k = allocate(cal.profile, cal.grid, d_ff, float(config.density)) if scheduled else even
     score = use_adaptive and spec.fusion == "score"
     table = (cal.score_lam if score else cal.lam) if use_adaptive else None
     means = list(prior.sums.float() / max(prior.n_tokens, 1)) if score else None
     return Selector(blocks, k, lam, statistic, global_scores, down_norms, share_batch=config.share_batch,
-                    lam_table=table, lam_windows=cal.windows if use_adaptive else None, prior_means=means)
+                    lam_table=table, lam_windows=cal.windows if use_adaptive else None, prior_means=means,
+                    k_even=even if scheduled else None)
