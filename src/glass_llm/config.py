@@ -32,6 +32,13 @@ def equal_work_density(density: float, dense_start: int, gen_tokens: int) -> flo
     return (density * steps - dense_start) / (steps - dense_start)
 
 
+def _halflife(h, name: str, zero: str) -> float:
+    """A half-life in generated tokens: a finite number >= 0, where 0 means ``zero``."""
+    if isinstance(h, bool) or not isinstance(h, (int, float)) or not h >= 0 or h == float("inf"):
+        raise ValueError(f"{name} must be a finite number of tokens > 0 (or 0: {zero}), got {h!r}")
+    return float(h)
+
+
 @dataclass(frozen=True)
 class GlassConfig:
     """What to apply. ``lam``/``statistic`` default to the method's own settings.
@@ -100,10 +107,7 @@ class GlassConfig:
     def refresh_halflife_of(self, spec: MethodSpec) -> float:
         """Generated tokens over which a token's weight in a re-selection halves (0: equal weights)."""
         h = spec.refresh_halflife if self.refresh_halflife is None else self.refresh_halflife
-        if isinstance(h, bool) or not isinstance(h, (int, float)) or not h >= 0 or h == float("inf"):
-            raise ValueError(f"refresh_halflife must be a finite number of tokens > 0 (or 0: every token "
-                             f"weighs the same), got {h!r}")
-        return float(h)
+        return _halflife(h, "refresh_halflife", "every token weighs the same")
 
     def dense_start_of(self, spec: MethodSpec) -> int:
         """Generated tokens decoded densely before the first selection (0: select after the prefill)."""
@@ -116,10 +120,7 @@ class GlassConfig:
     def schedule_halflife_of(self, spec: MethodSpec) -> float:
         """Generated tokens over which a re-selection's schedule moves halfway to one density (0: never)."""
         h = spec.schedule_halflife if self.schedule_halflife is None else self.schedule_halflife
-        if isinstance(h, bool) or not isinstance(h, (int, float)) or not h >= 0 or h == float("inf"):
-            raise ValueError(f"schedule_halflife must be a finite number of tokens > 0 (or 0: keep the per-layer "
-                             f"schedule at every re-selection), got {h!r}")
-        return float(h)
+        return _halflife(h, "schedule_halflife", "keep the per-layer schedule at every re-selection")
 
     def densities(self) -> tuple[float, ...]:
         if isinstance(self.density, (list, tuple)):

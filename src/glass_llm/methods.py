@@ -5,7 +5,8 @@ method only fixes which local statistic it uses, where its global scores come fr
 and which ``lam`` it uses. The default ``glass`` goes beyond the paper with a per-layer
 ``schedule`` calibrated on the model's own text; ``glass-refresh`` adds re-selection during
 decoding with an ``adaptive`` lam that grows with the tokens seen (see ``selection``); the
-``*-start`` methods decode their first tokens densely and select after them;
+``*-start`` methods decode their first tokens densely and select after them; the ``*-fade``
+methods move the per-layer density toward one density as the reply grows;
 ``glass-a``/``glass-i`` are the paper's method, unchanged. New methods and new global
 sources plug in with the ``register_method`` / ``register_global_source`` decorators,
 without touching the engine.
