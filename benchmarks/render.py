@@ -25,6 +25,8 @@ a table computed from the records under ``benchmarks/results/`` (or, for ``lm-ev
   ``results/decode-overhead-MODEL.json`` (``benchmarks/decode_overhead.py``).
 * ``<!-- render: demo-text MODEL -->``: repetition of greedy replies per method and density
   (``results/demo-text-MODEL.json``, from ``benchmarks/demo_text.py``).
+* ``<!-- render: goals -->``: the product's selections against their fidelity goals, paired
+  across the committed fidelity runs that score the same prompts (``benchmarks/goals.py``).
 
 To add a section: commit its records under ``benchmarks/results/`` (small JSON/CSV), write
 ``benchmarks/text/NN-name.md`` (NN places it) with the prose and the directives above,
@@ -221,9 +223,18 @@ def render_demo_text(model: str | None) -> str:
     return _script("demo_text").markdown(path)
 
 
+def render_goals(arg: str | None) -> str:
+    """The goal table of ``benchmarks/goals.py`` over every committed fidelity run."""
+    try:
+        return _script("goals").markdown(RESULTS / "fidelity").rstrip()
+    except ValueError as err:
+        raise RenderError(str(err)) from None
+
+
 RENDERERS: dict[str, Callable[[str | None], str]] = {
     "speed": render_speed, "fidelity": render_fidelity, "lm-eval": render_lm_eval, "frontier": render_frontier,
     "prior-speed": render_prior_speed, "decode-overhead": render_decode_overhead, "demo-text": render_demo_text,
+    "goals": render_goals,
 }
 
 

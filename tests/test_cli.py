@@ -37,6 +37,7 @@ def test_help_lists_the_workflow():
     (["generate", "smollm2-135m", "hi", "--refresh", "-2"], "refresh must be a whole number"),
     (["generate", "smollm2-135m", "hi", "--refresh", "4", "--refresh-growth", "0.5"], "refresh_growth must be"),
     (["generate", "smollm2-135m", "hi", "--refresh", "4", "--refresh-halflife", "-1"], "refresh_halflife must be"),
+    (["bench", "smollm2-135m", "--method", "glass-refresh", "--schedule-halflife", "nan"], "schedule_halflife must be"),
     (["generate", "smollm2-135m", "hi", "--method", "griffin", "--refresh", "8", "--compile"],
      "cannot be combined with --compile"),
     (["bench", "smollm2-135m", "--method", "glass-refresh", "--compile"], "cannot be combined with --compile"),
@@ -115,9 +116,11 @@ def test_generate_and_prior(smollm_prior, tmp_path):
     refreshes, tokens = map(int, found.groups())
     assert refreshes == (tokens - 2) // 3  # the first token is the prefill's; sparse steps refresh every 3
     out = _run("generate", "smollm2-135m", "Name a colour.", "--prior", str(prior), "--max-new-tokens", "12",
-               "--refresh", "2", "--refresh-growth", "2", "--refresh-halflife", "4", "--dense-start", "3", "--raw")
+               "--refresh", "2", "--refresh-growth", "2", "--refresh-halflife", "4", "--dense-start", "3", "--raw",
+               "--schedule-halflife", "8")
     assert out.returncode == 0, out.stderr
-    found = re.search(r"dense start 3 tokens, (\d+) refreshes after 2 tokens, intervals growing 2x, half-life 4 tokens "
+    assert "per-layer density fading to one density (half-life 8 tokens)" in out.stderr
+    found = re.search(r"dense start 3 tokens, (\d+) refreshes after 2 tokens, intervals growing 2x, half-life 4 tokens"
                       r".*: (\d+) tokens in", out.stderr)
     assert found, out.stderr
     refreshes, tokens = map(int, found.groups())

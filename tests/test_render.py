@@ -179,3 +179,33 @@ def test_demo_text_and_decode_overhead_tables_read_their_records(tmp_path):
     (tmp_path / "o.json").write_text(json.dumps(rec))
     assert "| m | 30 | 1 | 320 us | 300 us | 20.0 (20.0 to 20.0) us | 4.0 us | 100.0 ms | 0.60 ms (0.6%) |" \
         in overhead.markdown([tmp_path / "o.json"])
+
+
+def _goal_run(folder: Path, kls: dict[str, list[float]], split: str = "test") -> None:
+    from glass_llm.evaluation.report import records_csv
+
+    folder.mkdir()
+    records = [{"method": m, "density": 0.5, "lam": 0.5, "prompt_tokens": 8, "doc": i, "item": "P8-b0",
+                "statistic": "activation", "nll": 1.0, "kl": k, "jaccard": None, "positions": 63}
+               for m, values in kls.items() for i, k in enumerate(values)]
+    (folder / "records.csv").write_text(records_csv(records), encoding="utf-8")
+    (folder / "settings.json").write_text(json.dumps({"model": "m", "corpus": "c", "split": split,
+                                                      "gen_tokens": 64}), encoding="utf-8")
+
+
+def test_goal_table_pairs_methods_across_runs_of_one_pool(tmp_path):
+    spec = importlib.util.spec_from_file_location("goals", ROOT / "benchmarks" / "goals.py")
+    goals = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(goals)
+    base = [float(i) for i in range(1, 9)]
+    _goal_run(tmp_path / "a", {"glass-a": base, "global": base, "oracle": [x / 4 for x in base]})
+    _goal_run(tmp_path / "b", {"glass-a": base, "glass": [x / 2 for x in base], "glass-refresh": [x / 2 for x in base]})
+    _goal_run(tmp_path / "c", {"glass": [9.0] * 8}, split="calib")  # another split: not pooled
+    table = goals.markdown(tmp_path)
+    # glass / glass-a: differences -x/2, mean -2.25 of 4.5; half width t(0.975, 7) * sd / sqrt(8) = 1.024
+    assert "| m | c | 64 | 8 | `glass` | 8 | 0.50* [0.27, 0.73] | 0.50* [0.27, 0.73] | – | – |" in table
+    # glass-refresh / oracle: mean 2.25 against 1.125, half width 0.512 / 1.125: entirely above the goal of 1
+    assert "| `glass-refresh` | 8 | 0.50* [0.27, 0.73] | 0.50* [0.27, 0.73] | – | 2.00 (x) [1.54, 2.46] |" in table
+    _goal_run(tmp_path / "d", {"glass-a": [x + 1 for x in base]})  # the same prompts scored otherwise
+    with pytest.raises(ValueError, match="runs a and d disagree on glass-a at P = 8, document 0"):
+        goals.markdown(tmp_path)

@@ -276,6 +276,7 @@ def _variants(settings: BenchSettings) -> list[tuple[str, GlassConfig | None, bo
                                                                  refresh=settings.refresh,
                                                                  refresh_growth=settings.refresh_growth,
                                                                  refresh_halflife=settings.refresh_halflife,
+                                                                 schedule_halflife=settings.schedule_halflife,
                                                                  dense_start=settings.dense_start,
                                                                  weights=settings.weights), False))
     return out

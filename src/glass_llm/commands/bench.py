@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import sys
 
-from .common import (add_compile_arg, add_model_arg, add_prior_tokens_arg, add_refresh_arg, check_refresh_compile,
-                     add_weights_arg, compile_generate_kwargs, floats, ints, model_kwargs, names)
+from .common import (add_compile_arg, add_model_arg, add_prior_tokens_arg, add_refresh_arg, add_weights_arg,
+                     check_refresh_compile, compile_generate_kwargs, decode_options, floats, ints, model_kwargs, names)
 
 
 def register(sub) -> None:
@@ -59,8 +59,7 @@ def run(args) -> int:
         raise ValueError("give at least one method with --method")
     needs_prior = False
     for method in args.method:
-        config = GlassConfig(method=method, refresh=args.refresh, refresh_growth=args.refresh_growth,
-                             refresh_halflife=args.refresh_halflife, dense_start=args.dense_start)
+        config = GlassConfig(method=method, **decode_options(args))
         spec, lam, _ = config.resolved()
         check_refresh_compile(args, config.refresh_every(spec), config.dense_start_of(spec))
         needs_prior = needs_prior or spec.needs_prior_at(lam)
@@ -73,8 +72,7 @@ def run(args) -> int:
                                    progress=not args.quiet)
     settings = BenchSettings(densities=tuple(args.density), gen_tokens=args.gen_tokens, repeats=args.repeats,
                              method=args.method[0], methods=tuple(args.method), share_batch=args.share_batch,
-                             refresh=args.refresh, refresh_growth=args.refresh_growth,
-                             refresh_halflife=args.refresh_halflife, dense_start=args.dense_start, weights=args.weights)
+                             weights=args.weights, **decode_options(args))
     gen_kwargs = {"pad_token_id": tok.pad_token_id,
                   **compile_generate_kwargs(args, model, args.prompt_tokens + args.gen_tokens)}
     records = []

@@ -58,10 +58,20 @@ def add_refresh_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refresh-halflife", type=float, default=None, metavar="H",
                    help="at a re-selection, a generated token's weight halves every H tokens after it "
                         "(0: every token weighs the same; default: the method's own setting)")
+    p.add_argument("--schedule-halflife", type=float, default=None, metavar="H",
+                   help="with a per-layer density, each re-selection keeps 2^(-g/H) of its departure from one "
+                        "density for all, g the tokens generated (0: keep the per-layer density; default: the "
+                        "method's own setting, 64 for the *-fade methods)")
     p.add_argument("--dense-start", type=int, default=None, metavar="W",
                    help="decode the first W generated tokens with the dense model and choose the neurons from "
                         "the prompt plus them (0: right after the prompt; default: the method's own setting); "
                         "not with --compile")
+
+
+def decode_options(args) -> dict:
+    """The ``GlassConfig`` (and ``BenchSettings``) fields that ``add_refresh_arg`` sets."""
+    return {"refresh": args.refresh, "refresh_growth": args.refresh_growth, "refresh_halflife": args.refresh_halflife,
+            "schedule_halflife": args.schedule_halflife, "dense_start": args.dense_start}
 
 
 def check_refresh_compile(args, refresh_every: int, dense_start: int = 0) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 import time
 
-from .common import (add_compile_arg, add_model_arg, add_prior_tokens_arg, add_refresh_arg, check_refresh_compile,
-                     add_weights_arg, compile_generate_kwargs, model_kwargs)
+from .common import (add_compile_arg, add_model_arg, add_prior_tokens_arg, add_refresh_arg, add_weights_arg,
+                     check_refresh_compile, compile_generate_kwargs, decode_options, model_kwargs)
 
 
 def register(sub) -> None:
@@ -50,9 +50,8 @@ def run(args) -> int:
     from ..models import load_model, model_device
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    config = GlassConfig(method=args.method, density=args.density, lam=args.lam, refresh=args.refresh,
-                         refresh_growth=args.refresh_growth,
-                         refresh_halflife=args.refresh_halflife, dense_start=args.dense_start, weights=args.weights)
+    config = GlassConfig(method=args.method, density=args.density, lam=args.lam, weights=args.weights,
+                         **decode_options(args))
     spec, lam, _ = config.resolved()
     check_refresh_compile(args, config.refresh_every(spec), config.dense_start_of(spec))
     model, tok = load_model(args.model, **model_kwargs(args))
