@@ -13,9 +13,9 @@ of one run pairs with a base method of another on the prompts both scored. ``poo
 that assumption: a method scored on the same prompt in two runs of a pool must agree (to 1e-4),
 else the records come from different settings and pooling them is an error.
 
-Each cell is the ratio of the two mean KLs over the shared prompts with the 95% t interval of the
-paired difference divided by the base's mean; ``*`` marks a ratio whose interval lies entirely
-at or below the goal, ``(x)`` one whose interval lies entirely above it.
+Each cell is the ratio of the two mean KLs over the shared prompts with its 95% interval
+(Fieller's, for paired values: ``glass_llm.intervals.paired_ratio``); ``*`` marks a ratio whose
+interval lies entirely at or below the goal, ``(x)`` one whose interval lies entirely above it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from glass_llm.evaluation.report import read_records_csv
-from glass_llm.intervals import paired_diff
+from glass_llm.intervals import paired_ratio
 
 HERE = Path(__file__).resolve().parent
 FIDELITY = HERE / "results" / "fidelity"
@@ -70,14 +70,10 @@ def ratio_cell(method: dict, base: dict, prompt_tokens: int, goal: float) -> tup
     scored, with ``*`` (meets ``goal`` with confidence) or ``(x)`` (misses it with confidence);
     ``–`` with fewer than ``MIN_PROMPTS`` shared prompts. Also returns the number of prompts."""
     keys = sorted(k for k in method if k[0] == prompt_tokens and k in base)
-    if len(keys) < MIN_PROMPTS:
+    if len(keys) < MIN_PROMPTS or sum(base[k] for k in keys) <= 0:
         return "–", len(keys)
-    a, b = [method[k] for k in keys], [base[k] for k in keys]
-    mean_b = sum(b) / len(b)
-    if mean_b <= 0:
-        return "–", len(keys)
-    d = paired_diff(a, b)
-    ratio, low, high = 1 + d.mean / mean_b, 1 + d.low / mean_b, 1 + d.high / mean_b
+    ci = paired_ratio([method[k] for k in keys], [base[k] for k in keys])
+    ratio, low, high = ci.mean, ci.low, ci.high
     mark = "*" if high <= goal else " (x)" if low > goal else ""
     return f"{ratio:.2f}{mark} [{low:.2f}, {high:.2f}]", len(keys)
 

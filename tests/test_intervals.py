@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from glass_llm.intervals import mean_ci, paired_diff, spread, t_quantile
+from glass_llm.intervals import mean_ci, paired_diff, paired_ratio, spread, t_quantile
 
 
 @pytest.mark.parametrize("df, table", [(1, 12.706), (3, 3.182), (30, 2.042), (31, 2.040), (200, 1.972)])
@@ -71,3 +71,26 @@ def test_spread():
     assert (s.min, s.median, s.max, s.n) == (1.0, 2.5, 10.0, 4)
     assert s.format("{:.1f}") == "2.5 (1.0-10.0)"
     assert spread([1.234]).format() == "1.23"
+
+
+def test_paired_ratio_endpoints_are_where_the_scaled_difference_stops_being_significant():
+    a, b = [0.9, 1.7, 0.4, 1.1, 2.2, 0.8, 1.5, 0.6], [1.4, 2.0, 0.9, 1.2, 3.1, 1.5, 1.6, 1.3]
+    ci = paired_ratio(a, b)
+    assert ci.mean == pytest.approx(sum(a) / sum(b)) and ci.n == 8
+    assert ci.low < ci.mean < ci.high
+    # Fieller: at each end the t interval of mean(a - r b) just touches zero
+    assert mean_ci([x - ci.low * y for x, y in zip(a, b)]).low == pytest.approx(0.0, abs=1e-9)
+    assert mean_ci([x - ci.high * y for x, y in zip(a, b)]).high == pytest.approx(0.0, abs=1e-9)
+    # a ratio inside is not distinguishable from it, one outside is
+    assert not paired_diff(a, [0.99 * ci.high * y for y in b]).excludes_zero
+    assert paired_diff(a, [1.01 * ci.high * y for y in b]).excludes_zero
+
+
+def test_paired_ratio_of_exactly_proportional_values_has_no_width_and_no_bound_without_a_clear_denominator():
+    b = [1.0, 2.0, 3.0, 4.0]
+    ci = paired_ratio([0.5 * y for y in b], b)
+    assert (ci.mean, ci.low, ci.high) == pytest.approx((0.5, 0.5, 0.5))
+    wild = paired_ratio([1.0, 1.0, 1.0], [5.0, -4.0, 0.5])  # denominator mean 0.5, sd 4.5
+    assert wild.mean == pytest.approx(2.0) and wild.low == -math.inf and wild.high == math.inf
+    with pytest.raises(ValueError, match="one value per item"):
+        paired_ratio([1.0], [1.0, 2.0])

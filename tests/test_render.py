@@ -194,18 +194,29 @@ def _goal_run(folder: Path, kls: dict[str, list[float]], split: str = "test") ->
 
 
 def test_goal_table_pairs_methods_across_runs_of_one_pool(tmp_path):
+    from glass_llm.intervals import paired_ratio
+
     spec = importlib.util.spec_from_file_location("goals", ROOT / "benchmarks" / "goals.py")
     goals = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(goals)
     base = [float(i) for i in range(1, 9)]
-    _goal_run(tmp_path / "a", {"glass-a": base, "global": base, "oracle": [x / 4 for x in base]})
-    _goal_run(tmp_path / "b", {"glass-a": base, "glass": [x / 2 for x in base], "glass-refresh": [x / 2 for x in base]})
+    half = [x / 2 + (0.1 if i % 2 else -0.1) for i, x in enumerate(base)]
+    oracle = [x / 4 for x in base]
+    _goal_run(tmp_path / "a", {"glass-a": base, "global": base, "oracle": oracle})
+    _goal_run(tmp_path / "b", {"glass-a": base, "glass": half, "glass-refresh": half})
     _goal_run(tmp_path / "c", {"glass": [9.0] * 8}, split="calib")  # another split: not pooled
     table = goals.markdown(tmp_path)
-    # glass / glass-a: differences -x/2, mean -2.25 of 4.5; half width t(0.975, 7) * sd / sqrt(8) = 1.024
-    assert "| m | c | 64 | 8 | `glass` | 8 | 0.50* [0.27, 0.73] | 0.50* [0.27, 0.73] | – | – |" in table
-    # glass-refresh / oracle: mean 2.25 against 1.125, half width 0.512 / 1.125: entirely above the goal of 1
-    assert "| `glass-refresh` | 8 | 0.50* [0.27, 0.73] | 0.50* [0.27, 0.73] | – | 2.00 (x) [1.54, 2.46] |" in table
+
+    def cell(a, b, mark):
+        ci = paired_ratio(a, b)
+        return f"{ci.mean:.2f}{mark} [{ci.low:.2f}, {ci.high:.2f}]"
+
+    vs_a = cell(half, base, "*")  # 0.5, its interval well below the goal of 0.8
+    assert vs_a.startswith("0.50*")
+    assert f"| m | c | 64 | 8 | `glass` | 8 | {vs_a} | {vs_a} | – | – |" in table  # no oracle goal without refresh
+    vs_oracle = cell(half, oracle, " (x)")  # 2.0, its interval entirely above 1
+    assert vs_oracle.startswith("2.00 (x)")
+    assert f"| `glass-refresh` | 8 | {vs_a} | {vs_a} | – | {vs_oracle} |" in table
     _goal_run(tmp_path / "d", {"glass-a": [x + 1 for x in base]})  # the same prompts scored otherwise
     with pytest.raises(ValueError, match="runs a and d disagree on glass-a at P = 8, document 0"):
         goals.markdown(tmp_path)

@@ -10,6 +10,13 @@
   the interval excludes zero (:attr:`Interval.excludes_zero`). For perplexities, pass the
   per-prompt mean NLLs: ``exp`` of the difference and of its bounds is the ratio of the
   two perplexities with its interval (:meth:`Interval.exp`).
+* :func:`paired_ratio`: the ratio of two means measured on the same prompts (``mean(a) /
+  mean(b)``, e.g. "KL at most 0.8x glass-a") with Fieller's interval: the set of ratios
+  ``r`` for which the mean of the per-prompt ``a_i - r * b_i`` is within its t interval of
+  zero. Unlike a difference interval divided by ``mean(b)``, it counts the uncertainty of
+  the denominator, so it is asymmetric and never crosses zero for positive values with a
+  clearly positive denominator; it is unbounded (``inf``) when ``mean(b)`` itself is not
+  clearly away from zero.
 * :func:`spread`: min / median / max of repeated timings (speed figures are quoted with
   their spread across repeats, not as a single number).
 """
@@ -91,6 +98,31 @@ def paired_diff(a: Sequence[float], b: Sequence[float], level: float = LEVEL) ->
     if len(xs) != len(ys):
         raise ValueError(f"paired_diff needs one value per item on both sides, got {len(xs)} and {len(ys)}")
     return mean_ci([x - y for x, y in zip(xs, ys)], level)
+
+
+def paired_ratio(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> Interval:
+    """``mean(a) / mean(b)`` over items measured on both sides, with Fieller's interval at
+    ``level`` (``[-inf, inf]`` where the denominator's mean is not clearly away from zero)."""
+    xs, ys = _values(a, "paired_ratio"), _values(b, "paired_ratio")
+    if len(xs) != len(ys):
+        raise ValueError(f"paired_ratio needs one value per item on both sides, got {len(xs)} and {len(ys)}")
+    n = len(xs)
+    ma, mb = math.fsum(xs) / n, math.fsum(ys) / n
+    if mb == 0:
+        raise ValueError("paired_ratio: the mean of the denominator is zero")
+    ratio = ma / mb
+    if n < 2:
+        return Interval(ratio, math.nan, math.nan, n, level)
+    saa = math.fsum((x - ma) ** 2 for x in xs) / (n - 1)
+    sbb = math.fsum((y - mb) ** 2 for y in ys) / (n - 1)
+    sab = math.fsum((x - ma) * (y - mb) for x, y in zip(xs, ys)) / (n - 1)
+    q = t_quantile(1 - (1 - level) / 2, n - 1) ** 2 / n
+    # (ma - r mb)^2 <= q (saa - 2 r sab + r^2 sbb), a quadratic A r^2 - 2 B r + C <= 0
+    A, B, C = mb * mb - q * sbb, ma * mb - q * sab, ma * ma - q * saa
+    if A <= 0:
+        return Interval(ratio, -math.inf, math.inf, n, level)
+    root = math.sqrt(max(0.0, B * B - A * C))  # >= 0 but for rounding: the ratio itself is always inside
+    return Interval(ratio, (B - root) / A, (B + root) / A, n, level)
 
 
 @dataclass(frozen=True)
