@@ -7,7 +7,7 @@ with the same model, corpus, split, prompt lengths and prompt count score the sa
 so a method at one density in one run can be paired with another method at another density
 in another run (for example at equal FFN work). Prints, per prompt length, both mean KLs and
 the change of the mean with the 95% t interval of the paired difference (``*``: it excludes
-zero).
+zero), and the ratio of the means with its 95% interval (Fieller's, ``intervals.paired_ratio``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 from glass_llm.evaluation.report import read_records_csv
-from glass_llm.intervals import paired_diff
+from glass_llm.intervals import paired_diff, paired_ratio
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fidelity"
 
@@ -51,10 +51,12 @@ def main() -> int:
         if len(keys) < 2:
             continue
         d = paired_diff([a[k] for k in keys], [b[k] for k in keys])
+        r = paired_ratio([a[k] for k in keys], [b[k] for k in keys])
         mean_a, mean_b = (sum(x[k] for k in keys) / len(keys) for x in (a, b))
         star = "*" if d.low > 0 or d.high < 0 else ""
         print(f"P = {P}: {mean_a:.3f} against {mean_b:.3f} ({len(keys)} prompts): "
-              f"{100 * d.mean / mean_b:+.1f}%{star} [{d.low:+.3f}, {d.high:+.3f}]")
+              f"{100 * d.mean / mean_b:+.1f}%{star} [{d.low:+.3f}, {d.high:+.3f}]; "
+              f"ratio {r.mean:.2f} [{r.low:.2f}, {r.high:.2f}]")
     return 0
 
 
