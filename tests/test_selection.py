@@ -136,6 +136,33 @@ def test_refresh_method_uses_schedule_and_per_row_lam(smollm, calibrated, prompt
         assert torch.equal(both.choose(i, sums[i], n), sel.choose(i, sums[i], n))
 
 
+@pytest.mark.parametrize("method,share", [("glass-a", False), ("glass-i", False), ("griffin", False),
+                                          ("global", False), ("glass-refresh", False), ("glass-refresh", True),
+                                          ("glass-score", False)])
+def test_all_blocks_at_once_choose_what_each_block_chooses(smollm, calibrated, prompt_sums, method, share):
+    """The stacked selection of every block (what the engine runs) equals block-by-block
+    ``choose``, neuron for neuron, with a per-layer schedule, per-row adaptive lams, one
+    set for the batch, score fusion and the impact statistic."""
+    model, _ = smollm
+    sums, n = prompt_sums
+    blocks = find_ffn_blocks(model)
+    config = GlassConfig(method=method, density=0.5, prior=_checked(calibrated, 0.9), share_batch=share)
+    spec, lam, statistic = config.resolved()
+    from glass_llm.adapters import down_column_norms
+    norms = [down_column_norms(b) for b in blocks] if statistic == "impact" else None
+    sel = build_selector(blocks, config, spec, lam, statistic, list(calibrated.scores_for(statistic)), norms,
+                         prior=config.prior)
+    local = [sums[i] for i in range(len(blocks))]
+    k = [max(1, x - 37 * (i % 3)) for i, x in enumerate(sel.k)]  # counts that differ block to block
+    together = sel.choose_all(local, n, k)
+    for i in range(len(blocks)):
+        assert torch.equal(together[i], sel.choose(i, local[i], n, k[i])), (method, i)
+    if sel.uses_prompt:
+        assert together[0].shape == ((1 if share else 2), k[0])
+        with pytest.raises(ValueError, match="one statistic and one count per block"):
+            sel.choose_all(local[:-1], n)
+
+
 def test_schedule_is_used_only_where_its_check_pays(smollm, calibrated):
     model, _ = smollm
     cal = calibrated.calibration

@@ -86,14 +86,15 @@ def fill_missing(lam: torch.Tensor) -> torch.Tensor:
 
 def lam_for_tokens(table: torch.Tensor, windows: torch.Tensor, n_tokens: torch.Tensor) -> torch.Tensor:
     """lam per row for prompts of ``n_tokens`` (B,), from one layer's ``table`` (W,)
-    measured at ``windows`` (W,): linear in ``log n``, constant outside the windows."""
+    measured at ``windows`` (W,): linear in ``log n``, constant outside the windows.
+    A (G, W) table gives the lams of G layers at once, (G, B)."""
     logw = windows.double().log()
     x = n_tokens.double().clamp(min=float(windows[0]), max=float(windows[-1])).log()
     hi = torch.searchsorted(logw.to(x.device), x).clamp(1, len(windows) - 1)
     lo = hi - 1
     lw, tb = logw.to(x.device), table.double().to(x.device)
     t = ((x - lw[lo]) / (lw[hi] - lw[lo])).clamp(0, 1)
-    return (tb[lo] + t * (tb[hi] - tb[lo])).float()
+    return (tb[..., lo] + t * (tb[..., hi] - tb[..., lo])).float()
 
 
 def tilt(lam: torch.Tensor, user_lam: float | None) -> torch.Tensor:

@@ -206,13 +206,13 @@ class GlassHandle:
     def select(self) -> list[torch.Tensor]:
         """Choose every block's neurons from the recorded prompt and build compact weights."""
         t0 = _synced_time(self.devices)
-        selections = []
-        for i, st in enumerate(self.states):
-            chosen = self.selector.choose(i, st.sums, self.prompt_tokens)
+        uses_prompt = self.selector.uses_prompt
+        selections = self.selector.choose_all([st.sums for st in self.states] if uses_prompt else
+                                              [None] * len(self.states), self.prompt_tokens)
+        for i, (st, chosen) in enumerate(zip(self.states, selections)):
             self._use(i, chosen)
             st.seen_sums, st.sums, st.token_mask = (st.sums if self.refresh_every else None), None, None
             st.keep_inputs, st.rows = bool(self.refresh_every), int(self.prompt_tokens.shape[0])
-            selections.append(chosen)
         self.selections = selections
         self.phase = "decode"
         self._since, self._generated, self._interval = 0, 0, self.refresh_interval(0)
@@ -273,16 +273,15 @@ class GlassHandle:
         self.seen_tokens = self.seen_tokens * fade + float(weights.sum())
         k = (self.selector.counts(2.0 ** (-self._generated / self.schedule_halflife)) if self.schedule_halflife
              else self.selector.k)
-        selections = []
         for i, (st, block) in enumerate(zip(self.states, self.blocks)):
             if st.inputs:
                 z = ffn_intermediate(block, torch.cat(st.inputs, dim=1), [w.original for w in self._inputs[i]])
                 w = weights.to(z.device).expand(z.shape[0], -1) if self.refresh_halflife else None
                 st.seen_sums = (st.seen_sums * fade if fade != 1.0 else st.seen_sums) + accumulate_activation(z, w)
                 st.inputs.clear()
-            chosen = self.selector.choose(i, st.seen_sums, self.seen_tokens, k[i])
+        selections = self.selector.choose_all([st.seen_sums for st in self.states], self.seen_tokens, k)
+        for i, chosen in enumerate(selections):
             self._use(i, chosen, incremental=True)
-            selections.append(chosen)
         self.selections = selections
         self._since = 0
         self.refreshes += 1

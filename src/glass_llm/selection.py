@@ -103,24 +103,60 @@ class Selector:
         k = self.k[i] if k is None else k
         if not self.uses_prompt:
             return select_smallest(self.global_ranks[i], k).unsqueeze(0)
-        if sums is None:
+        return select_smallest(self._fused([i], [sums], n_tokens)[0], k)
+
+    def choose_all(self, sums: list[torch.Tensor | None], n_tokens: torch.Tensor | None = None,
+                   k: list[int] | None = None) -> list[torch.Tensor]:
+        """``choose`` for every block at once: the same sets, neuron for neuron. Blocks of one
+        width on one device are ranked and fused as one stacked tensor (one sort instead of
+        one per block), so a selection's cost hardly grows with the number of blocks."""
+        k = self.k if k is None else k
+        if len(sums) != len(self.k) or len(k) != len(self.k):
+            raise ValueError(f"need one statistic and one count per block ({len(self.k)}), "
+                             f"got {len(sums)} and {len(k)}")
+        if not self.uses_prompt:
+            return [self.choose(i, None, n_tokens, k[i]) for i in range(len(k))]
+        groups: dict[tuple, list[int]] = {}
+        for i, s in enumerate(sums):
+            if s is None:
+                raise ValueError("no prompt statistic was recorded; was the prompt empty?")
+            groups.setdefault((s.device, s.shape[-1]), []).append(i)
+        chosen: list[torch.Tensor | None] = [None] * len(k)
+        for idx in groups.values():
+            fused = self._fused(idx, [sums[i] for i in idx], n_tokens)
+            order = torch.argsort(fused, dim=-1, stable=True)  # per row: what select_smallest sorts
+            for g, i in enumerate(idx):
+                if not 1 <= k[i] <= order.shape[-1]:
+                    raise ValueError(f"k must be in [1, {order.shape[-1]}], got {k[i]}")
+                chosen[i] = torch.sort(order[g, ..., :k[i]], dim=-1).values
+        return chosen
+
+    def _fused(self, idx: list[int], sums: list[torch.Tensor | None], n_tokens: torch.Tensor | None) -> torch.Tensor:
+        """Fused scores (G, S, d_ff) of blocks ``idx`` (one width, one device), smaller is
+        better: the prompt ranking merged with the global one at each block's lam. Every
+        step is elementwise or per row, so stacking blocks changes no value."""
+        if any(s is None for s in sums):
             raise ValueError("no prompt statistic was recorded; was the prompt empty?")
         if self.share_batch:
-            sums = sums.sum(0, keepdim=True)
+            sums = [s.sum(0, keepdim=True) for s in sums]
             if n_tokens is not None:
                 n_tokens = n_tokens.sum(0, keepdim=True)
-        local = finalize(sums, self.statistic, None if self.down_norms is None else self.down_norms[i])
-        r_loc = ranks(local)
+        stacked = torch.stack(sums)  # (G, S, d_ff)
+        norms = None if self.down_norms is None else torch.stack([self.down_norms[i] for i in idx]).unsqueeze(1)
+        r_loc = ranks(finalize(stacked, self.statistic, norms))
         if self.adaptive:
             if n_tokens is None:
                 raise ValueError("the adaptive lam needs the number of prompt tokens per row (n_tokens)")
-            lam = self.lam_of(i, n_tokens).unsqueeze(-1)
+            table = torch.stack([self.lam_rows[i] for i in idx])
+            lam = lam_for_tokens(table, self.lam_windows[idx[0]], n_tokens.to(table.device)).unsqueeze(-1)  # (G, S, 1)
             if self.prior_means is not None:  # score fusion: mix the mean statistics
-                mean = sums / n_tokens.to(sums.device, sums.dtype).clamp_min(1).unsqueeze(-1)
-                return select_smallest(-(lam * mean + (1 - lam) * self.prior_means[i]), k)
-            return select_smallest(lam * r_loc + (1 - lam) * self.global_ranks[i], k)
-        r_glob = None if self.global_ranks is None or self.lam == 1 else self.global_ranks[i]
-        return select_smallest(aggregate(r_loc, r_glob, self.lam), k)
+                mean = stacked / n_tokens.to(stacked.device, stacked.dtype).clamp_min(1).unsqueeze(-1)
+                means = torch.stack([self.prior_means[i] for i in idx]).unsqueeze(1)
+                return -(lam * mean + (1 - lam) * means)
+            return lam * r_loc + (1 - lam) * torch.stack([self.global_ranks[i] for i in idx]).unsqueeze(1)
+        r_glob = (None if self.global_ranks is None or self.lam == 1 else
+                  torch.stack([self.global_ranks[i] for i in idx]).unsqueeze(1))
+        return aggregate(r_loc, r_glob, self.lam)
 
 
 def _calibration_of(prior, n_blocks: int):

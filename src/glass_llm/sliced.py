@@ -210,11 +210,12 @@ def update_compact(state: BlockState, inputs: list[NeuronInput], output: NeuronO
             or state.weight_out.dim() != 2 or state.slots.numel() != k):
         return False
     new = selected[0]
-    stay = torch.isin(state.slots, new)
-    free = (~stay).nonzero().flatten()
+    member = torch.zeros(state.d_ff, dtype=torch.bool, device=new.device)
+    free = (~member.index_fill_(0, new, True)[state.slots]).nonzero().flatten()  # slots whose neuron left
     if free.numel() == 0:
         return True
-    incoming = new[~torch.isin(new, state.slots)]
+    held = member.zero_().index_fill_(0, state.slots, True)
+    incoming = new[~held[new]]  # neurons that enter, ascending
     pieces, _ = _input_pieces(inputs, state.d_ff)
     for j, (w, b, off, scale) in enumerate(pieces):
         rows = free + j * k
