@@ -1,8 +1,10 @@
 """Quality-speed frontier: KL to the dense model against the measured decode speed-up.
 
     python benchmarks/frontier.py [--model smollm2-135m] [--prompts 16] [--gen-tokens 64]
+    python benchmarks/frontier.py --name smollm2-135m-g256 --methods glass,glass-refresh-start-fade \
+        --densities 0.4665,0.5,0.6,0.7 --prompts 32 --gen-tokens 256 --bench-tokens 256 --repeats 3
 
-For densities 0.3, 0.5, 0.7 and 0.9 on one machine:
+For densities 0.3, 0.5, 0.7 and 0.9 (``--densities``) on one machine:
 1. fidelity: ``glass eval MODEL`` (Wikipedia test split, 8-token prompts) for griffin,
    glass-a, glass and glass-refresh;
 2. speed: one ``glass bench MODEL --method griffin,glass,glass-refresh --json --raw`` at the
@@ -10,10 +12,11 @@ For densities 0.3, 0.5, 0.7 and 0.9 on one machine:
    density per layer: the decode shapes of griffin and glass-a, whose steps differ only in
    which neurons are kept), glass (per-layer schedule) and glass-refresh (the schedule
    plus re-selections, whose time is spread over the steps);
-3. the raw records go to ``benchmarks/results/frontier/MODEL/`` (rendered into
-   BENCHMARKS.md by ``<!-- render: frontier MODEL -->``), and the plot, KL against
-   speed-up with one line per method through its densities, to
-   ``benchmarks/figures/frontier_MODEL.png``.
+3. the raw records go to ``benchmarks/results/frontier/NAME/`` (NAME is the model unless
+   ``--name`` says otherwise; rendered into BENCHMARKS.md by ``<!-- render: frontier NAME -->``),
+   and the plot, KL against speed-up with one line per method through its densities, to
+   ``benchmarks/figures/frontier_NAME.png``.
+Other ``--methods`` time their own decode shapes, each side by side with the rest.
 Wrap it in ``flock /tmp/glass-heavy.lock`` on a shared machine: the speed runs need the cores.
 """
 
@@ -37,9 +40,10 @@ METHODS = ("griffin", "glass-a", "glass", "glass-refresh")
 SPEED_OF = {"griffin": "griffin", "glass-a": "griffin", "glass": "glass", "glass-refresh": "glass-refresh",
             "glass-schedule-adaptive": "glass-schedule-adaptive", "glass-refresh-cumulative": "glass-refresh-cumulative"}
 STYLE = {"griffin": "tab:red", "glass-a": "tab:olive", "glass": "tab:green", "glass-refresh": "tab:blue",
-         "glass-schedule-adaptive": "tab:purple", "glass-refresh-cumulative": "tab:cyan"}
+         "glass-schedule-adaptive": "tab:purple", "glass-refresh-cumulative": "tab:cyan",
+         "glass-refresh-start-fade": "tab:brown"}
 SHOWN = ("griffin", "glass-a", "glass-schedule-adaptive", "glass", "glass-refresh-cumulative",
-         "glass-refresh")  # plot and table order
+         "glass-refresh", "glass-refresh-start-fade")  # plot and table order
 
 
 def glass(*args: str, stdout=None) -> None:
@@ -53,8 +57,10 @@ def round_speedups(record: dict) -> list[float]:
     raw = record["raw"]
     sparse = raw[f"d={record['density']:g}"]
 
-    def step(run: dict) -> float:
-        return run["median_step_s"] + run.get("refresh_s", 0.0) / max(1, run["steps"])
+    def step(run: dict) -> float:  # as BenchRecord: dense-start steps and refreshes spread over the steps
+        sparse = run["steps"] - run.get("dense_steps", 0)
+        return ((run["median_step_s"] * sparse + run.get("dense_steps_s", 0.0) + run.get("refresh_s", 0.0))
+                / max(1, run["steps"]))
 
     return [d["median_step_s"] / step(s) for d, s in zip(raw["dense"], sparse)]
 
@@ -66,7 +72,7 @@ def points(folder: Path) -> list[dict]:
     bench = {(r["method"], r["density"]): r for r in json.loads((folder / "bench.json").read_text())}
     out = []
     for r in results:
-        rec = bench.get((SPEED_OF.get(r["method"]), r["density"]))
+        rec = bench.get((SPEED_OF.get(r["method"], r["method"]), r["density"]))
         if rec is None:
             continue
         s = sorted(round_speedups(rec))
@@ -132,29 +138,35 @@ def main() -> int:
     p.add_argument("--gen-tokens", default="64")
     p.add_argument("--bench-tokens", default="64")
     p.add_argument("--repeats", default="5")
+    p.add_argument("--methods", default=",".join(METHODS), help="methods scored and timed (default %(default)s)")
+    p.add_argument("--densities", default=DENSITIES)
+    p.add_argument("--name", help="records folder and figure name (default: the model)")
     p.add_argument("--out", default="runs/frontier")
     p.add_argument("--skip-eval", action="store_true", help="reuse a finished eval run in --out")
     p.add_argument("--plot-only", action="store_true", help="redraw the figure from the committed records")
     args = p.parse_args()
-    run = Path(args.out) / args.model
-    dest = RESULTS / args.model
+    name = args.name or args.model
+    methods = [m for m in args.methods.split(",") if m]
+    run = Path(args.out) / name
+    dest = RESULTS / name
+    figure = HERE / "figures" / f"frontier_{name}.png"
     if args.plot_only:
-        plot(points(dest), args.model, HERE / "figures" / f"frontier_{args.model}.png")
+        plot(points(dest), args.model, figure)
         print(markdown(dest))
         return 0
     dest.mkdir(parents=True, exist_ok=True)
     if not args.skip_eval:
-        glass("eval", args.model, "--methods", ",".join(("dense", *METHODS)), "--density", DENSITIES,
+        glass("eval", args.model, "--methods", ",".join(("dense", *methods)), "--density", args.densities,
               "--prompt-tokens", "8", "--prompts", args.prompts, "--gen-tokens", args.gen_tokens,
               "--corpus", "wikipedia", "--threads", "2", "--no-plots", "--out", str(run))
     for name in ("results.json", "records.csv", "settings.json"):
         shutil.copyfile(run / name, dest / name)
     with open(dest / "bench.json", "w") as f:
-        speeds = ",".join(dict.fromkeys(SPEED_OF[m] for m in METHODS))
-        glass("bench", args.model, "--method", speeds, "--density", DENSITIES,
+        speeds = ",".join(dict.fromkeys(SPEED_OF.get(m, m) for m in methods))
+        glass("bench", args.model, "--method", speeds, "--density", args.densities,
               "--prompt-tokens", "16", "--gen-tokens", args.bench_tokens, "--repeats", args.repeats, "--json",
               "--raw", "--quiet", stdout=f)
-    plot(points(dest), args.model, HERE / "figures" / f"frontier_{args.model}.png")
+    plot(points(dest), args.model, figure)
     print(markdown(dest))
     return 0
 

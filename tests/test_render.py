@@ -100,8 +100,9 @@ def test_frontier_points_spread_refreshes_and_pair_methods_with_their_speed_run(
     frontier = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(frontier)
 
-    def run(step, refresh_s=0.0):
-        return {"median_step_s": step, "refresh_s": refresh_s, "steps": 10}
+    def run(step, refresh_s=0.0, dense_steps=0, dense_steps_s=0.0):
+        return {"median_step_s": step, "refresh_s": refresh_s, "steps": 10, "dense_steps": dense_steps,
+                "dense_steps_s": dense_steps_s}
 
     def bench(method, sparse):
         return {"method": method, "density": 0.5, "prompt_tokens": 16, "gen_tokens": 64, "repeats": 2, "threads": 2,
@@ -111,14 +112,18 @@ def test_frontier_points_spread_refreshes_and_pair_methods_with_their_speed_run(
     # refreshes of 0.2 s over 10 steps add 0.02 s per step
     (tmp_path / "bench.json").write_text(json.dumps([
         bench("griffin", [run(0.08), run(0.16)]), bench("glass", [run(0.08), run(0.1)]),
-        bench("glass-refresh", [run(0.08, 0.2), run(0.08, 0.2)])]))
+        bench("glass-refresh", [run(0.08, 0.2), run(0.08, 0.2)]),
+        # 2 dense-start steps of 0.1 s each and 8 sparse ones of 0.05 s: 0.06 s per step
+        bench("glass-refresh-start-fade", [run(0.05, 0.0, 2, 0.2), run(0.05, 0.0, 2, 0.2)])]))
     results = [{"method": m, "density": 0.5, "kl": kl, "kl_ci95": 0.1}
-               for m, kl in (("dense", 0.0), ("griffin", 2.0), ("glass-a", 1.0), ("glass", 0.9), ("glass-refresh", 0.7))]
+               for m, kl in (("dense", 0.0), ("griffin", 2.0), ("glass-a", 1.0), ("glass", 0.9), ("glass-refresh", 0.7),
+                             ("glass-refresh-start-fade", 0.5))]
     (tmp_path / "results.json").write_text(json.dumps(results))
     (tmp_path / "settings.json").write_text(json.dumps({"model": "m", "corpus": "wikipedia", "split": "test",
                                                         "prompt_tokens": [8], "gen_tokens": 64, "n_prompts": 4}))
     pts = {p["method"]: p for p in frontier.points(tmp_path)}
-    assert set(pts) == {"griffin", "glass-a", "glass", "glass-refresh"}
+    assert set(pts) == {"griffin", "glass-a", "glass", "glass-refresh", "glass-refresh-start-fade"}
+    assert pts["glass-refresh-start-fade"]["speedup_min"] == pytest.approx(0.1 / 0.06)
     assert pts["griffin"]["speedup"] == pytest.approx(1.25) and pts["glass-a"]["speedup"] == pytest.approx(1.25)
     assert pts["glass"]["speedup_min"] == pytest.approx(1.25) and pts["glass"]["speedup_max"] == pytest.approx(2.0)
     assert pts["glass-refresh"]["speedup_min"] == pytest.approx(0.1 / 0.1)
