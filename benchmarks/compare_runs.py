@@ -2,7 +2,8 @@
 
     python benchmarks/compare_runs.py RUN:METHOD[@DENSITY] BASE_RUN:BASE_METHOD[@DENSITY]
 
-RUN is a folder under ``benchmarks/results/fidelity/`` (with ``records.csv``). Runs made
+RUN is a folder under ``benchmarks/results/fidelity/`` (with ``records.csv``), or a path
+under ``benchmarks/results/`` such as ``frontier/smollm2-135m-g256``. Runs made
 with the same model, corpus, split, prompt lengths and prompt count score the same prompts,
 so a method at one density in one run can be paired with another method at another density
 in another run (for example at equal FFN work). Prints, per prompt length, both mean KLs and
@@ -27,7 +28,7 @@ def per_prompt(spec: str) -> dict[tuple[int, int], float]:
     method, _, density = rest.partition("@")
     if not run or not method:
         raise SystemExit(f"give RUN:METHOD[@DENSITY], got {spec!r}")
-    path = RESULTS / run / "records.csv"
+    path = (RESULTS.parent if "/" in run else RESULTS) / run / "records.csv"
     if not path.exists():
         raise SystemExit(f"no records at {path}")
     rows = [r for r in read_records_csv(path.read_text()) if r["method"] == method
