@@ -188,6 +188,39 @@ def test_single_pass_statistic_equals_a_second_pass_over_the_sampled_text(smollm
             assert torch.allclose(a, b[r], rtol=1e-4, atol=1e-5)
 
 
+def test_greedy_continuation_is_the_dense_argmax_and_only_it_is_recorded(smollm):
+    """With ``greedy_after = n`` the first n tokens are the sampled ones (the same as plain
+    sampling draws), every later token is the dense model's most likely next token, and the
+    statistic covers exactly the greedy tokens (a teacher-forced pass over them agrees)."""
+    from glass_llm.adapters import find_ffn_blocks
+    from glass_llm.calibrate import ActivationRecorder
+    from glass_llm.self_sample import sample_and_record, self_prompts
+
+    model, tok = smollm
+    blocks = find_ffn_blocks(model)
+    seqs, L, n = [2, 7], 14, 5
+    sums, counts, tokens = sample_and_record(model, tok, blocks, seqs, L, seed=3, greedy_after=n)
+    _, _, sampled = sample_and_record(model, tok, blocks, seqs, n, seed=3)
+    assert torch.equal(tokens[:, :n], sampled)
+    assert counts.tolist() == [L - n] * len(seqs)
+    prompts = self_prompts(tok)
+    for r, i in enumerate(seqs):
+        prompt = prompts[i % len(prompts)]
+        ids = torch.tensor([prompt + tokens[r].tolist()])
+        logits = model(input_ids=ids).logits[0]
+        start = len(prompt)
+        assert torch.equal(logits[start + n - 1:start + L - 1].argmax(-1), tokens[r, n:])
+        mask = torch.zeros_like(ids)
+        mask[0, start + n:] = 1
+        rec = ActivationRecorder(model, blocks)
+        with rec:
+            rec.run(model, ids, mask, attention_mask=torch.ones_like(ids))
+        for a, b in zip(rec.sums, sums):
+            assert torch.allclose(a, b[r], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="greedy_after"):
+        sample_and_record(model, tok, blocks, seqs, L, seed=3, greedy_after=L)
+
+
 def test_sampling_batch_depends_on_the_budget_only():
     """The batch shape never depends on the number of processes (1 and N build the same prior)."""
     from glass_llm.build import sampling_batch

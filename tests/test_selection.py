@@ -15,13 +15,15 @@ from glass_llm.calibrate import ActivationRecorder
 from glass_llm.calibration import calibrate_prior, ensure_calibrated
 from glass_llm.calibration_data import Calibration
 from glass_llm.config import GlassConfig
+from glass_llm.engine import apply_glass
 from glass_llm.prior import PriorError, load_prior, save_prior
 from glass_llm.ranking import select
 from glass_llm.schedule import ScheduleError, budget
 from glass_llm.selection import Selector, build_selector
 from glass_llm.stats import finalize
 
-SMALL = {"n_seqs": 4, "seq_len": 40, "horizon": 16, "stride": 8, "gain_rows": 2, "gain_len": 16, "err_tokens": 128}
+SMALL = {"n_seqs": 4, "seq_len": 40, "horizon": 16, "stride": 8, "gain_rows": 2, "gain_len": 16, "err_tokens": 128,
+         "greedy_rows": 3, "greedy_prefix": 4, "greedy_len": 12}
 TEXT = ["The river Thames flows through London and reaches the North Sea at its estuary.",
         "Photosynthesis lets plants turn light, water and carbon dioxide into sugar."]
 
@@ -199,10 +201,17 @@ def test_prior_formats_round_trip(tmp_path, smollm, calibrated):
     model, _ = smollm
     new = save_prior(calibrated, tmp_path / "v3.safetensors")
     loaded = load_prior(new)
-    assert loaded.meta["format_version"] == 3
+    assert loaded.meta["format_version"] == 4
     assert torch.equal(loaded.calibration.lam, calibrated.calibration.lam.float())
     assert torch.equal(loaded.calibration.check_ratio, calibrated.calibration.check_ratio.float())
-    unchecked = replace(calibrated.calibration, check_densities=None, check_ratio=None, check_upper=None)
+    assert torch.equal(loaded.calibration.greedy_sums, calibrated.calibration.greedy_sums.float())
+    assert loaded.calibration.greedy_tokens == calibrated.calibration.greedy_tokens > 0
+    v3 = load_prior(save_prior(replace(calibrated, calibration=replace(calibrated.calibration, greedy_sums=None)),
+                               tmp_path / "v3.safetensors"))
+    assert v3.meta["format_version"] == 3 and v3.calibration.greedy_sums is None
+    assert torch.equal(v3.calibration.check_ratio, loaded.calibration.check_ratio)
+    unchecked = replace(calibrated.calibration, check_densities=None, check_ratio=None, check_upper=None,
+                        greedy_sums=None)
     v2 = load_prior(save_prior(replace(calibrated, calibration=unchecked), tmp_path / "v2.safetensors"))
     assert v2.meta["format_version"] == 2 and v2.calibration.check_ratio is None
     assert torch.equal(v2.calibration.profile, loaded.calibration.profile)
@@ -221,6 +230,50 @@ def test_old_prior_is_calibrated_with_a_message(smollm, calibrated):
     assert ensure_calibrated(model, tok, new, stream=buf) is new
     with pytest.raises(ValueError, match="rebuild it"):
         _selector(model, old, "glass")
+
+
+def test_glass_reads_the_prior_of_greedy_text(smollm, calibrated, prompt_sums):
+    """``glass`` and ``global-greedy`` take their global view from the statistic of greedy
+    text; glass-a keeps the paper's prior of temperature-1 samples."""
+    from glass_llm.methods import GLOBAL_SOURCES, get_method
+
+    model, _ = smollm
+    blocks = find_ffn_blocks(model)
+    cal = calibrated.calibration
+    greedy = GLOBAL_SOURCES["greedy"](blocks, calibrated, "activation", 0)
+    assert all(torch.equal(g, finalize(s, "activation")) for g, s in zip(greedy, cal.greedy_sums))
+    paper = calibrated.scores_for("activation")
+    assert not all(torch.equal(ranks_of(g), ranks_of(p)) for g, p in zip(greedy, paper))
+    assert get_method("glass").global_source == "greedy" and get_method("glass-a").global_source == "prior"
+    assert get_method("global-greedy").needs_prior and get_method("glass-a-greedy").needs_prior
+    handle = apply_glass(model, GlassConfig(method="global-greedy", density=0.5, prior=calibrated))
+    try:
+        for i, b in enumerate(blocks):
+            assert torch.equal(handle.selector.choose(i, None)[0], select(None, greedy[i], 0.0, 0.5))
+    finally:
+        handle.remove()
+    with pytest.raises(ValueError, match="no statistic of greedy text"):
+        GLOBAL_SOURCES["greedy"](blocks, replace(calibrated, calibration=replace(cal, greedy_sums=None)),
+                                 "activation", 0)
+
+
+def test_format_3_prior_gets_the_greedy_statistic_with_a_message(smollm, calibrated):
+    """A prior of format 3 gains the same greedy statistic a new calibration computes (same
+    seed, same sequences), once, with a message; the rest of its calibration is kept."""
+    model, tok = smollm
+    v3 = replace(calibrated, calibration=replace(calibrated.calibration, greedy_sums=None))
+    buf = io.StringIO()
+    new = ensure_calibrated(model, tok, v3, stream=buf, **SMALL)
+    assert "no statistic of greedy text" in buf.getvalue()
+    assert torch.allclose(new.calibration.greedy_sums, calibrated.calibration.greedy_sums, rtol=1e-5, atol=1e-6)
+    assert new.calibration.greedy_tokens == calibrated.calibration.greedy_tokens
+    assert torch.equal(new.calibration.lam, calibrated.calibration.lam) and new.meta["format_version"] == 4
+
+
+def ranks_of(scores):
+    from glass_llm.ranking import ranks
+
+    return ranks(scores.float())
 
 
 def test_calibration_for_another_model_is_refused(smollm, calibrated):

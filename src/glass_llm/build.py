@@ -12,6 +12,7 @@ The statistic is accumulated over the generated tokens (up to and including EOS)
 
 from __future__ import annotations
 
+import io
 import math
 import sys
 import time
@@ -233,8 +234,14 @@ def get_or_build_prior(model: nn.Module, tokenizer, model_name: str, source: str
     if have == world:
         prior = load_prior(found)
         prior.check_matches(model)
-        if calibrate and prior.calibration is None:
-            prior = calibrated(model, tokenizer, prior, seed, progress and rank == 0)
+        if calibrate and (prior.calibration is None or prior.calibration.greedy_sums is None):
+            if prior.calibration is None:
+                prior = calibrated(model, tokenizer, prior, seed, progress and rank == 0)
+            else:  # format 3: only the statistic of greedy text is missing
+                from .calibration import ensure_calibrated
+
+                prior = ensure_calibrated(model, tokenizer, prior,
+                                          stream=sys.stderr if rank == 0 else io.StringIO())
             if rank == 0:
                 save_prior(prior, found)
         return prior

@@ -27,7 +27,15 @@
    the schedule is used at a density only where it measured better with 95% confidence
    (the upper end of the ratio's t interval below 1; ``Calibration.use_schedule``).
 
-Nothing here reads evaluation text. About 30-60 s for SmolLM2-135M on 2 CPU cores.
+5. the greedy statistic (``greedy_statistic``): ``greedy_rows`` sequences whose first
+   ``greedy_prefix`` tokens are sampled at temperature 1 (a varied start, like a prompt)
+   and whose next ``greedy_len`` tokens are decoded greedily; the statistic of the greedy
+   tokens is the global view of ``glass`` (the ``greedy`` global
+   source). Why: greedy text is not the text of temperature-1 sampling (it repeats, and it
+   stays on the likeliest words), and a user decoding greedily is served best by a prior
+   of text written that way (BENCHMARKS.md, "A prior of greedy text").
+
+Nothing here reads evaluation text. About 1-2 min for SmolLM2-135M on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -52,11 +60,13 @@ from .selection import Selector
 from .self_sample import sample_and_record, self_prompts
 
 SEQ_OFFSET = 1 << 20
+GREEDY_OFFSET = 2 << 20  # sequence indices of the greedy statistic: other sequences than the rest
 GRID = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
 GAIN_DENSITY = 0.5
 CHECK_DENSITIES = (0.3, 0.5, 0.7, 0.9)
 DEFAULTS = {"n_seqs": 16, "seq_len": 128, "horizon": 64, "stride": 8, "gain_rows": 4, "gain_len": 32,
-            "err_tokens": 1024, "check_rows": 12, "check_prompt": 8, "check_len": 64}
+            "err_tokens": 1024, "check_rows": 12, "check_prompt": 8, "check_len": 64,
+            "greedy_rows": 64, "greedy_prefix": 8, "greedy_len": 128}
 
 
 def token_ids_of(model: nn.Module) -> SimpleNamespace:
@@ -171,6 +181,23 @@ def _check_schedule(model: nn.Module, blocks: list[FFNBlock], ids: torch.Tensor,
 
 
 @torch.no_grad()
+def greedy_statistic(model: nn.Module, tokenizer, blocks: list[FFNBlock], seed: int = 0, rows: int = 64,
+                     prefix: int = 8, length: int = 128) -> tuple[torch.Tensor, int]:
+    """(n_blocks, d_ff) sums of ``u^2`` over text the model writes greedily, and its token
+    count: ``rows`` sequences sampled for ``prefix`` tokens at temperature 1, then
+    continued greedily for ``length`` tokens (only those are counted)."""
+    if rows < 1 or prefix < 1 or length < 1:
+        raise ValueError(f"the greedy statistic needs rows, prefix and length >= 1, got {rows}, {prefix}, {length}")
+    indices = list(range(GREEDY_OFFSET, GREEDY_OFFSET + rows))
+    sums, counts, _ = sample_and_record(model, tokenizer, blocks, indices, prefix + length, seed,
+                                        greedy_after=prefix)
+    n = int(counts.sum())
+    if n == 0:
+        raise ValueError("every greedy sequence ended within its sampled start; raise greedy_prefix's budget")
+    return torch.stack([s.sum(0) for s in sums]), n
+
+
+@torch.no_grad()
 def calibrate_prior(model: nn.Module, tokenizer, prior: Prior, seed: int = 0, progress: bool = True,
                     **settings) -> Prior:
     """The prior with a selection calibration measured on the model's own samples."""
@@ -184,9 +211,12 @@ def calibrate_prior(model: nn.Module, tokenizer, prior: Prior, seed: int = 0, pr
     tokenizer = tokenizer if tokenizer is not None else token_ids_of(model)
     glob = prior.scores_for("activation")
     device = next(model.parameters()).device
+    greedy, greedy_tokens = greedy_statistic(model, tokenizer, blocks, seed, opts["greedy_rows"],
+                                             opts["greedy_prefix"], opts["greedy_len"])
+    phases = {"greedy": time.perf_counter() - t0}
     indices = list(range(SEQ_OFFSET, SEQ_OFFSET + opts["n_seqs"]))
     _, counts, tokens = sample_and_record(model, tokenizer, blocks, indices, opts["seq_len"], seed)
-    phases = {"sample": time.perf_counter() - t0}
+    phases["sample"] = time.perf_counter() - t0 - sum(phases.values())
     prompts = self_prompts(tokenizer)
     rows = [prompts[i % len(prompts)] + tokens[r, : int(counts[r])].tolist() for r, i in enumerate(indices)]
     lengths = torch.tensor([len(r) for r in rows])
@@ -263,20 +293,44 @@ def calibrate_prior(model: nn.Module, tokenizer, prior: Prior, seed: int = 0, pr
               file=sys.stderr)
     phases["check"] = time.perf_counter() - t0 - sum(phases.values())
     meta = {"source": "self", "seed": seed, "seq_offset": SEQ_OFFSET, "tokens": int(lengths.sum()),
-            "gain_density": GAIN_DENSITY, "seconds": {k: round(v, 1) for k, v in phases.items()}, **opts}
+            "gain_density": GAIN_DENSITY, "seconds": {k: round(v, 1) for k, v in phases.items()},
+            "greedy_offset": GREEDY_OFFSET, "greedy_tokens": greedy_tokens, **opts}
     cal = Calibration(grid=torch.tensor(GRID), profile=profile, windows=torch.tensor(WINDOWS, dtype=torch.float32),
                       lam=lam, score_lam=score_lam, meta=meta,
                       check_densities=None if check[0] is None else torch.tensor(CHECK_DENSITIES),
-                      check_ratio=check[0], check_upper=check[1])
+                      check_ratio=check[0], check_upper=check[1], greedy_sums=greedy)
     cal.check(len(blocks))
     return replace(prior, calibration=cal, meta={**prior.meta, "format_version": cal.format_version})
 
 
 def ensure_calibrated(model: nn.Module, tokenizer, prior: Prior, stream=sys.stderr, **settings) -> Prior:
-    """``prior`` itself when it carries a calibration, else the prior with one computed now
-    (after saying so on ``stream``: an older prior file, format version 1)."""
-    if prior.calibration is not None:
+    """``prior`` itself when it carries a calibration with the greedy statistic; else the
+    prior with what it lacks computed now, after saying so on ``stream``: the whole
+    calibration for a file of format 1, the greedy statistic alone for formats 2 and 3."""
+    if prior.calibration is not None and prior.calibration.greedy_sums is not None:
         return prior
+    if prior.calibration is not None:
+        print("this prior file has no statistic of greedy text (format 3 or older): computing it now, about a "
+              "minute (a cached prior keeps it; for a file you named, `glass prior MODEL --recalibrate FILE`)",
+              file=stream, flush=True)
+        return with_greedy(model, tokenizer, prior, **settings)
     print("this prior file has no selection calibration (an older format): computing it now, "
           "about a minute; rebuild the prior with `glass prior` to store it", file=stream, flush=True)
     return calibrate_prior(model, tokenizer, prior, progress=False, **settings)
+
+
+@torch.no_grad()
+def with_greedy(model: nn.Module, tokenizer, prior: Prior, **settings) -> Prior:
+    """``prior`` with the greedy statistic added to its calibration (the rest unchanged)."""
+    opts = {**DEFAULTS, **settings}
+    blocks = find_ffn_blocks(model)
+    prior.check_matches(model, blocks)
+    tokenizer = tokenizer if tokenizer is not None else token_ids_of(model)
+    seed = int(prior.calibration.meta.get("seed", 0))
+    greedy, n = greedy_statistic(model, tokenizer, blocks, seed, opts["greedy_rows"], opts["greedy_prefix"],
+                                 opts["greedy_len"])
+    meta = {**prior.calibration.meta, "greedy_offset": GREEDY_OFFSET, "greedy_tokens": n,
+            **{k: opts[k] for k in ("greedy_rows", "greedy_prefix", "greedy_len")}}
+    cal = replace(prior.calibration, greedy_sums=greedy, meta=meta)
+    cal.check(len(blocks))
+    return replace(prior, calibration=cal, meta={**prior.meta, "format_version": cal.format_version})

@@ -11,7 +11,12 @@ how it is written into, and read back from, the prior's safetensors file.
   (geometric mean over sampled rows, and the upper end of its 95% t interval), both with
   the full ``glass`` selection on samples of the model's own text; the schedule is used at
   a density only where the upper end is below 1 (``use_schedule``). Files of version 2 have
-  no check: the schedule is then not used (a warning says to rebuild the prior).
+  no check: the schedule is then not used (a warning says to rebuild the prior);
+* ``greedy_sums`` (L, d_ff) (format version 4): the statistic summed over text the model
+  writes greedily after a short sampled start, ``meta["greedy_tokens"]`` tokens of it: the
+  global view of the methods that decode as ``glass eval`` and ``glass demo`` do (the
+  ``greedy`` global source). Older files have none; it is computed when they are loaded
+  for such a method (``calibration.ensure_greedy``).
 """
 
 from __future__ import annotations
@@ -24,9 +29,10 @@ import torch
 from .dispersion import check_table
 from .schedule import check_profile, checked_ratio
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 _KEYS = ("grid", "profile", "windows", "lam", "score_lam")
 _CHECK_KEYS = ("check_densities", "check_ratio", "check_upper")  # format 3; absent in format-2 files
+_GREEDY_KEY = "greedy_sums"  # format 4
 _PREFIX = "calibration."
 
 
@@ -41,11 +47,18 @@ class Calibration:
     check_densities: torch.Tensor | None = None
     check_ratio: torch.Tensor | None = None
     check_upper: torch.Tensor | None = None
+    greedy_sums: torch.Tensor | None = None
 
     @property
     def format_version(self) -> int:
-        """3 with the schedule check, 2 without it."""
-        return FORMAT_VERSION if self.check_ratio is not None else 2
+        """4 with the greedy statistic, 3 with the schedule check only, 2 without either."""
+        if self.check_ratio is None:
+            return 2
+        return FORMAT_VERSION if self.greedy_sums is not None else 3
+
+    @property
+    def greedy_tokens(self) -> int:
+        return int(self.meta.get("greedy_tokens", 0))
 
     @property
     def n_blocks(self) -> int:
@@ -67,6 +80,14 @@ class Calibration:
             if (not bool(torch.isfinite(r).all() & (r > 0).all() & (u >= r).all())
                     or not bool((d[1:] > d[:-1]).all())):
                 raise ValueError("the schedule check holds invalid values; rebuild the prior with `glass prior`")
+        g = self.greedy_sums
+        if g is not None:
+            if g.dim() != 2 or g.shape[0] != n_blocks:
+                raise ValueError(f"the greedy statistic has shape {tuple(g.shape)} but the model has {n_blocks} FFN "
+                                 "blocks: it was measured on another model")
+            if not bool(torch.isfinite(g).all() & (g >= 0).all()) or self.greedy_tokens < 1:
+                raise ValueError("the greedy statistic holds invalid values or no token count; rebuild it with "
+                                 "`glass prior MODEL --recalibrate`")
 
     def use_schedule(self, density: float) -> bool:
         """Whether the ``glass`` method allocates per-layer densities at ``density``: only where
@@ -82,6 +103,7 @@ class Calibration:
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         keys = _KEYS + (_CHECK_KEYS if self.check_ratio is not None else ())
+        keys += (_GREEDY_KEY,) if self.greedy_sums is not None else ()
         return {_PREFIX + k: getattr(self, k).float().contiguous() for k in keys}
 
     @classmethod
@@ -94,7 +116,7 @@ class Calibration:
         if len(present) != len(_KEYS):
             missing = sorted(set(_KEYS) - set(present))
             raise ValueError(f"the prior's selection calibration is incomplete (missing {', '.join(missing)})")
-        checks = {k: tensors[_PREFIX + k].float() for k in _CHECK_KEYS if _PREFIX + k in tensors}
+        checks = {k: tensors[_PREFIX + k].float() for k in _CHECK_KEYS + (_GREEDY_KEY,) if _PREFIX + k in tensors}
         cal = cls(**{k: tensors[_PREFIX + k].float() for k in _KEYS}, **checks, meta=dict(meta or {}))
         cal.check(cal.n_blocks)
         return cal
@@ -112,6 +134,12 @@ class Calibration:
                 self.check_densities.tolist(), self.check_ratio.tolist(), self.check_upper.tolist()))
             lines.append(f"schedule check, KL of the schedule / the uniform density on the model's own text, "
                          f"95% upper bound (used where the bound is below 1): {pairs}")
+        if self.greedy_sums is None:
+            lines.append("greedy statistic: none (format 3 or older): computed when a method that reads it is "
+                         "applied; `glass prior MODEL --recalibrate` stores it")
+        else:
+            lines.append(f"greedy statistic: {self.greedy_tokens} tokens the model wrote greedily "
+                         f"(the global view of glass)")
         for i in range(self.n_blocks):
             lam = " ".join(f"{v:.2f}" for v in self.lam[i].tolist())
             score = " ".join(f"{v:.2f}" for v in self.score_lam[i].tolist())

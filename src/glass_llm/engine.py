@@ -23,7 +23,7 @@ from torch import nn
 from .adapters import FFNBlock, compute_dtype, down_column_norms, ffn_intermediate, find_ffn_blocks
 from .config import PATHS, GlassConfig, refresh_interval  # noqa: F401  (PATHS, GlassConfig re-exported)
 from .errors import UserError
-from .methods import GLOBAL_SOURCES, MethodSpec
+from .methods import GLOBAL_SOURCES, PRIOR_SOURCES, MethodSpec
 from .prior import load_prior
 from .quant import Int8Linear, quantize_linears
 from .selection import Selector, build_selector
@@ -307,7 +307,7 @@ def apply_glass(model: nn.Module, config: GlassConfig | None = None, **overrides
         raise GlassError("GLASS is already applied to this model; call handle.remove() first")
     blocks = find_ffn_blocks(model)
     prior = None
-    if spec.global_source == "prior" and not spec.dense and (lam < 1 or spec.schedule):
+    if spec.global_source in PRIOR_SOURCES and not spec.dense and (lam < 1 or spec.schedule):
         prior = config.prior
         if isinstance(prior, (str, os.PathLike)):
             prior = load_prior(prior)
@@ -315,13 +315,16 @@ def apply_glass(model: nn.Module, config: GlassConfig | None = None, **overrides
             prior.check_matches(model, blocks)
             if prior.sums.shape[0] != len(blocks):
                 raise GlassError("prior and model disagree on the number of FFN blocks")
+    greedy = spec.global_source == "greedy"
+    cal = None if prior is None else prior.calibration
+    if prior is not None and not spec.dense and ((cal is None and (spec.schedule or spec.adaptive or greedy))
+                                                 or (greedy and cal is not None and cal.greedy_sums is None)):
+        from .calibration import ensure_calibrated  # an older prior: calibrate it now, once per process
+
+        prior.calibration = ensure_calibrated(model, None, prior).calibration
     global_scores = None
     if not spec.dense and lam < 1 and spec.global_source is not None:
         global_scores = GLOBAL_SOURCES[spec.global_source](blocks, prior, statistic, config.seed)
     down_norms = [down_column_norms(b) for b in blocks] if statistic == "impact" else None
-    if prior is not None and prior.calibration is None and (spec.schedule or spec.adaptive) and not spec.dense:
-        from .calibration import ensure_calibrated  # an older prior: calibrate it now, once per process
-
-        prior.calibration = ensure_calibrated(model, None, prior).calibration
     selector = build_selector(blocks, config, spec, lam, statistic, global_scores, down_norms, prior=prior)
     return GlassHandle(model, config, blocks, spec, lam, statistic, selector)

@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 
 from .adapters import FFNBlock, magnitude_scores
+from .stats import finalize
 
 # Default aggregation weight for GLASS. Chosen on a calibration split of prompts that
 # is never reported on; see BENCHMARKS.md ("Choosing lam") for the sweep behind it.
@@ -62,11 +63,15 @@ class MethodSpec:
         """Whether selecting with this method at ``lam`` reads the global prior: the one place
         that decides it. A fixed-lam method ignores ``lam``; ``None`` means ``DEFAULT_LAM``.
         The prior enters the aggregation only when its weight ``1 - lam`` is positive."""
-        if self.dense or self.global_source != "prior":
+        if self.dense or self.global_source not in PRIOR_SOURCES:
             return False
         resolved = self.lam if self.lam is not None else (DEFAULT_LAM if lam is None else float(lam))
         return resolved < 1
 
+
+# Global sources read from the prior file: the statistic of temperature-1 samples (the
+# paper's prior) and that of greedy text (calibration step 5; ``calibration.greedy_statistic``).
+PRIOR_SOURCES = ("prior", "greedy")
 
 METHODS: dict[str, MethodSpec] = {}
 
@@ -90,13 +95,16 @@ for _spec in (
     MethodSpec("griffin", "prompt-only selection by activation (GRIFFIN, lam=1)", lam=1.0, global_source=None),
     MethodSpec("global", "static selection by the global prior alone (lam=0)", lam=0.0),
     MethodSpec("glass", "GLASS, calibrated: per-layer density where the prior's check shows it better, "
-               "prompt merged with prior", schedule=True),
+               "prompt merged with a prior of greedy text", schedule=True, global_source="greedy"),
     MethodSpec("glass-a", "A-GLASS (the paper): activation statistic, prompt merged with prior"),
     MethodSpec("glass-i", "I-GLASS: impact statistic, prompt merged with prior", statistic="impact"),
     MethodSpec("magnitude", "static selection by weight norms ||W_gate[j]||*||W_up[j]||", lam=0.0, global_source="magnitude"),
     MethodSpec("random", "static random selection (seeded)", lam=0.0, global_source="random"),
-    MethodSpec("glass-schedule", "ablation: per-layer density, fixed lam (the same selection as glass)",
+    MethodSpec("glass-schedule", "ablation: glass with the paper's prior of temperature-1 samples",
                schedule=True),
+    MethodSpec("glass-a-greedy", "ablation: glass-a with the prior of greedy text", global_source="greedy"),
+    MethodSpec("global-greedy", "static selection by the prior of greedy text alone (lam=0)", lam=0.0,
+               global_source="greedy"),
     MethodSpec("glass-adaptive", "ablation: adaptive lam, uniform density", adaptive=True),
     MethodSpec("glass-schedule-adaptive", "ablation: per-layer density and adaptive lam, no refresh",
                adaptive=True, schedule=True),
@@ -149,6 +157,18 @@ def _prior_scores(blocks, prior, statistic, seed):
             "and pass prior=... (or --prior FILE)"
         )
     table = prior.scores_for(statistic)
+    return [table[b.index] for b in blocks]
+
+
+@register_global_source("greedy")
+def _greedy_scores(blocks, prior, statistic, seed):
+    if prior is None:
+        raise ValueError("this method reads the prior's statistic of greedy text: pass prior=... (or --prior FILE)")
+    cal = prior.calibration
+    if cal is None or cal.greedy_sums is None:
+        raise ValueError("this prior has no statistic of greedy text (format 3 or older): run "
+                         "`glass prior MODEL --recalibrate` to add it, or use a method of the paper's prior (glass-a)")
+    table = torch.stack([finalize(s, statistic, n) for s, n in zip(cal.greedy_sums, prior.down_norms)])
     return [table[b.index] for b in blocks]
 
 

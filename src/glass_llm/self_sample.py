@@ -54,6 +54,14 @@ def eos_ids_of(model: nn.Module, tokenizer) -> list[int]:
 _BLOCK = 256
 
 
+def greedy_tokens(logits: torch.Tensor, suppress: list[int]) -> torch.Tensor:
+    """The most likely token of every row (the first on ties), never a suppressed one."""
+    logits = logits.float()
+    if suppress:
+        logits[:, suppress] = float("-inf")
+    return logits.argmax(-1)
+
+
 def sample_tokens(logits: torch.Tensor, u: torch.Tensor, suppress: list[int]) -> torch.Tensor:
     """Inverse-CDF sampling at temperature 1: row ``r`` takes the first token whose
     cumulative probability exceeds ``u[r]``. The CDF is walked in two levels (blocks of
@@ -111,13 +119,20 @@ class _RowRecorder:
 
 @torch.no_grad()
 def sample_and_record(model: nn.Module, tokenizer, blocks: list[FFNBlock], indices: list[int], seq_len: int,
-                      seed: int) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+                      seed: int, greedy_after: int | None = None) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """Sample sequences ``indices`` (``seq_len`` new tokens each) in one batch.
+
+    With ``greedy_after = n`` the first ``n`` tokens are sampled (they play a prompt) and
+    the rest are chosen greedily; only the greedy tokens are recorded and counted: the
+    model's own text as a greedy decode writes it (``calibration``'s greedy prior).
 
     Returns ``(sums, counts, tokens)``: per block the (rows, d_ff) float32 sums over each
     row's recorded tokens, each row's recorded token count, and the sampled tokens
     (rows, seq_len; zeros after a row's EOS: a finished row leaves the batch).
     """
+    if greedy_after is not None and not 0 <= greedy_after < seq_len:
+        raise ValueError(f"greedy_after must be in [0, {seq_len}), got {greedy_after}")
+    first = 0 if greedy_after is None else greedy_after
     from transformers import DynamicCache
 
     prompts = self_prompts(tokenizer)
@@ -148,12 +163,15 @@ def sample_and_record(model: nn.Module, tokenizer, blocks: list[FFNBlock], indic
         logits, attn, next_pos = logits[kind], attn[kind], positions[kind, -1] + 1
         live = torch.arange(rows)  # the sequences still in the batch, in batch order
         for t in range(seq_len):
-            tok = sample_tokens(logits, uniforms[live, t], suppress).cpu()
+            if greedy_after is not None and t >= greedy_after:
+                tok = greedy_tokens(logits, suppress).cpu()
+            else:
+                tok = sample_tokens(logits, uniforms[live, t], suppress).cpu()
             tokens[live, t] = tok
             ended = torch.isin(tok, eos)  # EOS is recorded, what follows it is not
-            counts[live] += 1
+            counts[live] += int(t >= first)
             attn = torch.cat([attn, torch.ones((len(live), 1), dtype=attn.dtype, device=device)], dim=1)
-            rec.recording = True
+            rec.recording = t >= first
             logits = model(input_ids=tok.unsqueeze(1).to(device), attention_mask=attn,
                            position_ids=next_pos.unsqueeze(1), cache=cache, use_cache=True,
                            logits_to_keep=1).logits[:, -1]

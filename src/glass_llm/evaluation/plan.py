@@ -227,5 +227,8 @@ def settings_key(settings: EvalSettings, items: Sequence[WorkItem], identity: di
         h.update(json.dumps([it.id, it.prompts]).encode())
     if prior is not None and settings.needs_prior():
         h.update(hashlib.sha256(prior.sums.float().numpy().tobytes()).digest())
+        cal = prior.calibration
+        if cal is not None and cal.greedy_sums is not None:  # the global view of glass
+            h.update(hashlib.sha256(cal.greedy_sums.float().numpy().tobytes()).digest())
     h.update(str(JOURNAL_VERSION).encode())
     return h.hexdigest()[:16]
