@@ -193,7 +193,8 @@ def greedy_statistic(model: nn.Module, tokenizer, blocks: list[FFNBlock], seed: 
                                         greedy_after=prefix)
     n = int(counts.sum())
     if n == 0:
-        raise ValueError("every greedy sequence ended within its sampled start; raise greedy_prefix's budget")
+        raise ValueError("every greedy sequence wrote EOS within its sampled start, so no greedy text was "
+                         "recorded; raise greedy_rows")
     return torch.stack([s.sum(0) for s in sums]), n
 
 

@@ -16,7 +16,7 @@ how it is written into, and read back from, the prior's safetensors file.
   writes greedily after a short sampled start, ``meta["greedy_tokens"]`` tokens of it: the
   global view of the methods that decode as ``glass eval`` and ``glass demo`` do (the
   ``greedy`` global source). Older files have none; it is computed when they are loaded
-  for such a method (``calibration.ensure_greedy``).
+  for such a method (``calibration.ensure_calibrated``).
 """
 
 from __future__ import annotations
