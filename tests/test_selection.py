@@ -233,8 +233,8 @@ def test_old_prior_is_calibrated_with_a_message(smollm, calibrated):
 
 
 def test_glass_reads_the_prior_of_greedy_text(smollm, calibrated, prompt_sums):
-    """``glass`` and ``global-greedy`` take their global view from the statistic of greedy
-    text; glass-a keeps the paper's prior of temperature-1 samples."""
+    """``glass-greedy`` and ``global-greedy`` take their global view from the statistic of
+    greedy text; ``glass`` and glass-a keep the paper's prior of temperature-1 samples."""
     from glass_llm.methods import GLOBAL_SOURCES, get_method
 
     model, _ = smollm
@@ -244,7 +244,7 @@ def test_glass_reads_the_prior_of_greedy_text(smollm, calibrated, prompt_sums):
     assert all(torch.equal(g, finalize(s, "activation")) for g, s in zip(greedy, cal.greedy_sums))
     paper = calibrated.scores_for("activation")
     assert not all(torch.equal(ranks_of(g), ranks_of(p)) for g, p in zip(greedy, paper))
-    assert get_method("glass").global_source == "greedy" and get_method("glass-a").global_source == "prior"
+    assert get_method("glass-greedy").global_source == "greedy" and get_method("glass").global_source == "prior"
     assert get_method("global-greedy").needs_prior and get_method("glass-a-greedy").needs_prior
     handle = apply_glass(model, GlassConfig(method="global-greedy", density=0.5, prior=calibrated))
     try:

@@ -14,7 +14,7 @@ how it is written into, and read back from, the prior's safetensors file.
   no check: the schedule is then not used (a warning says to rebuild the prior);
 * ``greedy_sums`` (L, d_ff) (format version 4): the statistic summed over text the model
   writes greedily after a short sampled start, ``meta["greedy_tokens"]`` tokens of it: the
-  global view of the methods that decode as ``glass eval`` and ``glass demo`` do (the
+  global view of ``glass-greedy``, for replies decoded greedily (the
   ``greedy`` global source). Older files have none; it is computed when they are loaded
   for such a method (``calibration.ensure_calibrated``).
 """
@@ -139,7 +139,7 @@ class Calibration:
                          "applied; `glass prior MODEL --recalibrate` stores it")
         else:
             lines.append(f"greedy statistic: {self.greedy_tokens} tokens the model wrote greedily "
-                         f"(the global view of glass)")
+                         f"(the global view of glass-greedy)")
         for i in range(self.n_blocks):
             lam = " ".join(f"{v:.2f}" for v in self.lam[i].tolist())
             score = " ".join(f"{v:.2f}" for v in self.score_lam[i].tolist())

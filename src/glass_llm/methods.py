@@ -95,12 +95,14 @@ for _spec in (
     MethodSpec("griffin", "prompt-only selection by activation (GRIFFIN, lam=1)", lam=1.0, global_source=None),
     MethodSpec("global", "static selection by the global prior alone (lam=0)", lam=0.0),
     MethodSpec("glass", "GLASS, calibrated: per-layer density where the prior's check shows it better, "
-               "prompt merged with a prior of greedy text", schedule=True, global_source="greedy"),
+               "prompt merged with prior", schedule=True),
+    MethodSpec("glass-greedy", "glass with a prior of text the model writes greedily (for greedy completions)",
+               schedule=True, global_source="greedy"),
     MethodSpec("glass-a", "A-GLASS (the paper): activation statistic, prompt merged with prior"),
     MethodSpec("glass-i", "I-GLASS: impact statistic, prompt merged with prior", statistic="impact"),
     MethodSpec("magnitude", "static selection by weight norms ||W_gate[j]||*||W_up[j]||", lam=0.0, global_source="magnitude"),
     MethodSpec("random", "static random selection (seeded)", lam=0.0, global_source="random"),
-    MethodSpec("glass-schedule", "ablation: glass with the paper's prior of temperature-1 samples",
+    MethodSpec("glass-schedule", "ablation: per-layer density, fixed lam (the same selection as glass)",
                schedule=True),
     MethodSpec("glass-a-greedy", "ablation: glass-a with the prior of greedy text", global_source="greedy"),
     MethodSpec("global-greedy", "static selection by the prior of greedy text alone (lam=0)", lam=0.0,
@@ -163,7 +165,8 @@ def _prior_scores(blocks, prior, statistic, seed):
 @register_global_source("greedy")
 def _greedy_scores(blocks, prior, statistic, seed):
     if prior is None:
-        raise ValueError("this method reads the prior's statistic of greedy text: pass prior=... (or --prior FILE)")
+        raise ValueError("this method needs a global prior (it reads the prior's statistic of greedy text): build "
+                         "one with `glass prior MODEL -o prior.safetensors` and pass prior=... (or --prior FILE)")
     cal = prior.calibration
     if cal is None or cal.greedy_sums is None:
         raise ValueError("this prior has no statistic of greedy text (format 3 or older): run "

@@ -228,7 +228,7 @@ def settings_key(settings: EvalSettings, items: Sequence[WorkItem], identity: di
     if prior is not None and settings.needs_prior():
         h.update(hashlib.sha256(prior.sums.float().numpy().tobytes()).digest())
         cal = prior.calibration
-        if cal is not None and cal.greedy_sums is not None:  # the global view of glass
+        if cal is not None and cal.greedy_sums is not None:  # the global view of glass-greedy
             h.update(hashlib.sha256(cal.greedy_sums.float().numpy().tobytes()).digest())
     h.update(str(JOURNAL_VERSION).encode())
     return h.hexdigest()[:16]
