@@ -20,7 +20,6 @@ from typing import Callable
 import torch
 
 from .adapters import FFNBlock, magnitude_scores
-from .stats import finalize
 
 # Default aggregation weight for GLASS. Chosen on a calibration split of prompts that
 # is never reported on; see BENCHMARKS.md ("Choosing lam") for the sweep behind it.
@@ -171,7 +170,7 @@ def _greedy_scores(blocks, prior, statistic, seed):
     if cal is None or cal.greedy_sums is None:
         raise ValueError("this prior has no statistic of greedy text (format 3 or older): run "
                          "`glass prior MODEL --recalibrate` to add it, or use a method of the paper's prior (glass-a)")
-    table = torch.stack([finalize(s, statistic, n) for s, n in zip(cal.greedy_sums, prior.down_norms)])
+    table = prior.scores_for(statistic, cal.greedy_sums)
     return [table[b.index] for b in blocks]
 
 

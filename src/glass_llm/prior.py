@@ -36,8 +36,11 @@ class Prior:
     meta: dict = field(default_factory=dict)
     calibration: "Calibration | None" = None  # format 2: selection calibration (calibration_data)
 
-    def scores_for(self, statistic: str) -> torch.Tensor:
-        return torch.stack([finalize(s, statistic, n) for s, n in zip(self.sums, self.down_norms)])
+    def scores_for(self, statistic: str, sums: torch.Tensor | None = None) -> torch.Tensor:
+        """(n_blocks, d_ff) scores of ``statistic`` from this prior's sums, or from other
+        ``sums`` of the same shape over the same model (the calibration's greedy statistic)."""
+        sums = self.sums if sums is None else sums
+        return torch.stack([finalize(s, statistic, n) for s, n in zip(sums, self.down_norms)])
 
     @property
     def n_tokens(self) -> int:
