@@ -221,6 +221,43 @@ def test_greedy_continuation_is_the_dense_argmax_and_only_it_is_recorded(smollm)
         sample_and_record(model, tok, blocks, seqs, L, seed=3, greedy_after=L)
 
 
+def test_greedy_mean_activation_is_the_mean_over_the_greedy_tokens(smollm):
+    """The calibration's mean activation of greedy text (what the compensated methods add
+    back) is the plain mean of every neuron's raw activation over exactly the greedy
+    tokens, each sequence run alone without padding; the statistic beside it is the
+    recorder's sums over the same tokens."""
+    from glass_llm.adapters import find_ffn_blocks
+    from glass_llm.calibration import GREEDY_OFFSET, greedy_statistic
+    from glass_llm.self_sample import sample_and_record, self_prompts
+
+    model, tok = smollm
+    blocks = find_ffn_blocks(model)
+    rows, prefix, length = 3, 4, 9
+    sums, n, mean = greedy_statistic(model, tok, blocks, seed=1, rows=rows, prefix=prefix, length=length)
+    indices = list(range(GREEDY_OFFSET, GREEDY_OFFSET + rows))
+    ref_sums, counts, tokens = sample_and_record(model, tok, blocks, indices, prefix + length, 1, greedy_after=prefix)
+    assert n == int(counts.sum()) and torch.equal(sums, torch.stack([s.sum(0) for s in ref_sums]))
+    prompts = self_prompts(tok)
+    total = [torch.zeros(b.d_ff) for b in blocks]
+    for r, i in enumerate(indices):
+        prompt = prompts[i % len(prompts)]
+        ids = torch.tensor([prompt + tokens[r, : prefix + int(counts[r])].tolist()])
+        seen = {}
+        hooks = [b.output_module.register_forward_pre_hook(
+            lambda mod, args, j=j: seen.__setitem__(j, args[0][0].float())) for j, b in enumerate(blocks)]
+        try:
+            model(input_ids=ids)
+        finally:
+            for h in hooks:
+                h.remove()
+        for j in range(len(blocks)):
+            total[j] += seen[j][len(prompt) + prefix:].sum(0)
+    expected = torch.stack(total) / n
+    assert mean.shape == sums.shape
+    assert torch.allclose(mean, expected, rtol=1e-4, atol=1e-5)
+    assert bool((mean != 0).any())
+
+
 def test_sampling_batch_depends_on_the_budget_only():
     """The batch shape never depends on the number of processes (1 and N build the same prior)."""
     from glass_llm.build import sampling_batch

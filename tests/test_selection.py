@@ -199,19 +199,25 @@ def test_calibration_tables(smollm, calibrated):
 
 def test_prior_formats_round_trip(tmp_path, smollm, calibrated):
     model, _ = smollm
-    new = save_prior(calibrated, tmp_path / "v3.safetensors")
+    new = save_prior(calibrated, tmp_path / "v5.safetensors")
     loaded = load_prior(new)
-    assert loaded.meta["format_version"] == 4
+    assert loaded.meta["format_version"] == 5
     assert torch.equal(loaded.calibration.lam, calibrated.calibration.lam.float())
     assert torch.equal(loaded.calibration.check_ratio, calibrated.calibration.check_ratio.float())
     assert torch.equal(loaded.calibration.greedy_sums, calibrated.calibration.greedy_sums.float())
+    assert torch.equal(loaded.calibration.greedy_mean, calibrated.calibration.greedy_mean.float())
     assert loaded.calibration.greedy_tokens == calibrated.calibration.greedy_tokens > 0
-    v3 = load_prior(save_prior(replace(calibrated, calibration=replace(calibrated.calibration, greedy_sums=None)),
+    v4 = load_prior(save_prior(replace(calibrated, calibration=replace(calibrated.calibration, greedy_mean=None)),
+                               tmp_path / "v4.safetensors"))
+    assert v4.meta["format_version"] == 4 and v4.calibration.greedy_mean is None
+    assert torch.equal(v4.calibration.greedy_sums, loaded.calibration.greedy_sums)
+    v3 = load_prior(save_prior(replace(calibrated, calibration=replace(calibrated.calibration, greedy_sums=None,
+                                                                      greedy_mean=None)),
                                tmp_path / "v3.safetensors"))
     assert v3.meta["format_version"] == 3 and v3.calibration.greedy_sums is None
     assert torch.equal(v3.calibration.check_ratio, loaded.calibration.check_ratio)
     unchecked = replace(calibrated.calibration, check_densities=None, check_ratio=None, check_upper=None,
-                        greedy_sums=None)
+                        greedy_sums=None, greedy_mean=None)
     v2 = load_prior(save_prior(replace(calibrated, calibration=unchecked), tmp_path / "v2.safetensors"))
     assert v2.meta["format_version"] == 2 and v2.calibration.check_ratio is None
     assert torch.equal(v2.calibration.profile, loaded.calibration.profile)
@@ -257,17 +263,20 @@ def test_glass_reads_the_prior_of_greedy_text(smollm, calibrated, prompt_sums):
                                  "activation", 0)
 
 
-def test_format_3_prior_gets_the_greedy_statistic_with_a_message(smollm, calibrated):
-    """A prior of format 3 gains the same greedy statistic a new calibration computes (same
-    seed, same sequences), once, with a message; the rest of its calibration is kept."""
+@pytest.mark.parametrize("missing", [("greedy_sums", "greedy_mean"), ("greedy_mean",)])
+def test_older_prior_gets_the_greedy_statistic_with_a_message(smollm, calibrated, missing):
+    """A prior of format 3 (no greedy statistic) or 4 (no mean activation) gains the same
+    greedy statistic and mean a new calibration computes (same seed, same sequences), once,
+    with a message; the rest of its calibration is kept."""
     model, tok = smollm
-    v3 = replace(calibrated, calibration=replace(calibrated.calibration, greedy_sums=None))
+    old = replace(calibrated, calibration=replace(calibrated.calibration, **{k: None for k in missing}))
     buf = io.StringIO()
-    new = ensure_calibrated(model, tok, v3, stream=buf, **SMALL)
-    assert "no statistic of greedy text" in buf.getvalue()
+    new = ensure_calibrated(model, tok, old, stream=buf, **SMALL)
+    assert "no statistic or mean activation of greedy text" in buf.getvalue()
     assert torch.allclose(new.calibration.greedy_sums, calibrated.calibration.greedy_sums, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(new.calibration.greedy_mean, calibrated.calibration.greedy_mean, rtol=1e-5, atol=1e-6)
     assert new.calibration.greedy_tokens == calibrated.calibration.greedy_tokens
-    assert torch.equal(new.calibration.lam, calibrated.calibration.lam) and new.meta["format_version"] == 4
+    assert torch.equal(new.calibration.lam, calibrated.calibration.lam) and new.meta["format_version"] == 5
 
 
 def ranks_of(scores):

@@ -234,10 +234,10 @@ def get_or_build_prior(model: nn.Module, tokenizer, model_name: str, source: str
     if have == world:
         prior = load_prior(found)
         prior.check_matches(model)
-        if calibrate and (prior.calibration is None or prior.calibration.greedy_sums is None):
+        if calibrate and (prior.calibration is None or not prior.calibration.complete):
             if prior.calibration is None:
                 prior = calibrated(model, tokenizer, prior, seed, progress and rank == 0)
-            else:  # format 3: only the statistic of greedy text is missing
+            else:  # formats 2-4: only what is measured on greedy text is missing
                 from .calibration import ensure_calibrated
 
                 prior = ensure_calibrated(model, tokenizer, prior,

@@ -1,7 +1,8 @@
 """Calibration lifecycle: install hooks, run the model, read the sums, remove hooks.
 
-``ActivationRecorder`` accumulates ``sum_t u_tj^2`` (see ``stats``) over every token
-that the caller marks as valid, for every FFN block. Used to build global priors and
+``ActivationRecorder`` accumulates ``sum_t u_tj^2`` (see ``stats``), or with ``signed``
+set the raw ``sum_t z_tj``, over every token that the caller marks as valid, for every
+FFN block. Used to build global priors and
 the evaluation's oracle sets. It leaves no state on the model after ``close()``.
 """
 
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from .adapters import FFNBlock, find_ffn_blocks
-from .stats import accumulate_activation
+from .stats import accumulate_activation, accumulate_signed
 
 
 class ActivationRecorder:
@@ -22,6 +23,7 @@ class ActivationRecorder:
                                          for b in self.blocks]
         self.tokens = 0
         self.per_row = False
+        self.signed = False  # sum the raw activations instead of the statistic
         self._row_sums: list[torch.Tensor | None] = [None] * len(self.blocks)
         self._mask: torch.Tensor | None = None
         self._handles: list = []
@@ -45,7 +47,7 @@ class ActivationRecorder:
             mask = self._mask
             if mask is not None and mask.shape != z.shape[:2]:
                 mask = None if mask.shape[1] < z.shape[1] else mask[:, -z.shape[1]:]
-            s = accumulate_activation(z, mask)
+            s = (accumulate_signed if self.signed else accumulate_activation)(z, mask)
             if self.per_row:
                 self._row_sums[i] = s if self._row_sums[i] is None else self._row_sums[i] + s
             else:

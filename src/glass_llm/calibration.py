@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from .adapters import FFNBlock, find_ffn_blocks, weight_out_in
+from .calibrate import ActivationRecorder
 from .calibration_data import Calibration
 from .dispersion import WINDOWS, fill_missing, window_lams, window_score_lams
 from .intervals import mean_ci
@@ -182,20 +183,56 @@ def _check_schedule(model: nn.Module, blocks: list[FFNBlock], ids: torch.Tensor,
 
 @torch.no_grad()
 def greedy_statistic(model: nn.Module, tokenizer, blocks: list[FFNBlock], seed: int = 0, rows: int = 64,
-                     prefix: int = 8, length: int = 128) -> tuple[torch.Tensor, int]:
-    """(n_blocks, d_ff) sums of ``u^2`` over text the model writes greedily, and its token
-    count: ``rows`` sequences sampled for ``prefix`` tokens at temperature 1, then
-    continued greedily for ``length`` tokens (only those are counted)."""
+                     prefix: int = 8, length: int = 128) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """Text the model writes greedily: ``rows`` sequences sampled for ``prefix`` tokens at
+    temperature 1, then continued greedily for ``length`` tokens (only those are counted).
+
+    Returns the (n_blocks, d_ff) sums of ``u^2`` over the greedy tokens, their count, and
+    the (n_blocks, d_ff) mean raw activation ``z`` over the same tokens (one teacher-forced
+    pass over the written text; the mean output of the neurons a selection leaves out,
+    ``compensation``, is computed from it)."""
     if rows < 1 or prefix < 1 or length < 1:
         raise ValueError(f"the greedy statistic needs rows, prefix and length >= 1, got {rows}, {prefix}, {length}")
     indices = list(range(GREEDY_OFFSET, GREEDY_OFFSET + rows))
-    sums, counts, _ = sample_and_record(model, tokenizer, blocks, indices, prefix + length, seed,
-                                        greedy_after=prefix)
+    sums, counts, tokens = sample_and_record(model, tokenizer, blocks, indices, prefix + length, seed,
+                                             greedy_after=prefix)
     n = int(counts.sum())
     if n == 0:
         raise ValueError("every greedy sequence wrote EOS within its sampled start, so no greedy text was "
                          "recorded; raise greedy_rows")
-    return torch.stack([s.sum(0) for s in sums]), n
+    signed = _signed_sums(model, tokenizer, blocks, indices, tokens, counts, prefix)
+    return torch.stack([s.sum(0) for s in sums]), n, signed / n
+
+
+def _signed_sums(model: nn.Module, tokenizer, blocks: list[FFNBlock], indices: list[int], tokens: torch.Tensor,
+                 counts: torch.Tensor, prefix: int, chunk: int = 16) -> torch.Tensor:
+    """(n_blocks, d_ff) sums of the raw activations over the recorded tokens of
+    ``sample_and_record(..., greedy_after=prefix)``: each row's prompt and written tokens
+    go through the dense model again (right-padded, in chunks of ``chunk`` rows), and the
+    positions of its ``counts[r]`` greedy tokens are summed."""
+    prompts = self_prompts(tokenizer)
+    seqs = [prompts[i % len(prompts)] + tokens[r, : prefix + int(counts[r])].tolist() for r, i in enumerate(indices)]
+    starts = [len(prompts[i % len(prompts)]) + prefix for i in indices]
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    total = torch.zeros(len(blocks), blocks[0].d_ff)
+    for lo in range(0, len(seqs), chunk):
+        part = range(lo, min(len(seqs), lo + chunk))
+        width = max(len(seqs[r]) for r in part)
+        ids = torch.full((len(part), width), pad, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        where = torch.zeros_like(ids)
+        for j, r in enumerate(part):
+            ids[j, : len(seqs[r])] = torch.tensor(seqs[r])
+            attn[j, : len(seqs[r])] = 1
+            where[j, starts[r]: len(seqs[r])] = 1
+        rec = ActivationRecorder(model, blocks)
+        rec.signed = True
+        with rec:
+            rec.run(model, ids.to(device), where.to(device), attention_mask=attn.to(device), use_cache=False,
+                    logits_to_keep=1)
+        total += torch.stack([s.cpu() for s in rec.sums])
+    return total
 
 
 @torch.no_grad()
@@ -212,8 +249,8 @@ def calibrate_prior(model: nn.Module, tokenizer, prior: Prior, seed: int = 0, pr
     tokenizer = tokenizer if tokenizer is not None else token_ids_of(model)
     glob = prior.scores_for("activation")
     device = next(model.parameters()).device
-    greedy, greedy_tokens = greedy_statistic(model, tokenizer, blocks, seed, opts["greedy_rows"],
-                                             opts["greedy_prefix"], opts["greedy_len"])
+    greedy, greedy_tokens, greedy_mean = greedy_statistic(model, tokenizer, blocks, seed, opts["greedy_rows"],
+                                                          opts["greedy_prefix"], opts["greedy_len"])
     phases = {"greedy": time.perf_counter() - t0}
     indices = list(range(SEQ_OFFSET, SEQ_OFFSET + opts["n_seqs"]))
     _, counts, tokens = sample_and_record(model, tokenizer, blocks, indices, opts["seq_len"], seed)
@@ -299,20 +336,21 @@ def calibrate_prior(model: nn.Module, tokenizer, prior: Prior, seed: int = 0, pr
     cal = Calibration(grid=torch.tensor(GRID), profile=profile, windows=torch.tensor(WINDOWS, dtype=torch.float32),
                       lam=lam, score_lam=score_lam, meta=meta,
                       check_densities=None if check[0] is None else torch.tensor(CHECK_DENSITIES),
-                      check_ratio=check[0], check_upper=check[1], greedy_sums=greedy)
+                      check_ratio=check[0], check_upper=check[1], greedy_sums=greedy,
+                      greedy_mean=greedy_mean)
     cal.check(len(blocks))
     return replace(prior, calibration=cal, meta={**prior.meta, "format_version": cal.format_version})
 
 
 def ensure_calibrated(model: nn.Module, tokenizer, prior: Prior, stream=sys.stderr, **settings) -> Prior:
-    """``prior`` itself when it carries a calibration with the greedy statistic; else the
-    prior with what it lacks computed now, after saying so on ``stream``: the whole
-    calibration for a file of format 1, the greedy statistic alone for formats 2 and 3."""
-    if prior.calibration is not None and prior.calibration.greedy_sums is not None:
+    """``prior`` itself when it carries a complete calibration; else the prior with what it
+    lacks computed now, after saying so on ``stream``: the whole calibration for a file of
+    format 1, the greedy statistic and its mean activation for formats 2 to 4."""
+    if prior.calibration is not None and prior.calibration.complete:
         return prior
     if prior.calibration is not None:
-        print("this prior file has no statistic of greedy text (format 3 or older): computing it now, one "
-              "greedy decode of 64 sequences (about a minute for a 135M model on 2 CPU cores; a cached prior keeps "
+        print("this prior file has no statistic or mean activation of greedy text (format 4 or older): computing "
+              "them now, one greedy decode of 64 sequences (about a minute for a 135M model on 2 CPU cores; a cached prior keeps "
               "it; for a file you named, `glass prior MODEL --recalibrate FILE`)",
               file=stream, flush=True)
         return with_greedy(model, tokenizer, prior, **settings)
@@ -323,16 +361,16 @@ def ensure_calibrated(model: nn.Module, tokenizer, prior: Prior, stream=sys.stde
 
 @torch.no_grad()
 def with_greedy(model: nn.Module, tokenizer, prior: Prior, **settings) -> Prior:
-    """``prior`` with the greedy statistic added to its calibration (the rest unchanged)."""
+    """``prior`` with the greedy statistic and mean activation put in its calibration (the rest unchanged)."""
     opts = {**DEFAULTS, **settings}
     blocks = find_ffn_blocks(model)
     prior.check_matches(model, blocks)
     tokenizer = tokenizer if tokenizer is not None else token_ids_of(model)
     seed = int(prior.calibration.meta.get("seed", 0))
-    greedy, n = greedy_statistic(model, tokenizer, blocks, seed, opts["greedy_rows"], opts["greedy_prefix"],
-                                 opts["greedy_len"])
+    greedy, n, mean = greedy_statistic(model, tokenizer, blocks, seed, opts["greedy_rows"], opts["greedy_prefix"],
+                                       opts["greedy_len"])
     meta = {**prior.calibration.meta, "greedy_offset": GREEDY_OFFSET, "greedy_tokens": n,
             **{k: opts[k] for k in ("greedy_rows", "greedy_prefix", "greedy_len")}}
-    cal = replace(prior.calibration, greedy_sums=greedy, meta=meta)
+    cal = replace(prior.calibration, greedy_sums=greedy, greedy_mean=mean, meta=meta)
     cal.check(len(blocks))
     return replace(prior, calibration=cal, meta={**prior.meta, "format_version": cal.format_version})

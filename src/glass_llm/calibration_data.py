@@ -16,7 +16,11 @@ how it is written into, and read back from, the prior's safetensors file.
   writes greedily after a short sampled start, ``meta["greedy_tokens"]`` tokens of it: the
   global view of ``glass-greedy``, for replies decoded greedily (the
   ``greedy`` global source). Older files have none; it is computed when they are loaded
-  for such a method (``calibration.ensure_calibrated``).
+  for such a method (``calibration.ensure_calibrated``);
+* ``greedy_mean`` (L, d_ff) (format version 5): the mean raw activation ``z`` of every
+  neuron over the same greedy tokens, from which the compensated methods add back the mean
+  output of the neurons they leave out (``compensation``). Format-4 files get it, with the
+  greedy statistic recomputed, when a compensated method is applied.
 """
 
 from __future__ import annotations
@@ -29,10 +33,10 @@ import torch
 from .dispersion import check_table
 from .schedule import check_profile, checked_ratio
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 _KEYS = ("grid", "profile", "windows", "lam", "score_lam")
 _CHECK_KEYS = ("check_densities", "check_ratio", "check_upper")  # format 3; absent in format-2 files
-_GREEDY_KEY = "greedy_sums"  # format 4
+_GREEDY_KEYS = ("greedy_sums", "greedy_mean")  # formats 4 and 5
 _PREFIX = "calibration."
 
 
@@ -48,13 +52,22 @@ class Calibration:
     check_ratio: torch.Tensor | None = None
     check_upper: torch.Tensor | None = None
     greedy_sums: torch.Tensor | None = None
+    greedy_mean: torch.Tensor | None = None
 
     @property
     def format_version(self) -> int:
-        """4 with the greedy statistic, 3 with the schedule check only, 2 without either."""
+        """5 with the greedy statistic and mean activation, 4 with the statistic alone, 3
+        with the schedule check only, 2 without either."""
         if self.check_ratio is None:
             return 2
-        return FORMAT_VERSION if self.greedy_sums is not None else 3
+        if self.greedy_sums is None:
+            return 3
+        return FORMAT_VERSION if self.greedy_mean is not None else 4
+
+    @property
+    def complete(self) -> bool:
+        """Whether it holds everything this version computes (else ``ensure_calibrated`` adds it)."""
+        return self.greedy_sums is not None and self.greedy_mean is not None
 
     @property
     def greedy_tokens(self) -> int:
@@ -88,6 +101,15 @@ class Calibration:
             if not bool(torch.isfinite(g).all() & (g >= 0).all()) or self.greedy_tokens < 1:
                 raise ValueError("the greedy statistic holds invalid values or no token count; rebuild it with "
                                  "`glass prior MODEL --recalibrate`")
+        m = self.greedy_mean
+        if m is not None:
+            if g is None or m.shape != g.shape:
+                raise ValueError(f"the mean activation of greedy text has shape {tuple(m.shape)}, expected that of "
+                                 f"the greedy statistic {None if g is None else tuple(g.shape)}: it was measured on "
+                                 "another model, or the file is damaged; rebuild it with `glass prior MODEL --recalibrate`")
+            if not bool(torch.isfinite(m).all()):
+                raise ValueError("the mean activation of greedy text holds non-finite values; rebuild it with "
+                                 "`glass prior MODEL --recalibrate`")
 
     def use_schedule(self, density: float) -> bool:
         """Whether the ``glass`` method allocates per-layer densities at ``density``: only where
@@ -103,7 +125,7 @@ class Calibration:
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         keys = _KEYS + (_CHECK_KEYS if self.check_ratio is not None else ())
-        keys += (_GREEDY_KEY,) if self.greedy_sums is not None else ()
+        keys += tuple(k for k in _GREEDY_KEYS if getattr(self, k) is not None)
         return {_PREFIX + k: getattr(self, k).float().contiguous() for k in keys}
 
     @classmethod
@@ -116,7 +138,7 @@ class Calibration:
         if len(present) != len(_KEYS):
             missing = sorted(set(_KEYS) - set(present))
             raise ValueError(f"the prior's selection calibration is incomplete (missing {', '.join(missing)})")
-        checks = {k: tensors[_PREFIX + k].float() for k in _CHECK_KEYS + (_GREEDY_KEY,) if _PREFIX + k in tensors}
+        checks = {k: tensors[_PREFIX + k].float() for k in _CHECK_KEYS + _GREEDY_KEYS if _PREFIX + k in tensors}
         cal = cls(**{k: tensors[_PREFIX + k].float() for k in _KEYS}, **checks, meta=dict(meta or {}))
         cal.check(cal.n_blocks)
         return cal
@@ -140,6 +162,9 @@ class Calibration:
         else:
             lines.append(f"greedy statistic: {self.greedy_tokens} tokens the model wrote greedily "
                          f"(the global view of glass-greedy)")
+            lines.append("mean activation of greedy text (the compensation of the *-comp methods): "
+                         + ("none (format 4): computed when a compensated method is applied"
+                            if self.greedy_mean is None else "stored"))
         for i in range(self.n_blocks):
             lam = " ".join(f"{v:.2f}" for v in self.lam[i].tolist())
             score = " ".join(f"{v:.2f}" for v in self.score_lam[i].tolist())

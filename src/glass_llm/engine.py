@@ -27,7 +27,7 @@ from .methods import GLOBAL_SOURCES, PRIOR_SOURCES, MethodSpec
 from .prior import load_prior
 from .quant import Int8Linear, quantize_linears
 from .selection import Selector, build_selector
-from .sliced import BlockState, NeuronInput, NeuronOutput, compact_block, update_compact
+from .sliced import BlockState, NeuronInput, NeuronOutput, compact_block, set_compensation, update_compact
 from .stats import accumulate_activation, recency_weights
 
 
@@ -39,7 +39,7 @@ class GlassHandle:
     """The applied state. ``remove()`` (or leaving a ``with`` block) undoes everything."""
 
     def __init__(self, model: nn.Module, config: GlassConfig, blocks: list[FFNBlock], spec: MethodSpec,
-                 lam: float, statistic: str, selector: Selector):
+                 lam: float, statistic: str, selector: Selector, comp_means: list[torch.Tensor] | None = None):
         self.model = model
         self.config = config
         self.blocks = blocks
@@ -52,6 +52,10 @@ class GlassHandle:
         self.active = not spec.dense and any(k < b.d_ff for k, b in zip(self.k, blocks))
         self.states = [BlockState(d_ff=b.d_ff) for b in blocks]
         self.devices = selector.devices
+        # compensation: each block's mean activation on its own device; the mean output of the
+        # neurons a selection leaves out is added back (sliced.set_compensation)
+        self.comp_means = (None if comp_means is None else
+                           [m.to(device=dev, dtype=torch.float32) for m, dev in zip(comp_means, self.devices)])
         self._originals: list[tuple[nn.Module, str, nn.Module]] = []
         self._outputs: list[NeuronOutput] = []
         self._inputs: list[list[NeuronInput]] = []
@@ -234,6 +238,9 @@ class GlassHandle:
             mask = torch.zeros(chosen.shape[0], self.blocks[i].d_ff, dtype=dtype, device=chosen.device)
             st.neuron_mask = mask.scatter_(1, chosen, 1.0)
             st.mode = "masked"
+        if self.comp_means is not None:
+            set_compensation(st, self._outputs[i].original, chosen, self.comp_means[i],
+                             merge=self.config.path == "sliced")
 
     # mask refresh ------------------------------------------------------------------
     def refresh_interval(self, n: int) -> int:
@@ -307,7 +314,7 @@ def apply_glass(model: nn.Module, config: GlassConfig | None = None, **overrides
         raise GlassError("GLASS is already applied to this model; call handle.remove() first")
     blocks = find_ffn_blocks(model)
     prior = None
-    if spec.global_source in PRIOR_SOURCES and not spec.dense and (lam < 1 or spec.schedule):
+    if not spec.dense and ((spec.global_source in PRIOR_SOURCES and (lam < 1 or spec.schedule)) or spec.compensate):
         prior = config.prior
         if isinstance(prior, (str, os.PathLike)):
             prior = load_prior(prior)
@@ -317,14 +324,22 @@ def apply_glass(model: nn.Module, config: GlassConfig | None = None, **overrides
                 raise GlassError("prior and model disagree on the number of FFN blocks")
     greedy = spec.global_source == "greedy"
     cal = None if prior is None else prior.calibration
-    if prior is not None and not spec.dense and ((cal is None and (spec.schedule or spec.adaptive or greedy))
-                                                 or (greedy and cal is not None and cal.greedy_sums is None)):
+    if prior is not None and not spec.dense and (
+            (cal is None and (spec.schedule or spec.adaptive or greedy or spec.compensate))
+            or (cal is not None and ((greedy and cal.greedy_sums is None) or (spec.compensate and cal.greedy_mean is None)))):
         from .calibration import ensure_calibrated  # an older prior: calibrate it now, once per process
 
         prior.calibration = ensure_calibrated(model, None, prior).calibration
+    comp_means = None
+    if spec.compensate and not spec.dense:
+        if prior is None:
+            raise GlassError(f"method {spec.name!r} adds back the mean output of the neurons it leaves out, which it "
+                             "reads from the prior (the mean activation of greedy text): build one with `glass prior "
+                             "MODEL -o prior.safetensors` and pass prior=... (or --prior FILE)")
+        comp_means = [prior.calibration.greedy_mean[b.index] for b in blocks]
     global_scores = None
     if not spec.dense and lam < 1 and spec.global_source is not None:
         global_scores = GLOBAL_SOURCES[spec.global_source](blocks, prior, statistic, config.seed)
     down_norms = [down_column_norms(b) for b in blocks] if statistic == "impact" else None
     selector = build_selector(blocks, config, spec, lam, statistic, global_scores, down_norms, prior=prior)
-    return GlassHandle(model, config, blocks, spec, lam, statistic, selector)
+    return GlassHandle(model, config, blocks, spec, lam, statistic, selector, comp_means)

@@ -14,7 +14,7 @@ without touching the engine.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -52,6 +52,9 @@ class MethodSpec:
     # with schedule and refresh: the per-layer density's pull away from one density for all halves
     # every this many generated tokens (0: the schedule at every re-selection)
     schedule_halflife: float = 0.0
+    # add back the mean output of the neurons left out (the prior's mean activation of greedy text;
+    # sliced.set_compensation): a bias per selection, no work per decode step
+    compensate: bool = False
 
     @property
     def needs_prior(self) -> bool:
@@ -62,7 +65,11 @@ class MethodSpec:
         """Whether selecting with this method at ``lam`` reads the global prior: the one place
         that decides it. A fixed-lam method ignores ``lam``; ``None`` means ``DEFAULT_LAM``.
         The prior enters the aggregation only when its weight ``1 - lam`` is positive."""
-        if self.dense or self.global_source not in PRIOR_SOURCES:
+        if self.dense:
+            return False
+        if self.compensate:  # the mean activation it adds back is read from the prior file
+            return True
+        if self.global_source not in PRIOR_SOURCES:
             return False
         resolved = self.lam if self.lam is not None else (DEFAULT_LAM if lam is None else float(lam))
         return resolved < 1
@@ -135,6 +142,13 @@ for _spec in (
                f"{REFRESH_TOKENS} generated tokens", schedule=True, refresh=REFRESH_TOKENS),
 ):
     register_method(_spec)
+
+# Compensated variants: the same selection, plus the mean output of the neurons it leaves out
+# added back as a bias (``MethodSpec.compensate``; BENCHMARKS.md, "Compensating the neurons left out").
+for _base in ("glass", "glass-greedy", "glass-a", "griffin", "glass-refresh-start-fade"):
+    _spec = METHODS[_base]
+    register_method(replace(_spec, name=f"{_base}-comp", compensate=True,
+                            description=f"{_base} plus the mean output of the neurons it leaves out, added back"))
 
 
 # A global source maps (blocks, prior, statistic, seed) to one (d_ff,) score per block.

@@ -28,6 +28,12 @@ the step's FFN input (``keep_inputs``) for the next re-selection.
 With int8 projections (``quant.Int8Linear``) the compact weights are int8 too: the kept
 rows of the input projections with their own per-row scales (``scale_in``), and the kept
 columns of the output projection, whose per-row scales (``scale_out``) stay whole.
+
+Compensation (``compensate``): the neurons a selection leaves out still have a mean
+activation ``m`` (measured on text the model writes greedily), so their mean contribution
+to the block's output, ``W_out[:, left] @ m[left]``, is added back as a bias: one vector
+per set, computed once per selection, merged into the output bias for one set for the
+batch (no work per decode step) or added per row for one set per row.
 """
 
 from __future__ import annotations
@@ -74,6 +80,10 @@ class BlockState:
     rows: int = 1
     inputs: list[torch.Tensor] = field(default_factory=list)
     seen_sums: torch.Tensor | None = None  # (B, d_ff) statistic of the prompt and the generated tokens so far
+    # compensation: the output bias with the left-out neurons' mean output added (d_out,), one set
+    # for the batch on the sliced path; or that mean output per row (S, d_out), added after the projection
+    shift_bias: torch.Tensor | None = None
+    shift_rows: torch.Tensor | None = None
     slots: torch.Tensor | None = None  # (k,) the neuron held in each compact slot (one set for the batch)
     extra: dict = field(default_factory=dict)
 
@@ -84,6 +94,7 @@ class BlockState:
     def release_compact(self) -> None:
         """Drop the compact weights."""
         self.weight_in = self.bias_in = self.weight_out = self.bias_out = self.row_mask = self.slots = None
+        self.shift_bias = self.shift_rows = None
         self.scale_in = self.scale_out = None
         self.part_sizes, self.part_weights, self.part_biases, self.part_scales = (), (), (), ()
 
@@ -96,6 +107,11 @@ def _by_row(t: torch.Tensor, rows: int) -> torch.Tensor:
 def _row_scale(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Multiply each batch row of ``z`` (B, T, n) or (B*T, n) by its row of ``mask`` (B, n)."""
     return (_by_row(z, mask.shape[0]) * mask.unsqueeze(1)).view(z.shape)
+
+
+def _row_add(y: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Add to each batch row of ``y`` (B, T, n) or (B*T, n) its row of ``shift`` (B, n) (or one row for all)."""
+    return (_by_row(y, shift.shape[0]) + shift.unsqueeze(1)).view(y.shape)
 
 
 def _project(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
@@ -151,21 +167,25 @@ class NeuronOutput(nn.Module):
         if mode == "sliced":
             if st.row_mask is not None:
                 z = _row_scale(z, st.row_mask)
-            w, b = st.weight_out, st.bias_out
+            w = st.weight_out
+            b = st.bias_out if st.shift_bias is None else st.shift_bias
             if st.scale_out is not None:
-                return int8_linear(z, w, st.scale_out, b)
-            if w.dim() == 2:
-                return F.linear(z, w, b)
-            y = torch.bmm(_by_row(z, w.shape[0]), w)
-            if b is not None:
-                y = y + b
-            return y if z.dim() == 3 else y.reshape(-1, y.shape[-1])
+                y = int8_linear(z, w, st.scale_out, b)
+            elif w.dim() == 2:
+                y = F.linear(z, w, b)
+            else:
+                y = torch.bmm(_by_row(z, w.shape[0]), w)
+                if b is not None:
+                    y = y + b
+                y = y if z.dim() == 3 else y.reshape(-1, y.shape[-1])
+            return y if st.shift_rows is None else _row_add(y, st.shift_rows)
         if mode == "record":
             z3 = z if z.dim() == 3 else z.view(*st.token_mask.shape, z.shape[-1])
             sums = accumulate_activation(z3, st.token_mask)
             st.sums = sums if st.sums is None else st.sums + sums
         elif mode == "masked":
-            z = _row_scale(z, st.neuron_mask.to(z.dtype))
+            y = self.original(_row_scale(z, st.neuron_mask.to(z.dtype)))
+            return y if st.shift_rows is None else _row_add(y, st.shift_rows)
         return self.original(z)
 
 
@@ -294,3 +314,32 @@ def compact_block(state: BlockState, inputs: list[NeuronInput], output: NeuronOu
         weight_out = w_out.t()[selected]  # (S, k, d_out)
     state.weight_out = weight_out
     state.slots = selected[0].clone() if S == 1 and row_mask is None else None
+
+
+@torch.no_grad()
+def left_out_output(output: nn.Module, selected: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """The mean output of the neurons that ``selected`` (S, k) leaves out, (S, d_out) in
+    float32: ``W_out[:, left] @ mean[left]`` for each set, ``mean`` (d_ff,) the neurons'
+    mean activation. Read from the output projection as stored (int8 with its scales)."""
+    w, scale = _stored_weight(output)
+    left = torch.ones(selected.shape[0], w.shape[1], dtype=torch.float32, device=selected.device)
+    left = left.scatter_(1, selected, 0.0) * mean.to(device=left.device, dtype=torch.float32)
+    if scale is not None:
+        return F.linear(left, w.float()) * scale.float()
+    return F.linear(left.to(w.dtype), w).float()
+
+
+@torch.no_grad()
+def set_compensation(state: BlockState, output: nn.Module, selected: torch.Tensor, mean: torch.Tensor,
+                     merge: bool) -> None:
+    """Add the left-out neurons' mean output (``left_out_output``) to the block's output from
+    now on: merged into the output bias (``merge``: the sliced path with one set for the
+    batch, a buffer reused across requests), else added per row after the projection."""
+    shift = left_out_output(output, selected, mean).to(compute_dtype(output))
+    if merge and shift.shape[0] == 1:
+        bias = getattr(output, "bias", None)
+        buf = _buffer(state.shift_bias, shift, (shift.shape[1],))
+        buf.copy_(shift[0] if bias is None else shift[0] + bias.detach())
+        state.shift_bias, state.shift_rows = buf, None
+    else:
+        state.shift_bias, state.shift_rows = None, shift

@@ -36,6 +36,24 @@ def accumulate_activation(z: torch.Tensor, mask: torch.Tensor | None = None) -> 
     return u2.sum(dim=1)
 
 
+def accumulate_signed(z: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum of the raw activations ``sum_t z_tj`` over the valid tokens, per batch row.
+
+    The signed counterpart of ``accumulate_activation``: divided by the token count it is
+    the mean activation of every neuron, from which the mean output of the neurons a
+    selection leaves out is computed (``compensation``). z: (B, T, d_ff); mask: (B, T) or
+    ``None``. Returns (B, d_ff) in float32.
+    """
+    if z.dim() != 3:
+        raise ValueError(f"expected activations of shape (batch, tokens, d_ff), got {tuple(z.shape)}")
+    z = z.float()
+    if mask is not None:
+        if mask.shape != z.shape[:2]:
+            raise ValueError(f"mask shape {tuple(mask.shape)} does not match activations {tuple(z.shape[:2])}")
+        z = z * mask.to(device=z.device, dtype=z.dtype).unsqueeze(-1)
+    return z.sum(dim=1)
+
+
 def recency_weights(n: int, halflife: float) -> tuple[torch.Tensor, float]:
     """Weights of ``n`` new tokens, oldest first, and the factor for the sums before them.
 

@@ -94,6 +94,10 @@ class EvalSettings:
     def needs_prior(self) -> bool:
         return bool(self.prior_methods())
 
+    def compensates(self) -> bool:
+        """Whether a listed method adds back the mean output of the neurons it leaves out."""
+        return any(m != ORACLE and get_method(m).compensate for m in self.methods)
+
 
 @dataclass(frozen=True)
 class MethodRun:
@@ -230,5 +234,7 @@ def settings_key(settings: EvalSettings, items: Sequence[WorkItem], identity: di
         cal = prior.calibration
         if cal is not None and cal.greedy_sums is not None:  # the global view of glass-greedy
             h.update(hashlib.sha256(cal.greedy_sums.float().numpy().tobytes()).digest())
+        if cal is not None and cal.greedy_mean is not None and settings.compensates():  # the compensation
+            h.update(hashlib.sha256(cal.greedy_mean.float().numpy().tobytes()).digest())
     h.update(str(JOURNAL_VERSION).encode())
     return h.hexdigest()[:16]

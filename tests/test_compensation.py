@@ -1,0 +1,104 @@
+"""Compensation (the ``*-comp`` methods) on the real SmolLM2 model: the neurons a selection
+leaves out are replaced by their mean output, on every path, without changing the
+selection, and it brings the sparse model closer to the dense one on real text."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from glass_llm import GlassConfig, apply_glass
+from glass_llm.adapters import find_ffn_blocks, weight_out_in
+from glass_llm.engine import GlassError
+from glass_llm.metrics import kl_per_token
+from glass_llm.methods import get_method
+from glass_llm.teacher import continuation_logits
+
+from tiny import tiny_model
+
+PROMPTS = ["The river Thames flows through London and",
+           "Photosynthesis is the process by which green plants",
+           "The French Revolution began in 1789 when",
+           "In mathematics, a prime number is"]
+
+
+def _expected(out_module, z, keep, mean):
+    """What the block's output projection should compute: the kept neurons as they are,
+    every other one at its mean activation."""
+    w = weight_out_in(out_module).float()
+    full = z.float() * keep + mean.float() * (1 - keep)
+    return F.linear(full, w)
+
+
+@pytest.mark.parametrize("path,batch", [("sliced", 1), ("sliced", 2), ("masked", 2)])
+def test_left_out_neurons_are_replaced_by_their_mean(smollm, smollm_prior, path, batch):
+    """One set for the batch (the mean output merged into the bias), one set per row (added
+    per row) and the masked reference: each row's output is ``W (z * keep + m * (1 - keep))``;
+    the sets are those of the same method without compensation."""
+    model, tok = smollm
+    blocks = find_ffn_blocks(model)
+    enc = tok(PROMPTS[:batch], return_tensors="pt", padding=True)
+    mean = smollm_prior.calibration.greedy_mean
+    with apply_glass(model, GlassConfig(method="glass", density=0.5, prior=smollm_prior)) as h:
+        model.generate(**enc, max_new_tokens=2, do_sample=False)
+        plain = h.selections
+    with apply_glass(model, GlassConfig(method="glass-comp", density=0.5, prior=smollm_prior, path=path)) as h:
+        model.generate(**enc, max_new_tokens=2, do_sample=False)
+        assert all(torch.equal(a, b) for a, b in zip(plain, h.selections))
+        z = torch.randn(batch, 3, blocks[0].d_ff, generator=torch.Generator().manual_seed(0))
+        sparse = [i for i, b in enumerate(blocks) if h.selections[i].shape[-1] < b.d_ff]
+        assert len(sparse) >= 3  # the per-layer schedule may keep every neuron of a block, not of most
+        for i in (sparse[0], sparse[len(sparse) // 2], sparse[-1]):
+            sets = h.selections[i]
+            keep = torch.zeros(batch, blocks[i].d_ff).scatter_(1, sets.expand(batch, -1) if sets.shape[0] == 1
+                                                                else sets, 1.0).unsqueeze(1)
+            st = h.states[i]
+            if path == "masked":  # the output projection sees every neuron
+                got = h._outputs[i](z)
+            else:  # it sees the compact activation: the set's neurons, or the union of the rows' sets
+                got = h._outputs[i](z[..., sets[0] if st.row_mask is None else torch.unique(sets)])
+            want = _expected(h._outputs[i].original, z, keep, mean[blocks[i].index])
+            assert (got - want).abs().max() <= 1e-4
+            plain_out = h._outputs[i].original(z * keep)
+            assert (got - plain_out).abs().max() > 1e-3  # the mean output is really there
+
+
+def test_compensated_teacher_forcing_equals_stepwise_decoding(smollm, smollm_prior):
+    model, tok = smollm
+    enc = tok.apply_chat_template([{"role": "user", "content": "What is a prime number?"}],
+                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    P = enc["input_ids"].shape[1]
+    with apply_glass(model, GlassConfig(method="glass-comp", density=0.5, prior=smollm_prior)):
+        out = model.generate(**enc, max_new_tokens=10, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True)
+    step = torch.stack(out.logits, 1)
+    tf, _ = continuation_logits(model, enc["input_ids"], out.sequences[:, P:],
+                                GlassConfig(method="glass-comp", density=0.5, prior=smollm_prior, path="masked"))
+    assert (tf - step).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("method", ["glass", "glass-a"])
+def test_compensation_brings_the_sparse_model_closer_to_dense(smollm, smollm_prior, method):
+    """On real prompts and the dense model's own greedy continuations (32 tokens), adding
+    back the mean output of the neurons left out lowers the mean KL to the dense model."""
+    model, tok = smollm
+    kls = {}
+    for m in (method, f"{method}-comp"):
+        per = []
+        for text in PROMPTS:
+            ids = tok(text, return_tensors="pt")["input_ids"]
+            ref = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=32,
+                                 min_new_tokens=32, do_sample=False)[:, ids.shape[1]:]
+            dense, _ = continuation_logits(model, ids, ref, None)
+            sparse, _ = continuation_logits(model, ids, ref, GlassConfig(method=m, density=0.5, prior=smollm_prior))
+            per.append(float(kl_per_token(dense[0, 1:], sparse[0, 1:]).mean()))
+        kls[m] = torch.tensor(per)
+    assert float(kls[f"{method}-comp"].mean()) < float(kls[method].mean())
+
+
+def test_compensated_methods_need_a_prior_with_its_mean():
+    assert get_method("griffin-comp").needs_prior and not get_method("griffin").needs_prior
+    assert get_method("glass-comp").compensate and not get_method("glass").compensate
+    with pytest.raises(GlassError, match="mean output of the neurons it leaves out"):
+        apply_glass(tiny_model("llama"), GlassConfig(method="griffin-comp"))
