@@ -15,7 +15,7 @@ from glass_llm.metrics import kl_per_token
 from glass_llm.methods import get_method
 from glass_llm.teacher import continuation_logits
 
-from tiny import tiny_model
+from tiny import ARCHS, tiny_model
 
 PROMPTS = ["The river Thames flows through London and",
            "Photosynthesis is the process by which green plants",
@@ -102,3 +102,47 @@ def test_compensated_methods_need_a_prior_with_its_mean():
     assert get_method("glass-comp").compensate and not get_method("glass").compensate
     with pytest.raises(GlassError, match="mean output of the neurons it leaves out"):
         apply_glass(tiny_model("llama"), GlassConfig(method="griffin-comp"))
+
+
+def _tiny_prior_with_mean(model):
+    """A prior of the tiny model's own random text, with a calibration that holds only what
+    compensation reads (a made-up mean activation): a structural test of every layout."""
+    from glass_llm.calibrate import ActivationRecorder
+    from glass_llm.calibration import GRID
+    from glass_llm.calibration_data import Calibration
+    from glass_llm.dispersion import WINDOWS
+    from glass_llm.prior import prior_from_sums
+
+    ids = torch.randint(3, 96, (4, 16), generator=torch.Generator().manual_seed(5))
+    with ActivationRecorder(model) as rec:
+        rec.run(model, ids)
+    prior = prior_from_sums(model, rec.sums, rec.tokens, {"kind": "test"})
+    L, d_ff = prior.sums.shape
+    g = torch.Generator().manual_seed(2)
+    prior.calibration = Calibration(
+        grid=torch.tensor(GRID), profile=torch.ones(L, len(GRID)), windows=torch.tensor(WINDOWS, dtype=torch.float32),
+        lam=torch.full((L, len(WINDOWS)), 0.5), score_lam=torch.full((L, len(WINDOWS)), 0.5),
+        greedy_sums=torch.rand(L, d_ff, generator=g), greedy_mean=torch.randn(L, d_ff, generator=g),
+        meta={"greedy_tokens": 64})
+    return prior
+
+
+@pytest.mark.parametrize("kind", ARCHS)
+def test_compensation_on_every_layout_sliced_equals_masked(kind):
+    """Every supported FFN layout (fused gate/up, Conv1D, biased projections): the sliced path
+    with the mean output merged into the bias equals the masked path that adds it per row,
+    for one set per row and one set for the batch, and it differs from no compensation."""
+    model = tiny_model(kind)
+    prior = _tiny_prior_with_mean(model)
+    g = torch.Generator().manual_seed(1)
+    prompt = torch.randint(3, 96, (2, 7), generator=g)
+    cont = torch.randint(3, 96, (2, 9), generator=g)
+    for share in (False, True):
+        cfg = dict(method="glass-a-comp", density=0.5, prior=prior, share_batch=share)
+        sliced, sel_s = continuation_logits(model, prompt, cont, GlassConfig(**cfg))
+        masked, sel_m = continuation_logits(model, prompt, cont, GlassConfig(**cfg, path="masked"))
+        plain, sel_p = continuation_logits(model, prompt, cont, GlassConfig(**{**cfg, "method": "glass-a"}))
+        assert (sliced - masked).abs().max() <= 1e-4
+        assert all(torch.equal(a, b) for a, b in zip(sel_s, sel_p))
+        assert (sliced[:, 1:] - plain[:, 1:]).abs().max() > 1e-4
+        assert torch.equal(sliced[:, 0], plain[:, 0])  # the prefill is dense, nothing added

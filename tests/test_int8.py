@@ -63,14 +63,15 @@ def test_int8_compact_weights_keep_their_rows_scales(smollm):
         assert block.d_ff == gate.out_features
 
 
-def test_int8_on_real_smollm_sliced_equals_masked_and_undo_is_exact(smollm, smollm_prior):
+@pytest.mark.parametrize("method", ["glass", "glass-comp"])  # glass-comp: the mean output read from int8 columns
+def test_int8_on_real_smollm_sliced_equals_masked_and_undo_is_exact(smollm, smollm_prior, method):
     model, tok = smollm
     enc = tok("Photosynthesis lets plants turn light into sugar", return_tensors="pt").input_ids
     with torch.no_grad():
         before = model(enc).logits
     originals = {name: m for name, m in model.named_modules()}
     cont = torch.tensor([[578, 314, 253, 1450, 282, 260, 3767, 30]])
-    cfg = dict(method="glass", density=0.5, prior=smollm_prior, weights="int8")
+    cfg = dict(method=method, density=0.5, prior=smollm_prior, weights="int8")
     sliced, _ = continuation_logits(model, enc, cont, GlassConfig(**cfg))
     masked, _ = continuation_logits(model, enc, cont, GlassConfig(**cfg, path="masked"))
     assert (sliced - masked).abs().max() <= 1e-4

@@ -45,6 +45,8 @@ class ActivationRecorder:
         def hook(module, args):
             z = args[0]
             mask = self._mask
+            if z.dim() == 2 and mask is not None:  # (B*T, d_ff), as some models (OPT) flatten it
+                z = z.view(mask.shape[0], -1, z.shape[-1])
             if mask is not None and mask.shape != z.shape[:2]:
                 mask = None if mask.shape[1] < z.shape[1] else mask[:, -z.shape[1]:]
             s = (accumulate_signed if self.signed else accumulate_activation)(z, mask)

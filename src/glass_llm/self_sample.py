@@ -100,8 +100,9 @@ class _RowRecorder:
 
     def _hook(self, i: int):
         def hook(module, args):
-            if self.recording:
-                self._cur[i] = self._cur[i] + accumulate_activation(args[0])
+            if self.recording:  # one token per row: (B, 1, d_ff), or (B, d_ff) where a model (OPT) flattens it
+                z = args[0] if args[0].dim() == 3 else args[0].unsqueeze(1)
+                self._cur[i] = self._cur[i] + accumulate_activation(z)
 
         return hook
 
