@@ -78,23 +78,21 @@ def test_compensated_teacher_forcing_equals_stepwise_decoding(smollm, smollm_pri
     assert (tf - step).abs().max() <= 1e-4
 
 
-@pytest.mark.parametrize("method", ["glass", "glass-a"])
-def test_compensation_brings_the_sparse_model_closer_to_dense(smollm, smollm_prior, method):
+def test_compensation_brings_the_sparse_model_closer_to_dense(smollm, smollm_prior):
     """On real prompts and the dense model's own greedy continuations (32 tokens), adding
-    back the mean output of the neurons left out lowers the mean KL to the dense model."""
+    back the mean output of the neurons left out lowers the mean KL of ``glass`` to the
+    dense model."""
     model, tok = smollm
-    kls = {}
-    for m in (method, f"{method}-comp"):
-        per = []
-        for text in PROMPTS:
-            ids = tok(text, return_tensors="pt")["input_ids"]
-            ref = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=32,
-                                 min_new_tokens=32, do_sample=False)[:, ids.shape[1]:]
-            dense, _ = continuation_logits(model, ids, ref, None)
+    kls = {"glass": [], "glass-comp": []}
+    for text in PROMPTS:
+        ids = tok(text, return_tensors="pt")["input_ids"]
+        ref = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=32,
+                             min_new_tokens=32, do_sample=False)[:, ids.shape[1]:]
+        dense, _ = continuation_logits(model, ids, ref, None)
+        for m in kls:
             sparse, _ = continuation_logits(model, ids, ref, GlassConfig(method=m, density=0.5, prior=smollm_prior))
-            per.append(float(kl_per_token(dense[0, 1:], sparse[0, 1:]).mean()))
-        kls[m] = torch.tensor(per)
-    assert float(kls[f"{method}-comp"].mean()) < float(kls[method].mean())
+            kls[m].append(float(kl_per_token(dense[0, 1:], sparse[0, 1:]).mean()))
+    assert sum(kls["glass-comp"]) < sum(kls["glass"])
 
 
 def test_compensated_methods_need_a_prior_with_its_mean():
