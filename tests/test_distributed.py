@@ -130,7 +130,7 @@ def test_self_prior_two_processes_equals_one(smollm, tmp_path, one_thread):
 
     out = tmp_path / "two.safetensors"
     proc = _run([sys.executable, "-m", "glass_llm", "prior", "smollm2-135m", "-o", str(out), "--tokens", "65",
-                 "--seq-len", "16", "--batch-size", "2", "--seed", "3", "--nproc", "2"])
+                 "--seq-len", "16", "--batch-size", "2", "--seed", "3", "--nproc", "2", "--no-calibration"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "on 2 processes" in proc.stderr
     meta = _compare_priors(single, out)
@@ -147,7 +147,7 @@ def test_text_prior_under_torchrun_equals_one_process(smollm, tmp_path, one_thre
 
     out = tmp_path / "two.safetensors"
     proc = _run(_torchrun(2, "-m", "glass_llm", "prior", "smollm2-135m", "-o", str(out), "--source", str(text),
-                          "--tokens", "10000", "--seq-len", "16", "--batch-size", "2"))
+                          "--tokens", "10000", "--seq-len", "16", "--batch-size", "2", "--no-calibration"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     _compare_priors(single, out)
 
