@@ -27,7 +27,7 @@
    the schedule is used at a density only where it measured better with 95% confidence
    (the upper end of the ratio's t interval below 1; ``Calibration.use_schedule``).
 
-5. the greedy statistic (``greedy_statistic``): ``greedy_rows`` sequences whose first
+5. the greedy statistic (``greedy_text.greedy_statistic``): ``greedy_rows`` sequences whose first
    ``greedy_prefix`` tokens are sampled at temperature 1 (a varied start, like a prompt)
    and whose next ``greedy_len`` tokens are decoded greedily; the statistic of the greedy
    tokens is the global view of ``glass-greedy`` (the ``greedy`` global
@@ -50,9 +50,9 @@ import torch
 from torch import nn
 
 from .adapters import FFNBlock, find_ffn_blocks, weight_out_in
-from .calibrate import ActivationRecorder
 from .calibration_data import Calibration
 from .dispersion import WINDOWS, fill_missing, window_lams, window_score_lams
+from .greedy_text import GREEDY_OFFSET, greedy_statistic
 from .intervals import mean_ci
 from .prior import Prior
 from .ranking import keep_count
@@ -61,7 +61,6 @@ from .selection import Selector
 from .self_sample import sample_and_record, self_prompts
 
 SEQ_OFFSET = 1 << 20
-GREEDY_OFFSET = 2 << 20  # sequence indices of the greedy statistic: other sequences than the rest
 GRID = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
 GAIN_DENSITY = 0.5
 CHECK_DENSITIES = (0.3, 0.5, 0.7, 0.9)
@@ -179,60 +178,6 @@ def _check_schedule(model: nn.Module, blocks: list[FFNBlock], ids: torch.Tensor,
         ratios.append(ci.mean)
         uppers.append(ci.high if math.isfinite(ci.high) else math.inf)
     return torch.tensor(ratios), torch.tensor(uppers)
-
-
-@torch.no_grad()
-def greedy_statistic(model: nn.Module, tokenizer, blocks: list[FFNBlock], seed: int = 0, rows: int = 64,
-                     prefix: int = 8, length: int = 128) -> tuple[torch.Tensor, int, torch.Tensor]:
-    """Text the model writes greedily: ``rows`` sequences sampled for ``prefix`` tokens at
-    temperature 1, then continued greedily for ``length`` tokens (only those are counted).
-
-    Returns the (n_blocks, d_ff) sums of ``u^2`` over the greedy tokens, their count, and
-    the (n_blocks, d_ff) mean raw activation ``z`` over the same tokens (one teacher-forced
-    pass over the written text; the mean output of the neurons a selection leaves out,
-    ``compensation``, is computed from it)."""
-    if rows < 1 or prefix < 1 or length < 1:
-        raise ValueError(f"the greedy statistic needs rows, prefix and length >= 1, got {rows}, {prefix}, {length}")
-    indices = list(range(GREEDY_OFFSET, GREEDY_OFFSET + rows))
-    sums, counts, tokens = sample_and_record(model, tokenizer, blocks, indices, prefix + length, seed,
-                                             greedy_after=prefix)
-    n = int(counts.sum())
-    if n == 0:
-        raise ValueError("every greedy sequence wrote EOS within its sampled start, so no greedy text was "
-                         "recorded; raise greedy_rows")
-    signed = _signed_sums(model, tokenizer, blocks, indices, tokens, counts, prefix)
-    return torch.stack([s.sum(0) for s in sums]), n, signed / n
-
-
-def _signed_sums(model: nn.Module, tokenizer, blocks: list[FFNBlock], indices: list[int], tokens: torch.Tensor,
-                 counts: torch.Tensor, prefix: int, chunk: int = 16) -> torch.Tensor:
-    """(n_blocks, d_ff) sums of the raw activations over the recorded tokens of
-    ``sample_and_record(..., greedy_after=prefix)``: each row's prompt and written tokens
-    go through the dense model again (right-padded, in chunks of ``chunk`` rows), and the
-    positions of its ``counts[r]`` greedy tokens are summed."""
-    prompts = self_prompts(tokenizer)
-    seqs = [prompts[i % len(prompts)] + tokens[r, : prefix + int(counts[r])].tolist() for r, i in enumerate(indices)]
-    starts = [len(prompts[i % len(prompts)]) + prefix for i in indices]
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    total = torch.zeros(len(blocks), blocks[0].d_ff)
-    for lo in range(0, len(seqs), chunk):
-        part = range(lo, min(len(seqs), lo + chunk))
-        width = max(len(seqs[r]) for r in part)
-        ids = torch.full((len(part), width), pad, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        where = torch.zeros_like(ids)
-        for j, r in enumerate(part):
-            ids[j, : len(seqs[r])] = torch.tensor(seqs[r])
-            attn[j, : len(seqs[r])] = 1
-            where[j, starts[r]: len(seqs[r])] = 1
-        rec = ActivationRecorder(model, blocks)
-        rec.signed = True
-        with rec:
-            rec.run(model, ids.to(device), where.to(device), attention_mask=attn.to(device), use_cache=False,
-                    logits_to_keep=1)
-        total += torch.stack([s.cpu() for s in rec.sums])
-    return total
 
 
 @torch.no_grad()
