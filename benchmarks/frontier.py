@@ -36,13 +36,14 @@ DENSITIES = "0.3,0.5,0.7,0.9"
 METHODS = ("griffin", "glass-a", "glass", "glass-refresh")
 # the bench run whose decode shapes each method shares (records made under an earlier
 # definition of a method carry the name the registry now gives that definition:
-# glass-schedule-adaptive for the old default glass, glass-refresh-cumulative for the old glass-refresh)
+# glass-schedule-adaptive and later glass-schedule for the old default glass, glass-refresh-cumulative for
+# the old glass-refresh)
 SPEED_OF = {"griffin": "griffin", "glass-a": "griffin", "glass": "glass", "glass-refresh": "glass-refresh",
             "glass-schedule-adaptive": "glass-schedule-adaptive", "glass-refresh-cumulative": "glass-refresh-cumulative"}
 STYLE = {"griffin": "tab:red", "glass-a": "tab:olive", "glass": "tab:green", "glass-refresh": "tab:blue",
          "glass-schedule-adaptive": "tab:purple", "glass-refresh-cumulative": "tab:cyan",
-         "glass-refresh-start-fade": "tab:brown"}
-SHOWN = ("griffin", "glass-a", "glass-schedule-adaptive", "glass", "glass-refresh-cumulative",
+         "glass-refresh-start-fade": "tab:brown", "glass-schedule": "tab:pink"}
+SHOWN = ("griffin", "glass-a", "glass-schedule-adaptive", "glass-schedule", "glass", "glass-refresh-cumulative",
          "glass-refresh", "glass-refresh-start-fade")  # plot and table order
 
 

@@ -6,7 +6,7 @@ Calibration split of Wikipedia, density 0.5, each method teacher-forced on the d
 greedy continuation. KL(dense || method) per generated position, averaged over the prompts
 in four spans of the continuation, for:
 
-* ``glass``, ``glass-refresh-cumulative`` and ``glass-refresh`` (the engine, with the cached
+* ``glass-schedule``, ``glass-refresh-cumulative`` and ``glass-refresh`` (the engine, with the cached
   default prior);
 * ``causal oracle``: before every span of R = 16 generated tokens, the top half of every
   block's neurons by the *dense* model's statistic of the prompt and of the reference tokens
@@ -45,10 +45,10 @@ from glass_llm.prior import prior_from_sums
 from glass_llm.teacher import continuation_logits
 
 HERE = Path(__file__).resolve().parent
-METHODS = ("glass", "glass-refresh-cumulative", "glass-refresh")
+METHODS = ("glass-schedule", "glass-refresh-cumulative", "glass-refresh")
 SPAN = 16  # the causal oracle re-selects every SPAN generated tokens, as glass-refresh does
-# --informed: rules without refresh, from prompt only to the default glass (with and without its pieces)
-INFORMED = ("griffin", "glass-a", "glass-adaptive", "glass", "glass-schedule-adaptive")
+# --informed: rules without refresh, from prompt only to glass-schedule (with and without its pieces)
+INFORMED = ("griffin", "glass-a", "glass-adaptive", "glass-schedule", "glass-schedule-adaptive")
 
 
 def spans(gen_tokens: int) -> list[tuple[int, int]]:

@@ -8,12 +8,12 @@ prompts for griffin, global, glass-a (R = 0, 16) and glass-schedule-adaptive (R 
 teacher-forced on the dense model's greedy continuation (``teacher.continuation_logits``,
 which refreshes at the same points as generation). Prints one line per setting, with the
 geometric mean of the per-prompt KL ratio against the first setting (95% t interval).
-With ``--growth``: glass without refresh, glass-refresh (R = 16, 32) and growing intervals
+With ``--growth``: glass-schedule without refresh, glass-refresh (R = 16, 32) and growing intervals
 (R = 16 and 8, each interval twice the one before). With ``--halflife``: glass-refresh with every
 token weighted the same (the ratios' base) and with half-lives of 16, 32 and 64 tokens.
-With ``--dense-start``: glass (the base) and glass whose first W = 8, 16, 32, 48 generated
+With ``--dense-start``: glass-schedule (the base) and glass-schedule whose first W = 8, 16, 32, 48 generated
 tokens run dense before it selects, at the density that keeps the FFN work of the whole
-reply equal to glass's (``config.equal_work_density``), then glass-refresh without and with a
+reply equal to glass-schedule's (``config.equal_work_density``), then glass-refresh without and with a
 dense start of 16 at that density. Also prints the mean KL over four spans of the reply.
 With ``--fade``: glass-refresh (the base) and glass-refresh whose re-selections move the per-layer
 schedule toward one density for all, halfway every 64, 128, 256 generated tokens
@@ -38,12 +38,12 @@ from glass_llm.teacher import continuation_logits
 SETTINGS = [("griffin", 0, 1, 0), ("global", 0, 1, 0), ("glass-a", 0, 1, 0), ("glass-a", 16, 1, 0),
             *(("glass-schedule-adaptive", r, 1, 0) for r in (0, 4, 8, 16, 32, 64))]
 # --growth: fewer, growing intervals against glass-refresh's 16
-GROWTH = [("glass", 0, 1, 0), ("glass-refresh", 16, 1, 0), ("glass-refresh", 32, 1, 0), ("glass-refresh", 16, 2, 0),
-          ("glass-refresh", 8, 2, 0)]
+GROWTH = [("glass-schedule", 0, 1, 0), ("glass-refresh", 16, 1, 0), ("glass-refresh", 32, 1, 0),
+          ("glass-refresh", 16, 2, 0), ("glass-refresh", 8, 2, 0)]
 # --halflife: recent tokens weighing more in each re-selection
 HALFLIFE = [("glass-refresh", 16, 1, 0), *(("glass-refresh", 16, 1, h) for h in (16, 32, 64))]
 # --dense-start: the first W generated tokens dense, the rest sparser, the same FFN work in all
-DENSE_START = [("glass", 0, 1, 0, 0), *(("glass", 0, 1, 0, w) for w in (8, 16, 32, 48)),
+DENSE_START = [("glass-schedule", 0, 1, 0, 0), *(("glass-schedule", 0, 1, 0, w) for w in (8, 16, 32, 48)),
                ("glass-refresh", 16, 1, 16, 0), ("glass-refresh", 16, 1, 16, 16)]
 # --fade: re-selections that move the per-layer schedule toward one density as the reply grows
 FADE = [("glass-refresh", 16, 1, 16, 0, 0), *(("glass-refresh", 16, 1, 16, 0, h) for h in (64, 128, 256)),

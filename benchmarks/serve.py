@@ -87,7 +87,7 @@ def phase(port: int, clients: int, per_client: int, glass: dict, max_tokens: int
 
 
 def start_server(args, port: int, log) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "glass_llm", "serve", args.model, "--port", str(port), "--method", "glass",
+    cmd = [sys.executable, "-m", "glass_llm", "serve", args.model, "--port", str(port), "--method", args.method,
            "--density", "0.5", "--max-batch", str(args.clients), "--log-level", "warning",
            "--prior-tokens", str(args.prior_tokens)]
     if args.share_batch:
@@ -125,6 +125,7 @@ def summarize(rounds: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--method", default="glass", help="the sparse arm's method")
     p.add_argument("--clients", type=int, default=16, help="concurrent clients (also the server's --max-batch)")
     p.add_argument("--per-client", type=int, default=1, help="requests per concurrent client")
     p.add_argument("--single", type=int, default=3, help="requests sent one after another by the lone client")
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     from glass_llm.bench import machine_info
 
     port = free_port()
-    arms = {"dense": {"method": "dense"}, "sparse": {"method": "glass", "density": 0.5}}
+    arms = {"dense": {"method": "dense"}, "sparse": {"method": args.method, "density": 0.5}}
     with tempfile.TemporaryFile() as log:
         proc = start_server(args, port, log)
         try:
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(120)
-    out = {"machine": machine_info(), "dtype": "float32", "model": args.model, "density": 0.5, "method": "glass",
+    out = {"machine": machine_info(), "dtype": "float32", "model": args.model, "density": 0.5, "method": args.method,
            "share_batch": args.share_batch, "clients": args.clients, "per_client": args.per_client,
            "single_requests": args.single, "max_tokens": args.max_tokens,
            "command": "flock /tmp/glass-heavy.lock python benchmarks/serve.py " + " ".join(argv or sys.argv[1:]),

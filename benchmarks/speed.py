@@ -29,11 +29,12 @@ CASES = [
     ("b16-shared", 16, (0.5,), 64, 2, True, "float"),
     ("b1-int8", 1, (0.5,), 64, 3, False, "int8"),
 ]
+METHOD = "glass"  # the sparse arm of every case
 
 
 def command_for(model: str, batch: int, densities, gen: int, repeats: int, share: bool, weights: str = "float") -> str:
     dens = ",".join(f"{d:g}" for d in densities)
-    cmd = (f"glass bench {model} --density {dens} --prompt-tokens 16 --gen-tokens {gen} "
+    cmd = (f"glass bench {model} --method {METHOD} --density {dens} --prompt-tokens 16 --gen-tokens {gen} "
            f"--repeats {repeats} --batch {batch}")
     return cmd + (" --share-batch" if share else "") + (" --weights int8" if weights == "int8" else "") + " --json"
 
@@ -58,7 +59,7 @@ def run_suite(models: list[str], cases: list[str], threads: int | None) -> None:
         for case, batch, dens, gen, repeats, share, weights in CASES:
             if cases and case not in cases:
                 continue
-            settings = BenchSettings(densities=dens, gen_tokens=gen, repeats=repeats, method="glass",
+            settings = BenchSettings(densities=dens, gen_tokens=gen, repeats=repeats, method=METHOD,
                                      share_batch=share, weights=weights)
             ids = make_prompts(tok, batch, 16)
             records = benchmark(model, ids, settings, model_name=name, prior=prior,

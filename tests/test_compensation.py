@@ -40,10 +40,10 @@ def test_left_out_neurons_are_replaced_by_their_mean(smollm, smollm_prior, path,
     blocks = find_ffn_blocks(model)
     enc = tok(PROMPTS[:batch], return_tensors="pt", padding=True)
     mean = smollm_prior.calibration.greedy_mean
-    with apply_glass(model, GlassConfig(method="glass", density=0.5, prior=smollm_prior)) as h:
+    with apply_glass(model, GlassConfig(method="glass-greedy", density=0.5, prior=smollm_prior)) as h:
         model.generate(**enc, max_new_tokens=2, do_sample=False)
         plain = h.selections
-    with apply_glass(model, GlassConfig(method="glass-comp", density=0.5, prior=smollm_prior, path=path)) as h:
+    with apply_glass(model, GlassConfig(method="glass", density=0.5, prior=smollm_prior, path=path)) as h:
         model.generate(**enc, max_new_tokens=2, do_sample=False)
         assert all(torch.equal(a, b) for a, b in zip(plain, h.selections))
         z = torch.randn(batch, 3, blocks[0].d_ff, generator=torch.Generator().manual_seed(0))
@@ -69,21 +69,21 @@ def test_compensated_teacher_forcing_equals_stepwise_decoding(smollm, smollm_pri
     enc = tok.apply_chat_template([{"role": "user", "content": "What is a prime number?"}],
                                   add_generation_prompt=True, return_tensors="pt", return_dict=True)
     P = enc["input_ids"].shape[1]
-    with apply_glass(model, GlassConfig(method="glass-comp", density=0.5, prior=smollm_prior)):
+    with apply_glass(model, GlassConfig(method="glass", density=0.5, prior=smollm_prior)):
         out = model.generate(**enc, max_new_tokens=10, do_sample=False, output_logits=True,
                              return_dict_in_generate=True)
     step = torch.stack(out.logits, 1)
     tf, _ = continuation_logits(model, enc["input_ids"], out.sequences[:, P:],
-                                GlassConfig(method="glass-comp", density=0.5, prior=smollm_prior, path="masked"))
+                                GlassConfig(method="glass", density=0.5, prior=smollm_prior, path="masked"))
     assert (tf - step).abs().max() <= 1e-4
 
 
 def test_compensation_brings_the_sparse_model_closer_to_dense(smollm, smollm_prior):
     """On real prompts and the dense model's own greedy continuations (32 tokens), adding
-    back the mean output of the neurons left out lowers the mean KL of ``glass`` to the
-    dense model."""
+    back the mean output of the neurons left out lowers the mean KL to the dense model, with
+    the paper's prior (``glass-schedule``) and with the default ``glass``'s prior of greedy text."""
     model, tok = smollm
-    kls = {"glass": [], "glass-comp": []}
+    kls = {"glass-schedule": [], "glass-schedule-comp": [], "glass-greedy": [], "glass": []}
     for text in PROMPTS:
         ids = tok(text, return_tensors="pt")["input_ids"]
         ref = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=32,
@@ -92,12 +92,13 @@ def test_compensation_brings_the_sparse_model_closer_to_dense(smollm, smollm_pri
         for m in kls:
             sparse, _ = continuation_logits(model, ids, ref, GlassConfig(method=m, density=0.5, prior=smollm_prior))
             kls[m].append(float(kl_per_token(dense[0, 1:], sparse[0, 1:]).mean()))
-    assert sum(kls["glass-comp"]) < sum(kls["glass"])
+    assert sum(kls["glass-schedule-comp"]) < sum(kls["glass-schedule"])
+    assert sum(kls["glass"]) < sum(kls["glass-greedy"])
 
 
 def test_compensated_methods_need_a_prior_with_its_mean():
     assert get_method("griffin-comp").needs_prior and not get_method("griffin").needs_prior
-    assert get_method("glass-comp").compensate and not get_method("glass").compensate
+    assert get_method("glass").compensate and not get_method("glass-schedule").compensate
     with pytest.raises(GlassError, match="mean output of the neurons it leaves out"):
         apply_glass(tiny_model("llama"), GlassConfig(method="griffin-comp"))
 

@@ -11,7 +11,7 @@ import torch
 from glass_llm import GlassConfig, apply_glass
 from glass_llm.teacher import continuation_logits
 
-METHODS = ["griffin", "glass", "glass-a", "glass-i", "global", "magnitude", "random", "glass-greedy-comp"]
+METHODS = ["griffin", "glass", "glass-a", "glass-i", "global", "magnitude", "random", "glass-schedule"]
 DTYPES = ["bfloat16", "float16"]
 
 

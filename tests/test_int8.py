@@ -63,7 +63,7 @@ def test_int8_compact_weights_keep_their_rows_scales(smollm):
         assert block.d_ff == gate.out_features
 
 
-@pytest.mark.parametrize("method", ["glass", "glass-comp"])  # glass-comp: the mean output read from int8 columns
+@pytest.mark.parametrize("method", ["glass-schedule", "glass"])  # glass: the mean output read from int8 columns
 def test_int8_on_real_smollm_sliced_equals_masked_and_undo_is_exact(smollm, smollm_prior, method):
     model, tok = smollm
     enc = tok("Photosynthesis lets plants turn light into sugar", return_tensors="pt").input_ids

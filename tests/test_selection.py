@@ -93,10 +93,10 @@ def _checked(prior, ratio: float):
                                               check_upper=torch.full((4,), ratio * 1.05)))
 
 
-def test_calibrated_glass_uses_schedule_and_fixed_lam(smollm, calibrated, prompt_sums):
+def test_calibrated_glass_schedule_uses_schedule_and_fixed_lam(smollm, calibrated, prompt_sums):
     model, _ = smollm
     sums, n = prompt_sums
-    glass, blocks = _selector(model, _checked(calibrated, 0.9), "glass")
+    glass, blocks = _selector(model, _checked(calibrated, 0.9), "glass-schedule")
     d_ff = [b.d_ff for b in blocks]
     assert not glass.adaptive and sum(glass.k) == budget(0.5, d_ff) and len(set(glass.k)) > 1
     glob = calibrated.scores_for("activation")
@@ -104,7 +104,7 @@ def test_calibrated_glass_uses_schedule_and_fixed_lam(smollm, calibrated, prompt
         expected = select(finalize(sums[i], "activation"), glob[i], 0.5, 0.5, k=glass.k[i])
         assert torch.equal(glass.choose(i, sums[i], n), expected)
     # where the check keeps one density, glass selects exactly as the paper's glass-a
-    same, _ = _selector(model, _checked(calibrated, 1.1), "glass")
+    same, _ = _selector(model, _checked(calibrated, 1.1), "glass-schedule")
     paper, _ = _selector(model, calibrated, "glass-a")
     assert same.k == paper.k
     for i in range(len(blocks)):
@@ -239,8 +239,8 @@ def test_old_prior_is_calibrated_with_a_message(smollm, calibrated):
 
 
 def test_glass_reads_the_prior_of_greedy_text(smollm, calibrated, prompt_sums):
-    """``glass-greedy`` and ``global-greedy`` take their global view from the statistic of
-    greedy text; ``glass`` and glass-a keep the paper's prior of temperature-1 samples."""
+    """``glass``, ``glass-greedy`` and ``global-greedy`` take their global view from the statistic
+    of greedy text; ``glass-schedule`` and glass-a keep the paper's prior of temperature-1 samples."""
     from glass_llm.methods import GLOBAL_SOURCES, get_method
 
     model, _ = smollm
@@ -250,7 +250,8 @@ def test_glass_reads_the_prior_of_greedy_text(smollm, calibrated, prompt_sums):
     assert all(torch.equal(g, finalize(s, "activation")) for g, s in zip(greedy, cal.greedy_sums))
     paper = calibrated.scores_for("activation")
     assert not all(torch.equal(ranks_of(g), ranks_of(p)) for g, p in zip(greedy, paper))
-    assert get_method("glass-greedy").global_source == "greedy" and get_method("glass").global_source == "prior"
+    assert get_method("glass").global_source == get_method("glass-greedy").global_source == "greedy"
+    assert get_method("glass-schedule").global_source == get_method("glass-a").global_source == "prior"
     assert get_method("global-greedy").needs_prior and get_method("glass-a-greedy").needs_prior
     handle = apply_glass(model, GlassConfig(method="global-greedy", density=0.5, prior=calibrated))
     try:

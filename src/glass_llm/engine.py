@@ -330,16 +330,16 @@ def apply_glass(model: nn.Module, config: GlassConfig | None = None, **overrides
         from .calibration import ensure_calibrated  # an older prior: calibrate it now, once per process
 
         prior.calibration = ensure_calibrated(model, None, prior).calibration
-    comp_means = None
-    if spec.compensate and not spec.dense:
-        if prior is None:
-            raise GlassError(f"method {spec.name!r} adds back the mean output of the neurons it leaves out, which it "
-                             "reads from the prior (the mean activation of greedy text): build one with `glass prior "
-                             "MODEL -o prior.safetensors` and pass prior=... (or --prior FILE)")
-        comp_means = [prior.calibration.greedy_mean[b.index] for b in blocks]
     global_scores = None
     if not spec.dense and lam < 1 and spec.global_source is not None:
         global_scores = GLOBAL_SOURCES[spec.global_source](blocks, prior, statistic, config.seed)
+    comp_means = None
+    if spec.compensate and not spec.dense:
+        if prior is None:
+            raise GlassError(f"method {spec.name!r} needs a global prior: it adds back the mean output of the neurons "
+                             "it leaves out, read from the prior (the mean activation of greedy text); build one with "
+                             "`glass prior MODEL -o prior.safetensors` and pass prior=... (or --prior FILE)")
+        comp_means = [prior.calibration.greedy_mean[b.index] for b in blocks]
     down_norms = [down_column_norms(b) for b in blocks] if statistic == "impact" else None
     selector = build_selector(blocks, config, spec, lam, statistic, global_scores, down_norms, prior=prior)
     return GlassHandle(model, config, blocks, spec, lam, statistic, selector, comp_means)

@@ -2,8 +2,11 @@
 
 Every method selects neurons by ``ranking.select(local, global, lam, density)``; a
 method only fixes which local statistic it uses, where its global scores come from
-and which ``lam`` it uses. The default ``glass`` goes beyond the paper with a per-layer
-``schedule`` calibrated on the model's own text; ``glass-refresh`` adds re-selection during
+and which ``lam`` it uses. The default ``glass`` goes beyond the paper: its prior is the
+statistic of text the model writes greedily, its per-layer ``schedule`` is calibrated on the
+model's own text, and it ``compensate``s for the neurons it leaves out (their mean output,
+added back as a bias); ``glass-schedule`` keeps the schedule with the paper's prior and no
+compensation, and is the base of the refresh methods. ``glass-refresh`` adds re-selection during
 decoding with an ``adaptive`` lam that grows with the tokens seen (see ``selection``); the
 ``*-start`` methods decode their first tokens densely and select after them; the ``*-fade``
 methods move the per-layer density toward one density as the reply grows;
@@ -100,16 +103,17 @@ for _spec in (
     MethodSpec("dense", "the unmodified model (no sparsity)", lam=1.0, global_source=None, dense=True),
     MethodSpec("griffin", "prompt-only selection by activation (GRIFFIN, lam=1)", lam=1.0, global_source=None),
     MethodSpec("global", "static selection by the global prior alone (lam=0)", lam=0.0),
-    MethodSpec("glass", "GLASS, calibrated: per-layer density where the prior's check shows it better, "
-               "prompt merged with prior", schedule=True),
-    MethodSpec("glass-greedy", "glass with a prior of text the model writes greedily (for greedy completions)",
+    MethodSpec("glass", "GLASS, calibrated: prompt merged with a prior of text the model writes greedily, "
+               "per-layer density where the prior's check shows it better, and the mean output of the neurons "
+               "left out added back", schedule=True, global_source="greedy", compensate=True),
+    MethodSpec("glass-greedy", "ablation: glass without compensation (neurons left out count as zero)",
                schedule=True, global_source="greedy"),
     MethodSpec("glass-a", "A-GLASS (the paper): activation statistic, prompt merged with prior"),
     MethodSpec("glass-i", "I-GLASS: impact statistic, prompt merged with prior", statistic="impact"),
     MethodSpec("magnitude", "static selection by weight norms ||W_gate[j]||*||W_up[j]||", lam=0.0, global_source="magnitude"),
     MethodSpec("random", "static random selection (seeded)", lam=0.0, global_source="random"),
-    MethodSpec("glass-schedule", "ablation: per-layer density, fixed lam (the same selection as glass)",
-               schedule=True),
+    MethodSpec("glass-schedule", "per-layer density and the paper's prior, fixed lam, no compensation (the base of "
+               "the refresh methods)", schedule=True),
     MethodSpec("glass-a-greedy", "ablation: glass-a with the prior of greedy text", global_source="greedy"),
     MethodSpec("global-greedy", "static selection by the prior of greedy text alone (lam=0)", lam=0.0,
                global_source="greedy"),
@@ -119,13 +123,14 @@ for _spec in (
     MethodSpec("glass-score", "alternative: per-layer density, prompt and prior mean statistics mixed", adaptive=True,
                schedule=True, fusion="score"),
     MethodSpec("glass-score-adaptive", "ablation: score fusion, uniform density", adaptive=True, fusion="score"),
-    MethodSpec("glass-refresh", f"glass re-selecting every {REFRESH_TOKENS} generated tokens from prompt and output "
-               f"(a token's weight halving every {REFRESH_TOKENS} tokens after it), with a lam that grows with the "
-               "tokens seen", adaptive=True, schedule=True, refresh=REFRESH_TOKENS, refresh_halflife=REFRESH_TOKENS),
+    MethodSpec("glass-refresh", f"glass-schedule re-selecting every {REFRESH_TOKENS} generated tokens from prompt "
+               f"and output (a token's weight halving every {REFRESH_TOKENS} tokens after it), with a lam that grows "
+               "with the tokens seen", adaptive=True, schedule=True, refresh=REFRESH_TOKENS,
+               refresh_halflife=REFRESH_TOKENS),
     MethodSpec("glass-refresh-cumulative", "ablation: glass-refresh with every token seen weighing the same",
                adaptive=True, schedule=True, refresh=REFRESH_TOKENS),
-    MethodSpec("glass-start", f"glass whose first {DENSE_START_TOKENS} generated tokens run dense, selecting from "
-               "the prompt plus them", schedule=True, dense_start=DENSE_START_TOKENS),
+    MethodSpec("glass-start", f"glass-schedule whose first {DENSE_START_TOKENS} generated tokens run dense, "
+               "selecting from the prompt plus them", schedule=True, dense_start=DENSE_START_TOKENS),
     MethodSpec("glass-refresh-start", f"glass-refresh whose first {DENSE_START_TOKENS} generated tokens run dense",
                adaptive=True, schedule=True, refresh=REFRESH_TOKENS, refresh_halflife=REFRESH_TOKENS,
                dense_start=DENSE_START_TOKENS),
@@ -145,7 +150,7 @@ for _spec in (
 
 # Compensated variants: the same selection, plus the mean output of the neurons it leaves out
 # added back as a bias (``MethodSpec.compensate``; BENCHMARKS.md, "Compensating the neurons left out").
-for _base in ("glass", "glass-greedy", "glass-a", "griffin", "glass-refresh-start-fade"):
+for _base in ("glass-schedule", "glass-a", "griffin", "glass-refresh-start-fade"):
     _spec = METHODS[_base]
     register_method(replace(_spec, name=f"{_base}-comp", compensate=True,
                             description=f"{_base} plus the mean output of the neurons it leaves out, added back"))
