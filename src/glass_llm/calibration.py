@@ -30,7 +30,7 @@
 5. the greedy statistic (``greedy_text.greedy_statistic``): ``greedy_rows`` sequences whose first
    ``greedy_prefix`` tokens are sampled at temperature 1 (a varied start, like a prompt)
    and whose next ``greedy_len`` tokens are decoded greedily; the statistic of the greedy
-   tokens is the global view of ``glass-greedy`` (the ``greedy`` global
+   tokens is the global view of ``glass`` and ``glass-greedy`` (the ``greedy`` global
    source). Why: greedy text is not the text of temperature-1 sampling (it repeats, and it
    stays on the likeliest words), and a user decoding greedily is served best by a prior
    of text written that way (BENCHMARKS.md, "A prior of greedy text").

@@ -14,7 +14,7 @@ how it is written into, and read back from, the prior's safetensors file.
   no check: the schedule is then not used (a warning says to rebuild the prior);
 * ``greedy_sums`` (L, d_ff) (format version 4): the statistic summed over text the model
   writes greedily after a short sampled start, ``meta["greedy_tokens"]`` tokens of it: the
-  global view of ``glass-greedy``, for replies decoded greedily (the
+  global view of ``glass`` and ``glass-greedy``, for replies decoded greedily (the
   ``greedy`` global source). Older files have none; it is computed when they are loaded
   for such a method (``calibration.ensure_calibrated``);
 * ``greedy_mean`` (L, d_ff) (format version 5): the mean raw activation ``z`` of every
@@ -161,7 +161,7 @@ class Calibration:
                          "applied; `glass prior MODEL --recalibrate` stores it")
         else:
             lines.append(f"greedy statistic: {self.greedy_tokens} tokens the model wrote greedily "
-                         f"(the global view of glass-greedy)")
+                         f"(the global view of glass and glass-greedy)")
             lines.append("mean activation of greedy text (the compensation of the *-comp methods): "
                          + ("none (format 4): computed when a compensated method is applied"
                             if self.greedy_mean is None else "stored"))

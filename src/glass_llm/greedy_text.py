@@ -1,5 +1,5 @@
 """Text the model writes greedily, and what the calibration records of it (step 5 of
-``calibration``): the statistic that is the global view of ``glass-greedy`` and the mean
+``calibration``): the statistic that is the global view of ``glass`` and ``glass-greedy`` and the mean
 raw activation that the compensated methods add back for the neurons they leave out.
 """
 

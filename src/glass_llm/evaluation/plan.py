@@ -232,7 +232,7 @@ def settings_key(settings: EvalSettings, items: Sequence[WorkItem], identity: di
     if prior is not None and settings.needs_prior():
         h.update(hashlib.sha256(prior.sums.float().numpy().tobytes()).digest())
         cal = prior.calibration
-        if cal is not None and cal.greedy_sums is not None:  # the global view of glass-greedy
+        if cal is not None and cal.greedy_sums is not None:  # the global view of glass and glass-greedy
             h.update(hashlib.sha256(cal.greedy_sums.float().numpy().tobytes()).digest())
         if cal is not None and cal.greedy_mean is not None and settings.compensates():  # the compensation
             h.update(hashlib.sha256(cal.greedy_mean.float().numpy().tobytes()).digest())
