@@ -42,6 +42,9 @@ def test_help_lists_the_workflow():
      "cannot be combined with --compile"),
     (["bench", "smollm2-135m", "--method", "glass-refresh", "--compile"], "cannot be combined with --compile"),
     (["generate", "smollm2-135m", "hi", "--dense-start", "-3"], "dense_start must be a whole number"),
+    (["generate", "smollm2-135m", "hi", "--comp-tokens", "-1"], "comp_tokens must be"),
+    (["generate", "smollm2-135m", "hi", "--method", "glass-schedule", "--comp-tokens", "8"],
+     "adds none; use a compensated method"),
     (["bench", "smollm2-135m", "--method", "glass", "--dense-start", "16", "--compile"],
      "a dense start (--dense-start, or a method with one) cannot be combined with --compile"),
 ])

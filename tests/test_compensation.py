@@ -145,3 +145,67 @@ def test_compensation_on_every_layout_sliced_equals_masked(kind):
         assert all(torch.equal(a, b) for a, b in zip(sel_s, sel_p))
         assert (sliced[:, 1:] - plain[:, 1:]).abs().max() > 1e-4
         assert torch.equal(sliced[:, 0], plain[:, 0])  # the prefill is dense, nothing added
+
+
+RUNNING = "glass-refresh-start-fade-comp-running"
+
+
+def test_shrunk_mean_counts_the_prior_as_tokens():
+    from glass_llm.stats import shrunk_mean
+
+    signed, prior = torch.tensor([[6.0, -2.0], [0.0, 4.0]]), torch.tensor([1.0, 1.0])
+    assert torch.allclose(shrunk_mean(signed, 2.0, prior, 2.0), torch.tensor([[2.0, 0.0], [0.5, 1.5]]))
+    assert torch.equal(shrunk_mean(torch.zeros(1, 2), 0.0, prior, 16.0), prior.unsqueeze(0))
+    with pytest.raises(ValueError, match="prior_count > 0"):
+        shrunk_mean(signed, 2.0, prior, 0.0)
+
+
+def test_running_compensation_mean_is_the_generated_tokens_mean_shrunk_toward_the_prior(smollm, smollm_prior):
+    """With equal token weights and no dense start, after the first re-selection the mean each
+    block adds back is ``(N * m + sum of the 4 generated tokens' activations) / (N + 4)``,
+    the activations computed densely from the FFN inputs the sparse model saw."""
+    from glass_llm.adapters import ffn_intermediate
+
+    model, tok = smollm
+    blocks = find_ffn_blocks(model)
+    enc = tok(PROMPTS[0], return_tensors="pt")
+    N, seen = 16.0, {}
+    cfg = GlassConfig(method=RUNNING, density=0.5, prior=smollm_prior, refresh=4, refresh_halflife=0, dense_start=0)
+    with apply_glass(model, cfg) as h:
+        probes = [0, len(blocks) // 2, len(blocks) - 1]
+        hooks = [h._inputs[i][0].register_forward_pre_hook(
+            lambda mod, args, i=i: seen.setdefault(i, []).append(args[0]) if args[0].shape[1] == 1 else None)
+            for i in probes]
+        model.generate(**enc, max_new_tokens=6, do_sample=False)  # 5 decode forwards: one refresh, after 4
+        for hook in hooks:
+            hook.remove()
+        assert h.refreshes == 1 and h.signed_tokens == 4.0
+        for i in probes:
+            x = torch.cat(seen[i][:4], dim=1)
+            z = ffn_intermediate(blocks[i], x, [w.original for w in h._inputs[i]]).float()[0]
+            want = (N * smollm_prior.calibration.greedy_mean[blocks[i].index].float() + z.sum(0)) / (N + 4)
+            assert (h._comp_mean(i, 1)[0] - want).abs().max() <= 1e-4
+
+
+def test_running_compensation_teacher_forced_equals_stepwise_decoding(smollm, smollm_prior):
+    """The running mean changes the logits; teacher forcing reproduces step-by-step decoding
+    with it; a prior's mean worth ever so many tokens is the prior's mean alone."""
+    from dataclasses import replace
+
+    model, tok = smollm
+    enc = tok.apply_chat_template([{"role": "user", "content": "Name three rivers and where they flow."}],
+                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    P = enc["input_ids"].shape[1]
+    cfg = GlassConfig(method=RUNNING, density=0.5, prior=smollm_prior, refresh=4, dense_start=3)
+    with apply_glass(model, cfg) as h:
+        out = model.generate(**enc, max_new_tokens=14, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True)
+        assert h.refreshes == 2 and h.signed_tokens > 3
+    step = torch.stack(out.logits, 1)
+    cont = out.sequences[:, P:]
+    tf, _ = continuation_logits(model, enc["input_ids"], cont, replace(cfg, path="masked"))
+    assert (tf - step).abs().max() <= 1e-4
+    fixed, _ = continuation_logits(model, enc["input_ids"], cont, replace(cfg, comp_tokens=0))
+    heavy, _ = continuation_logits(model, enc["input_ids"], cont, replace(cfg, comp_tokens=1e12))
+    assert (fixed - step).abs().max() > 1e-3
+    assert (heavy - fixed).abs().max() <= 1e-4

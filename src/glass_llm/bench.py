@@ -278,6 +278,7 @@ def _variants(settings: BenchSettings) -> list[tuple[str, GlassConfig | None, bo
                                                                  refresh_halflife=settings.refresh_halflife,
                                                                  schedule_halflife=settings.schedule_halflife,
                                                                  dense_start=settings.dense_start,
+                                                                 comp_tokens=settings.comp_tokens,
                                                                  weights=settings.weights), False))
     return out
 

@@ -69,6 +69,7 @@ class BenchSettings:
     refresh_growth: float | None = None  # None: the method's own setting
     refresh_halflife: float | None = None  # None: the method's own setting
     schedule_halflife: float | None = None  # None: the method's own setting
+    comp_tokens: float | None = None  # None: the method's own setting
     dense_start: int | None = None  # None: the method's own setting
     methods: tuple[str, ...] = ()
     weights: str = "float"

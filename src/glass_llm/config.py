@@ -67,6 +67,10 @@ class GlassConfig:
     keeps ``w = 2 ** (-g / schedule_halflife)`` of the schedule's departure from one density for
     all, ``g`` the tokens generated since the first selection (``schedule.blend``; the total
     stays the budget); 0 keeps the schedule throughout; None keeps the method's.
+    comp_tokens: for a compensated method (``*-comp``), the mean activation added back for the
+    neurons left out follows the generated tokens (the dense start's, then at each re-selection
+    the reply's so far, weighted as in the local statistic), with the prior's mean counted as
+    this many more tokens; 0 keeps the prior's mean; None keeps the method's.
     weights: "float" (the model's own) or "int8": every linear projection in int8 with one
     scale per output channel (``quant``), the compact FFN weights sliced from the int8 ones;
     undone exactly by ``remove()``. The prior and the selection still read the float model.
@@ -85,6 +89,7 @@ class GlassConfig:
     refresh_halflife: float | None = None
     dense_start: int | None = None
     schedule_halflife: float | None = None
+    comp_tokens: float | None = None
     weights: str = "float"
 
     def refresh_every(self, spec: MethodSpec) -> int:
@@ -122,6 +127,17 @@ class GlassConfig:
         h = spec.schedule_halflife if self.schedule_halflife is None else self.schedule_halflife
         return _halflife(h, "schedule_halflife", "keep the per-layer schedule at every re-selection")
 
+    def comp_tokens_of(self, spec: MethodSpec) -> float:
+        """Tokens the prior's mean counts as in a compensation mean that follows the reply (0: the prior's alone)."""
+        n = spec.comp_tokens if self.comp_tokens is None else self.comp_tokens
+        if isinstance(n, bool) or not isinstance(n, (int, float)) or not n >= 0 or n == float("inf"):
+            raise ValueError(f"comp_tokens must be a finite number of tokens > 0 (or 0: the prior's mean alone), "
+                             f"got {n!r}")
+        if n and not spec.compensate:
+            raise ValueError(f"comp_tokens sets the mean a compensated method adds back, and method {spec.name!r} "
+                             "adds none; use a compensated method (glass, or a *-comp method) or drop comp_tokens")
+        return 0.0 if spec.dense else float(n)
+
     def densities(self) -> tuple[float, ...]:
         if isinstance(self.density, (list, tuple)):
             if not self.density:
@@ -157,6 +173,7 @@ class GlassConfig:
         self.refresh_halflife_of(spec)
         self.dense_start_of(spec)
         self.schedule_halflife_of(spec)
+        self.comp_tokens_of(spec)
         check_weights(self.weights)
         if self.path not in PATHS:
             raise ValueError(f"unknown path {self.path!r}; choose 'sliced' or 'masked'")

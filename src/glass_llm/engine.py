@@ -14,7 +14,6 @@ they were part of the prompt; the selection follows them.
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 
 import torch
@@ -22,17 +21,13 @@ from torch import nn
 
 from .adapters import FFNBlock, compute_dtype, down_column_norms, ffn_intermediate, find_ffn_blocks
 from .config import PATHS, GlassConfig, refresh_interval  # noqa: F401  (PATHS, GlassConfig re-exported)
-from .errors import UserError
-from .methods import GLOBAL_SOURCES, PRIOR_SOURCES, MethodSpec
-from .prior import load_prior
+from .errors import GlassError
+from .method_inputs import method_inputs
+from .methods import MethodSpec
 from .quant import Int8Linear, quantize_linears
 from .selection import Selector, build_selector
 from .sliced import BlockState, NeuronInput, NeuronOutput, compact_block, set_compensation, update_compact
-from .stats import accumulate_activation, recency_weights
-
-
-class GlassError(RuntimeError, UserError):
-    """GLASS cannot run in the requested way."""
+from .stats import accumulate_activation, accumulate_signed, recency_weights, shrunk_mean
 
 
 class GlassHandle:
@@ -56,6 +51,10 @@ class GlassHandle:
         # neurons a selection leaves out is added back (sliced.set_compensation)
         self.comp_means = (None if comp_means is None else
                            [m.to(device=dev, dtype=torch.float32) for m, dev in zip(comp_means, self.devices)])
+        # with comp_tokens > 0 that mean follows the generated tokens, the prior's counted as comp_tokens
+        # tokens; signed_tokens: the generated tokens behind the signed sums, weighted by recency
+        self.comp_tokens = config.comp_tokens_of(spec) if comp_means is not None and selector.uses_prompt else 0.0
+        self.signed_tokens = 0.0
         self._originals: list[tuple[nn.Module, str, nn.Module]] = []
         self._outputs: list[NeuronOutput] = []
         self._inputs: list[list[NeuronInput]] = []
@@ -126,9 +125,9 @@ class GlassHandle:
         """Forget the current request (compact buffers stay allocated for the next one)."""
         for st in self.states:
             st.mode, st.sums, st.token_mask, st.neuron_mask, st.selected = "dense", None, None, None, None
-            st.keep_inputs, st.seen_sums = False, None
+            st.keep_inputs, st.seen_sums, st.keep_signed, st.signed_sums = False, None, False, None
             st.inputs.clear()
-        self.refreshes, self.refresh_s, self.seen_tokens = 0, 0.0, None
+        self.refreshes, self.refresh_s, self.seen_tokens, self.signed_tokens = 0, 0.0, None, 0.0
         self._dense_left = 0
 
     # request state machine -------------------------------------------------------
@@ -197,7 +196,8 @@ class GlassHandle:
         if self.selector.uses_prompt:
             rows = int(self.prompt_tokens.shape[0])
             for st, mask in zip(self.states, self._per_device(lambda dev: torch.ones(rows, n, device=dev))):
-                st.token_mask = mask
+                st.token_mask, st.keep_signed = mask, self.comp_tokens > 0
+            self.signed_tokens += n
         self.prompt_tokens = self.prompt_tokens + n
         self._dense_left -= n
 
@@ -213,14 +213,15 @@ class GlassHandle:
         uses_prompt = self.selector.uses_prompt
         selections = self.selector.choose_all([st.sums for st in self.states] if uses_prompt else
                                               [None] * len(self.states), self.prompt_tokens)
+        self.seen_tokens = self.prompt_tokens.clone()
         for i, (st, chosen) in enumerate(zip(self.states, selections)):
             self._use(i, chosen)
             st.seen_sums, st.sums, st.token_mask = (st.sums if self.refresh_every else None), None, None
+            st.keep_signed, st.signed_sums = False, (st.signed_sums if self.refresh_every else None)
             st.keep_inputs, st.rows = bool(self.refresh_every), int(self.prompt_tokens.shape[0])
         self.selections = selections
         self.phase = "decode"
         self._since, self._generated, self._interval = 0, 0, self.refresh_interval(0)
-        self.seen_tokens = self.prompt_tokens.clone()
         self.select_s = _synced_time(self.devices) - t0
         return selections
 
@@ -239,8 +240,20 @@ class GlassHandle:
             st.neuron_mask = mask.scatter_(1, chosen, 1.0)
             st.mode = "masked"
         if self.comp_means is not None:
-            set_compensation(st, self._outputs[i].original, chosen, self.comp_means[i],
+            set_compensation(st, self._outputs[i].original, chosen, self._comp_mean(i, chosen.shape[0]),
                              merge=self.config.path == "sliced")
+
+    def _comp_mean(self, i: int, sets: int) -> torch.Tensor:
+        """Block ``i``'s mean activation for compensation: the prior's (d_ff,), or with
+        ``comp_tokens`` the mean of the generated tokens so far (weighted by recency as in the
+        local statistic; the prompt's are left out, its first token's activations are outliers)
+        with the prior's mean counted as ``comp_tokens`` more tokens, one row per set (S, d_ff)."""
+        prior_mean, signed = self.comp_means[i], self.states[i].signed_sums
+        if not self.comp_tokens or signed is None:
+            return prior_mean
+        if sets == 1 and signed.shape[0] > 1:  # one set for the batch: the batch's mean
+            signed = signed.mean(0, keepdim=True)
+        return shrunk_mean(signed, self.signed_tokens, prior_mean, self.comp_tokens)
 
     # mask refresh ------------------------------------------------------------------
     def refresh_interval(self, n: int) -> int:
@@ -278,6 +291,7 @@ class GlassHandle:
         weights, fade = recency_weights(self._since, self.refresh_halflife)
         self._generated += self._since
         self.seen_tokens = self.seen_tokens * fade + float(weights.sum())
+        self.signed_tokens = self.signed_tokens * fade + float(weights.sum())
         k = (self.selector.counts(2.0 ** (-self._generated / self.schedule_halflife)) if self.schedule_halflife
              else self.selector.k)
         for i, (st, block) in enumerate(zip(self.states, self.blocks)):
@@ -285,6 +299,9 @@ class GlassHandle:
                 z = ffn_intermediate(block, torch.cat(st.inputs, dim=1), [w.original for w in self._inputs[i]])
                 w = weights.to(z.device).expand(z.shape[0], -1) if self.refresh_halflife else None
                 st.seen_sums = (st.seen_sums * fade if fade != 1.0 else st.seen_sums) + accumulate_activation(z, w)
+                if self.comp_tokens:
+                    signed = accumulate_signed(z, w)
+                    st.signed_sums = signed if st.signed_sums is None else st.signed_sums * fade + signed
                 st.inputs.clear()
         selections = self.selector.choose_all([st.seen_sums for st in self.states], self.seen_tokens, k)
         for i, chosen in enumerate(selections):
@@ -313,33 +330,7 @@ def apply_glass(model: nn.Module, config: GlassConfig | None = None, **overrides
     if any(isinstance(m, (NeuronInput, NeuronOutput, Int8Linear)) for m in model.modules()):
         raise GlassError("GLASS is already applied to this model; call handle.remove() first")
     blocks = find_ffn_blocks(model)
-    prior = None
-    if not spec.dense and ((spec.global_source in PRIOR_SOURCES and (lam < 1 or spec.schedule)) or spec.compensate):
-        prior = config.prior
-        if isinstance(prior, (str, os.PathLike)):
-            prior = load_prior(prior)
-        if prior is not None:
-            prior.check_matches(model, blocks)
-            if prior.sums.shape[0] != len(blocks):
-                raise GlassError("prior and model disagree on the number of FFN blocks")
-    greedy = spec.global_source == "greedy"
-    cal = None if prior is None else prior.calibration
-    if prior is not None and not spec.dense and (
-            (cal is None and (spec.schedule or spec.adaptive or greedy or spec.compensate))
-            or (cal is not None and ((greedy and cal.greedy_sums is None) or (spec.compensate and cal.greedy_mean is None)))):
-        from .calibration import ensure_calibrated  # an older prior: calibrate it now, once per process
-
-        prior.calibration = ensure_calibrated(model, None, prior).calibration
-    global_scores = None
-    if not spec.dense and lam < 1 and spec.global_source is not None:
-        global_scores = GLOBAL_SOURCES[spec.global_source](blocks, prior, statistic, config.seed)
-    comp_means = None
-    if spec.compensate and not spec.dense:
-        if prior is None:
-            raise GlassError(f"method {spec.name!r} needs a global prior: it adds back the mean output of the neurons "
-                             "it leaves out, read from the prior (the mean activation of greedy text); build one with "
-                             "`glass prior MODEL -o prior.safetensors` and pass prior=... (or --prior FILE)")
-        comp_means = [prior.calibration.greedy_mean[b.index] for b in blocks]
+    prior, global_scores, comp_means = method_inputs(model, blocks, config, spec, lam, statistic)
     down_norms = [down_column_norms(b) for b in blocks] if statistic == "impact" else None
     selector = build_selector(blocks, config, spec, lam, statistic, global_scores, down_norms, prior=prior)
     return GlassHandle(model, config, blocks, spec, lam, statistic, selector, comp_means)

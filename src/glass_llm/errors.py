@@ -13,3 +13,7 @@ from __future__ import annotations
 
 class UserError(Exception):
     """An error caused by the user's input, with a message that says how to fix it."""
+
+
+class GlassError(RuntimeError, UserError):
+    """GLASS cannot run in the requested way."""

@@ -58,6 +58,10 @@ class MethodSpec:
     # add back the mean output of the neurons left out (the prior's mean activation of greedy text;
     # sliced.set_compensation): a bias per selection, no work per decode step
     compensate: bool = False
+    # with compensate: the mean activation added back is that of the tokens seen so far (the prompt's,
+    # and at each re-selection the generated tokens', weighted as in the local statistic), with the
+    # prior's mean counted as this many tokens (0: the prior's mean alone)
+    comp_tokens: float = 0.0
 
     @property
     def needs_prior(self) -> bool:
@@ -155,6 +159,13 @@ for _base in ("glass-schedule", "glass-a", "griffin", "glass-refresh-start-fade"
     register_method(replace(_spec, name=f"{_base}-comp", compensate=True,
                             description=f"{_base} plus the mean output of the neurons it leaves out, added back"))
 
+# The best re-selecting method: compensation whose mean follows the reply (the generated tokens' own
+# mean activation, the prior's mean counting as one refresh interval of tokens; BENCHMARKS.md,
+# "A running compensation mean").
+register_method(replace(METHODS["glass-refresh-start-fade-comp"], name="glass-refresh-start-fade-comp-running",
+                        comp_tokens=float(REFRESH_TOKENS),
+                        description="glass-refresh-start-fade-comp whose compensation mean is that of the tokens "
+                                    f"generated so far, the prior's mean counting as {REFRESH_TOKENS} more tokens"))
 
 # A global source maps (blocks, prior, statistic, seed) to one (d_ff,) score per block.
 GlobalSource = Callable[[list[FFNBlock], object, str, int], list[torch.Tensor]]

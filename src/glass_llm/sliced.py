@@ -46,7 +46,7 @@ from torch import nn
 
 from .adapters import compute_dtype, weight_out_in
 from .quant import Int8Linear, int8_linear
-from .stats import accumulate_activation
+from .stats import accumulate_activation, accumulate_signed
 
 MODES = ("dense", "record", "masked", "sliced")
 
@@ -80,6 +80,8 @@ class BlockState:
     rows: int = 1
     inputs: list[torch.Tensor] = field(default_factory=list)
     seen_sums: torch.Tensor | None = None  # (B, d_ff) statistic of the prompt and the generated tokens so far
+    keep_signed: bool = False  # record the generated tokens' signed sums (B, d_ff): a running compensation mean
+    signed_sums: torch.Tensor | None = None
     # compensation: the output bias with the left-out neurons' mean output added (d_out,), one set
     # for the batch on the sliced path; or that mean output per row (S, d_out), added after the projection
     shift_bias: torch.Tensor | None = None
@@ -181,8 +183,9 @@ class NeuronOutput(nn.Module):
             return y if st.shift_rows is None else _row_add(y, st.shift_rows)
         if mode == "record":
             z3 = z if z.dim() == 3 else z.view(*st.token_mask.shape, z.shape[-1])
-            sums = accumulate_activation(z3, st.token_mask)
-            st.sums = sums if st.sums is None else st.sums + sums
+            st.sums = accumulate_activation(z3, st.token_mask) + (0 if st.sums is None else st.sums)
+            if st.keep_signed:  # the dense start's tokens, for a compensation mean that follows the reply
+                st.signed_sums = accumulate_signed(z3, st.token_mask) + (0 if st.signed_sums is None else st.signed_sums)
         elif mode == "masked":
             y = self.original(_row_scale(z, st.neuron_mask.to(z.dtype)))
             return y if st.shift_rows is None else _row_add(y, st.shift_rows)
@@ -319,8 +322,9 @@ def compact_block(state: BlockState, inputs: list[NeuronInput], output: NeuronOu
 @torch.no_grad()
 def left_out_output(output: nn.Module, selected: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     """The mean output of the neurons that ``selected`` (S, k) leaves out, (S, d_out) in
-    float32: ``W_out[:, left] @ mean[left]`` for each set, ``mean`` (d_ff,) the neurons'
-    mean activation. Read from the output projection as stored (int8 with its scales)."""
+    float32: ``W_out[:, left] @ mean[left]`` for each set, ``mean`` the neurons' mean
+    activation, (d_ff,) for every set or (S, d_ff) one per set. Read from the output
+    projection as stored (int8 with its scales)."""
     w, scale = _stored_weight(output)
     left = torch.ones(selected.shape[0], w.shape[1], dtype=torch.float32, device=selected.device)
     left = left.scatter_(1, selected, 0.0) * mean.to(device=left.device, dtype=torch.float32)

@@ -54,6 +54,16 @@ def accumulate_signed(z: torch.Tensor, mask: torch.Tensor | None = None) -> torc
     return z.sum(dim=1)
 
 
+def shrunk_mean(signed_sums: torch.Tensor, count: float, prior_mean: torch.Tensor,
+                prior_count: float) -> torch.Tensor:
+    """The mean activation of ``count`` tokens (their ``accumulate_signed`` sums, (B, d_ff))
+    shrunk toward ``prior_mean`` (d_ff,), which counts as ``prior_count`` more tokens:
+    ``(prior_count * prior_mean + signed_sums) / (prior_count + count)``, one row per batch row."""
+    if count < 0 or prior_count <= 0:
+        raise ValueError(f"need count >= 0 and prior_count > 0, got count={count}, prior_count={prior_count}")
+    return (prior_count * prior_mean.to(signed_sums.dtype) + signed_sums) / (prior_count + count)
+
+
 def recency_weights(n: int, halflife: float) -> tuple[torch.Tensor, float]:
     """Weights of ``n`` new tokens, oldest first, and the factor for the sums before them.
 

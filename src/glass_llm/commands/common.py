@@ -66,12 +66,17 @@ def add_refresh_arg(p: argparse.ArgumentParser) -> None:
                    help="decode the first W generated tokens with the dense model and choose the neurons from "
                         "the prompt plus them (0: right after the prompt; default: the method's own setting); "
                         "not with --compile")
+    p.add_argument("--comp-tokens", type=float, default=None, metavar="N",
+                   help="for a compensated method: the mean added back for the neurons left out follows the "
+                        "generated tokens, the prior's mean counting as N more tokens (0: the prior's mean alone; "
+                        "default: the method's own setting)")
 
 
 def decode_options(args) -> dict:
     """The ``GlassConfig`` (and ``BenchSettings``) fields that ``add_refresh_arg`` sets."""
     return {"refresh": args.refresh, "refresh_growth": args.refresh_growth, "refresh_halflife": args.refresh_halflife,
-            "schedule_halflife": args.schedule_halflife, "dense_start": args.dense_start}
+            "schedule_halflife": args.schedule_halflife, "dense_start": args.dense_start,
+            "comp_tokens": args.comp_tokens}
 
 
 def check_refresh_compile(args, refresh_every: int, dense_start: int = 0) -> None:
