@@ -33,10 +33,10 @@ FIDELITY = HERE / "results" / "fidelity"
 
 DENSITY = 0.5
 CANDIDATES = ("glass", "glass-greedy", "glass-schedule", "glass-schedule-comp", "glass-refresh", "glass-refresh-start",
-              "glass-refresh-start-fade", "glass-refresh-start-fade-comp")
+              "glass-refresh-start-fade", "glass-refresh-start-fade-comp", "glass-refresh-start-fade-comp-running")
 GOALS = (("glass-a", 0.8), ("global", 0.85), ("griffin", 0.5), ("oracle", 1.0))
 REFRESHING = ("glass-refresh", "glass-refresh-start", "glass-refresh-start-fade",
-              "glass-refresh-start-fade-comp")  # the oracle goal is theirs
+              "glass-refresh-start-fade-comp", "glass-refresh-start-fade-comp-running")  # the oracle goal is theirs
 MIN_PROMPTS = 8
 TOLERANCE = 1e-4
 

@@ -19,6 +19,9 @@ With ``--fade``: glass-refresh (the base) and glass-refresh whose re-selections 
 schedule toward one density for all, halfway every 64, 128, 256 generated tokens
 (``schedule_halflife``), then glass-refresh with a dense start of 16 without and with the fade of 64
 (at the equal-work density); also with the span means.
+With ``--comp-tokens``: glass-refresh-start-fade-comp at density 0.5 (the base: the prior's mean added back)
+and with a compensation mean that follows the reply, the prior's mean counting as N = 4, 16, 64 tokens
+(``comp_tokens``); also with the span means.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ DENSE_START = [("glass-schedule", 0, 1, 0, 0), *(("glass-schedule", 0, 1, 0, w) 
 # --fade: re-selections that move the per-layer schedule toward one density as the reply grows
 FADE = [("glass-refresh", 16, 1, 16, 0, 0), *(("glass-refresh", 16, 1, 16, 0, h) for h in (64, 128, 256)),
         ("glass-refresh", 16, 1, 16, 16, 0), ("glass-refresh", 16, 1, 16, 16, 64)]
+# --comp-tokens: a compensation mean that follows the reply (at density 0.5, as the fidelity records run it)
+COMP_TOKENS = [("glass-refresh-start-fade-comp", 16, 1, 16, 16, 64, n) for n in (0, 4, 16, 64)]
 
 
 def main() -> int:
@@ -61,17 +66,18 @@ def main() -> int:
     p.add_argument("--halflife", action="store_true", help="compare recency half-lives instead")
     p.add_argument("--dense-start", action="store_true", help="compare dense starts at equal FFN work instead")
     p.add_argument("--fade", action="store_true", help="compare schedule half-lives of glass-refresh instead")
+    p.add_argument("--comp-tokens", action="store_true", help="compare compensation means that follow the reply")
     args = p.parse_args()
     case = load_calib_case(args.model, args.corpus, args.prompt_tokens, args.gen_tokens, args.prompts)
     model, prior, prompts, refs, dense = case.model, case.prior, case.prompts, case.refs, case.dense
     base = None
-    grid = (FADE if args.fade else DENSE_START if args.dense_start else HALFLIFE if args.halflife else GROWTH if args.growth
+    grid = (COMP_TOKENS if args.comp_tokens else FADE if args.fade else DENSE_START if args.dense_start else HALFLIFE if args.halflife else GROWTH if args.growth
             else SETTINGS)
     for method, R, growth, halflife, *extra in grid:
-        W, fade = (extra + [0, 0])[:2]
-        density = equal_work_density(0.5, W, args.gen_tokens)
+        W, fade, comp = (extra + [0, 0, None])[:3]
+        density = 0.5 if args.comp_tokens else equal_work_density(0.5, W, args.gen_tokens)
         config = GlassConfig(method=method, density=density, refresh=R, refresh_growth=growth,
-                             refresh_halflife=halflife, dense_start=W, schedule_halflife=fade)
+                             refresh_halflife=halflife, dense_start=W, schedule_halflife=fade, comp_tokens=comp)
         logits, _ = continuation_logits(model, prompts, refs, config, prior)
         per_token = torch.stack([kl_per_token(dense[i, 1:], logits[i, 1:]) for i in range(len(prompts))])
         kl = per_token.mean(1)
@@ -81,11 +87,11 @@ def main() -> int:
         n_ref = sum(1 for _ in _refresh_points(R, growth, args.gen_tokens))
         print(f"{args.model} {args.corpus} P={args.prompt_tokens} G={args.gen_tokens} {method:8s} R={R:3d} growth {growth:g} "
               f"half-life {halflife:g} ({n_ref} refreshes){_start_note(W, density)}"
-              f"{f' schedule half-life {fade:g}' if fade else ''} KL {kl.mean():.3f} +- {kl.std() / len(kl) ** 0.5:.3f} "
+              f"{f' schedule half-life {fade:g}' if fade else ''}{'' if comp is None else f' comp_tokens {comp:g}'} KL {kl.mean():.3f} +- {kl.std() / len(kl) ** 0.5:.3f} "
               f"(s.e.); vs the first setting: geometric mean ratio "
               f"{ratio.mean().exp():.3f} [{(ratio.mean() - half).exp():.3f}, {(ratio.mean() + half).exp():.3f}]",
               flush=True)
-        if args.dense_start or args.fade:
+        if args.dense_start or args.fade or args.comp_tokens:
             edges = [e for e in (0, 16, 64, 128) if e < args.gen_tokens - 1] + [args.gen_tokens - 1]
             print("    mean KL at positions " + ", ".join(f"{a + 1}-{b}: {per_token[:, a:b].mean():.3f}"
                                                          for a, b in zip(edges, edges[1:])), flush=True)

@@ -91,4 +91,6 @@ def _refresh_note(handle) -> str:
         every += f", half-life {handle.refresh_halflife:g} tokens"
     if handle.schedule_halflife and handle.selector.k_even is not None:
         every += f", per-layer density fading to one density (half-life {handle.schedule_halflife:g} tokens)"
+    if handle.comp_tokens:
+        every += f", compensation mean following the reply (prior as {handle.comp_tokens:g} tokens)"
     return f"{start}, {handle.refreshes} refreshes {every} ({1e3 * handle.refresh_s:.0f} ms)"
