@@ -67,7 +67,7 @@ class GlassConfig:
     keeps ``w = 2 ** (-g / schedule_halflife)`` of the schedule's departure from one density for
     all, ``g`` the tokens generated since the first selection (``schedule.blend``; the total
     stays the budget); 0 keeps the schedule throughout; None keeps the method's.
-    comp_tokens: for a compensated method (``*-comp``), the mean activation added back for the
+    comp_tokens: for a compensated method (``glass``, ``*-comp``), the mean activation added back for the
     neurons left out follows the generated tokens (the dense start's, then at each re-selection
     the reply's so far, weighted as in the local statistic), with the prior's mean counted as
     this many more tokens; 0 keeps the prior's mean; None keeps the method's.

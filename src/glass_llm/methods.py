@@ -58,9 +58,9 @@ class MethodSpec:
     # add back the mean output of the neurons left out (the prior's mean activation of greedy text;
     # sliced.set_compensation): a bias per selection, no work per decode step
     compensate: bool = False
-    # with compensate: the mean activation added back is that of the tokens seen so far (the prompt's,
-    # and at each re-selection the generated tokens', weighted as in the local statistic), with the
-    # prior's mean counted as this many tokens (0: the prior's mean alone)
+    # with compensate: the mean activation added back is that of the generated tokens so far (the dense
+    # start's, then at each re-selection the reply's, weighted as in the local statistic; never the
+    # prompt's), with the prior's mean counted as this many tokens (0: the prior's mean alone)
     comp_tokens: float = 0.0
 
     @property
@@ -161,7 +161,7 @@ for _base in ("glass-schedule", "glass-a", "griffin", "glass-refresh-start-fade"
 
 # The best re-selecting method: compensation whose mean follows the reply (the generated tokens' own
 # mean activation, the prior's mean counting as one refresh interval of tokens; BENCHMARKS.md,
-# "A running compensation mean").
+# "A compensation mean that follows the reply").
 register_method(replace(METHODS["glass-refresh-start-fade-comp"], name="glass-refresh-start-fade-comp-running",
                         comp_tokens=float(REFRESH_TOKENS),
                         description="glass-refresh-start-fade-comp whose compensation mean is that of the tokens "
