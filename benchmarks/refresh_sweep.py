@@ -22,6 +22,8 @@ schedule toward one density for all, halfway every 64, 128, 256 generated tokens
 With ``--comp-tokens``: glass-refresh-start-fade-comp at density 0.5 (the base: the prior's mean added back)
 and with a compensation mean that follows the reply, the prior's mean counting as N = 4, 16, 64 tokens
 (``comp_tokens``); also with the span means.
+With ``--interval``: glass-refresh-start-fade-comp-running at density 0.5 re-selecting every R = 16 (the
+base, its default), 8 and 4 generated tokens; also with the span means.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ FADE = [("glass-refresh", 16, 1, 16, 0, 0), *(("glass-refresh", 16, 1, 16, 0, h)
         ("glass-refresh", 16, 1, 16, 16, 0), ("glass-refresh", 16, 1, 16, 16, 64)]
 # --comp-tokens: a compensation mean that follows the reply (at density 0.5, as the fidelity records run it)
 COMP_TOKENS = [("glass-refresh-start-fade-comp", 16, 1, 16, 16, 64, n) for n in (0, 4, 16, 64)]
+# --interval: the running compensation mean's selection re-selecting more often
+INTERVAL = [("glass-refresh-start-fade-comp-running", r, 1, 16, 16, 64, 16) for r in (16, 8, 4)]
 
 
 def main() -> int:
@@ -67,15 +71,17 @@ def main() -> int:
     p.add_argument("--dense-start", action="store_true", help="compare dense starts at equal FFN work instead")
     p.add_argument("--fade", action="store_true", help="compare schedule half-lives of glass-refresh instead")
     p.add_argument("--comp-tokens", action="store_true", help="compare compensation means that follow the reply")
+    p.add_argument("--interval", action="store_true", help="compare refresh intervals of the running-mean method")
     args = p.parse_args()
     case = load_calib_case(args.model, args.corpus, args.prompt_tokens, args.gen_tokens, args.prompts)
     model, prior, prompts, refs, dense = case.model, case.prior, case.prompts, case.refs, case.dense
     base = None
-    grid = (COMP_TOKENS if args.comp_tokens else FADE if args.fade else DENSE_START if args.dense_start else HALFLIFE if args.halflife else GROWTH if args.growth
+    at_half = args.comp_tokens or args.interval  # density 0.5 as the fidelity records run these
+    grid = (INTERVAL if args.interval else COMP_TOKENS if args.comp_tokens else FADE if args.fade else DENSE_START if args.dense_start else HALFLIFE if args.halflife else GROWTH if args.growth
             else SETTINGS)
     for method, R, growth, halflife, *extra in grid:
         W, fade, comp = (extra + [0, 0, None])[:3]
-        density = 0.5 if args.comp_tokens else equal_work_density(0.5, W, args.gen_tokens)
+        density = 0.5 if at_half else equal_work_density(0.5, W, args.gen_tokens)
         config = GlassConfig(method=method, density=density, refresh=R, refresh_growth=growth,
                              refresh_halflife=halflife, dense_start=W, schedule_halflife=fade, comp_tokens=comp)
         logits, _ = continuation_logits(model, prompts, refs, config, prior)
@@ -91,7 +97,7 @@ def main() -> int:
               f"(s.e.); vs the first setting: geometric mean ratio "
               f"{ratio.mean().exp():.3f} [{(ratio.mean() - half).exp():.3f}, {(ratio.mean() + half).exp():.3f}]",
               flush=True)
-        if args.dense_start or args.fade or args.comp_tokens:
+        if args.dense_start or args.fade or at_half:
             edges = [e for e in (0, 16, 64, 128) if e < args.gen_tokens - 1] + [args.gen_tokens - 1]
             print("    mean KL at positions " + ", ".join(f"{a + 1}-{b}: {per_token[:, a:b].mean():.3f}"
                                                          for a, b in zip(edges, edges[1:])), flush=True)
