@@ -309,3 +309,34 @@ def test_broken_calibration_in_file_is_a_prior_error(tmp_path, calibrated):
     save_file(tensors, str(path), metadata=meta)
     with pytest.raises(PriorError, match="incomplete"):
         load_prior(path)
+
+
+def test_prompt_lam_grows_with_the_prompt_length(smollm, calibrated, prompt_sums):
+    """``glass-prompt-lam`` is ``glass`` at lam 0.25 for prompts of up to 8 tokens and at 0.5 from
+    32, linear in log length between; the user's lam tilts it as it tilts an adaptive table."""
+    import math
+
+    from glass_llm.methods import PROMPT_LAM_TOKENS, PROMPT_LAMS, MethodSpec, register_method
+
+    model, _ = smollm
+    sums, n = prompt_sums  # rows of 6 and 14 tokens
+    sel, blocks = _selector(model, calibrated, "glass-prompt-lam")
+    low, _ = _selector(model, calibrated, "glass", lam=PROMPT_LAMS[0])
+    high, _ = _selector(model, calibrated, "glass", lam=PROMPT_LAMS[1])
+    assert sel.k == low.k == high.k and PROMPT_LAM_TOKENS == (8, 32)
+    expected = PROMPT_LAMS[0] + (PROMPT_LAMS[1] - PROMPT_LAMS[0]) * math.log(14 / 8) / math.log(4)
+    at_14 = []
+    for i in range(len(blocks)):
+        lam = sel.lam_of(i, torch.tensor([6, 14, 32, 64]))
+        assert torch.allclose(lam, torch.tensor([0.25, expected, 0.5, 0.5]), atol=1e-6)
+        # the 6-token row selects as glass at 0.25; the 14-token row, counted as 32, as glass at 0.5
+        assert torch.equal(sel.choose(i, sums[i][:1], n[:1]), low.choose(i, sums[i][:1], n[:1]))
+        assert torch.equal(sel.choose(i, sums[i][1:], torch.tensor([32])), high.choose(i, sums[i][1:], n[1:]))
+        chosen = sel.choose(i, sums[i][1:], n[1:])
+        at_14.append(not torch.equal(chosen, low.choose(i, sums[i][1:], n[1:]))
+                     and not torch.equal(chosen, high.choose(i, sums[i][1:], n[1:])))
+    assert any(at_14)  # between the two: some block selects as neither
+    tilted, _ = _selector(model, calibrated, "glass-prompt-lam", lam=0.7)
+    assert float(tilted.lam_of(0, torch.tensor([8]))[0]) > 0.25
+    with pytest.raises(ValueError, match="exclude each other"):
+        register_method(MethodSpec("bad", "both lams", adaptive=True, prompt_lam=True))

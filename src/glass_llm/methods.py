@@ -34,6 +34,13 @@ DENSE_START_TOKENS = 16
 # Generated tokens over which a re-selection's per-layer schedule moves halfway to one density for
 # all, for the *-fade methods (chosen on the calibration split: BENCHMARKS.md, "Schedule fade").
 SCHEDULE_HALFLIFE_TOKENS = 64
+# lam of ``glass-prompt-lam`` by the prompt's token count: 0.25 up to 8 tokens, 0.5 from 32, linear
+# in log length between (``dispersion.lam_for_tokens``). Chosen on text SmolLM2 writes itself
+# (``benchmarks/lam_self.py``): with the prior of greedy text and compensation, a short prompt is
+# best trusted less than the paper's 0.5; Gemma-3-270m's own text does not show it (BENCHMARKS.md,
+# "A lam that grows with the prompt").
+PROMPT_LAM_TOKENS = (8, 32)
+PROMPT_LAMS = (0.25, 0.5)
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,14 @@ class MethodSpec:
     # start's, then at each re-selection the reply's, weighted as in the local statistic; never the
     # prompt's), with the prior's mean counted as this many tokens (0: the prior's mean alone)
     comp_tokens: float = 0.0
+    # lam by the prompt's token count (PROMPT_LAM_TOKENS, PROMPT_LAMS): the same for every block,
+    # ``lam`` then tilts it as it tilts an adaptive table (0.5 keeps it); exclusive with ``adaptive``
+    prompt_lam: bool = False
+
+    @property
+    def tilts_lam(self) -> bool:
+        """Whether the method's lam comes from a table that the user's ``lam`` only tilts."""
+        return self.adaptive or self.prompt_lam
 
     @property
     def needs_prior(self) -> bool:
@@ -92,6 +107,9 @@ METHODS: dict[str, MethodSpec] = {}
 def register_method(spec: MethodSpec) -> MethodSpec:
     if spec.name in METHODS:
         raise ValueError(f"method {spec.name!r} is already registered")
+    if spec.adaptive and spec.prompt_lam:
+        raise ValueError(f"method {spec.name!r}: a lam by prompt length (prompt_lam) and the calibrated lam table "
+                         "(adaptive) exclude each other; choose one")
     METHODS[spec.name] = spec
     return spec
 
@@ -162,6 +180,9 @@ for _base in ("glass-schedule", "glass-a", "griffin", "glass-refresh-start-fade"
 # The best re-selecting method: compensation whose mean follows the reply (the generated tokens' own
 # mean activation, the prior's mean counting as one refresh interval of tokens; BENCHMARKS.md,
 # "A compensation mean that follows the reply").
+register_method(replace(METHODS["glass"], name="glass-prompt-lam", prompt_lam=True,
+                        description="glass whose lam grows with the prompt's length, 0.25 up to 8 tokens to 0.5 from "
+                                    "32 (chosen on text the model writes itself)"))
 register_method(replace(METHODS["glass-refresh-start-fade-comp"], name="glass-refresh-start-fade-comp-running",
                         comp_tokens=float(REFRESH_TOKENS),
                         description="glass-refresh-start-fade-comp whose compensation mean is that of the tokens "

@@ -29,6 +29,7 @@ import torch
 
 from .adapters import FFNBlock, weight_out_in
 from .dispersion import lam_for_tokens, tilt
+from .methods import PROMPT_LAM_TOKENS, PROMPT_LAMS
 from .ranking import aggregate, keep_count, ranks, select_smallest
 from .schedule import allocate, blend
 from .stats import finalize
@@ -179,19 +180,24 @@ def build_selector(blocks: list[FFNBlock], config, spec, lam: float, statistic: 
     A method with ``spec.schedule`` and one float density gets per-block ``k`` from the
     prior's sensitivity profile where the prior's schedule check says it pays (else the
     uniform density); an explicit per-block density tuple overrides it. A
-    method with ``spec.adaptive`` gets the prior's lam table (``lam`` then tilts it).
+    method with ``spec.adaptive`` gets the prior's lam table, one with ``spec.prompt_lam`` the
+    lams of ``methods.PROMPT_LAMS`` by prompt length (``lam`` then tilts either).
     """
     d_ff = [b.d_ff for b in blocks]
     per_block = isinstance(config.density, (list, tuple))
     use_schedule = spec.schedule and not per_block and not spec.dense
     use_adaptive = spec.adaptive and not spec.dense and 0 < lam < 1
+    by_length = spec.prompt_lam and not spec.dense and 0 < lam < 1
     cal = _calibration_of(prior, len(blocks)) if (use_schedule or use_adaptive) else None
     even = [keep_count(d, n) for d, n in zip(config.density_for(len(blocks)), d_ff)]
     scheduled = use_schedule and cal.use_schedule(float(config.density))
     k = allocate(cal.profile, cal.grid, d_ff, float(config.density)) if scheduled else even
     score = use_adaptive and spec.fusion == "score"
     table = (cal.score_lam if score else cal.lam) if use_adaptive else None
+    windows = cal.windows if use_adaptive else None
+    if by_length:  # one lam row for every block, by the prompt's length
+        table = torch.tensor(PROMPT_LAMS, dtype=torch.float32).expand(len(blocks), -1).contiguous()
+        windows = torch.tensor(PROMPT_LAM_TOKENS, dtype=torch.float32)
     means = list(prior.sums.float() / max(prior.n_tokens, 1)) if score else None
     return Selector(blocks, k, lam, statistic, global_scores, down_norms, share_batch=config.share_batch,
-                    lam_table=table, lam_windows=cal.windows if use_adaptive else None, prior_means=means,
-                    k_even=even if scheduled else None)
+                    lam_table=table, lam_windows=windows, prior_means=means, k_even=even if scheduled else None)

@@ -25,8 +25,8 @@ CSV_FIELDS = ("model", "corpus", "split", "method", "statistic", "density", "lam
 
 def method_label(method: str, lam: float) -> str:
     """``griffin``, ``oracle``, or ``glass-a (lam 0.5)`` for a method whose lam is tunable.
-    An adaptive method (``glass``) sets its lams from the prior's calibration, where ``lam``
-    only tilts them (0.5 keeps them): it is labelled ``glass (tilt 0.7)`` when tilted."""
+    An adaptive method sets its lams from the prior's calibration (``glass-prompt-lam`` from the
+    prompt's length), where ``lam`` only tilts them (0.5 keeps them): it is labelled ``glass (tilt 0.7)`` when tilted."""
     if method == ORACLE:
         return method
     try:
@@ -35,7 +35,7 @@ def method_label(method: str, lam: float) -> str:
         return f"{method} (lam {lam:g})"
     if spec.lam is not None:
         return method
-    if spec.adaptive:
+    if spec.tilts_lam:
         return method if lam == DEFAULT_LAM else f"{method} (tilt {lam:g})"
     return f"{method} (lam {lam:g})"
 
