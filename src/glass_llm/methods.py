@@ -177,12 +177,13 @@ for _base in ("glass-schedule", "glass-a", "griffin", "glass-refresh-start-fade"
     register_method(replace(_spec, name=f"{_base}-comp", compensate=True,
                             description=f"{_base} plus the mean output of the neurons it leaves out, added back"))
 
+# glass trusting a short prompt less (BENCHMARKS.md, "A lam that grows with the prompt").
+register_method(replace(METHODS["glass"], name="glass-prompt-lam", prompt_lam=True,
+                        description="glass whose lam grows with the prompt's length, 0.25 up to 8 tokens to 0.5 from "
+                                    "32 (chosen on text SmolLM2 writes itself)"))
 # The best re-selecting method: compensation whose mean follows the reply (the generated tokens' own
 # mean activation, the prior's mean counting as one refresh interval of tokens; BENCHMARKS.md,
 # "A compensation mean that follows the reply").
-register_method(replace(METHODS["glass"], name="glass-prompt-lam", prompt_lam=True,
-                        description="glass whose lam grows with the prompt's length, 0.25 up to 8 tokens to 0.5 from "
-                                    "32 (chosen on text the model writes itself)"))
 register_method(replace(METHODS["glass-refresh-start-fade-comp"], name="glass-refresh-start-fade-comp-running",
                         comp_tokens=float(REFRESH_TOKENS),
                         description="glass-refresh-start-fade-comp whose compensation mean is that of the tokens "
