@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 FIDELITY = HERE / "results" / "fidelity"
 
 DENSITY = 0.5
-CANDIDATES = ("glass", "glass-greedy", "glass-schedule", "glass-schedule-comp", "glass-refresh", "glass-refresh-start",
+CANDIDATES = ("glass", "glass-prompt-lam", "glass-greedy", "glass-schedule", "glass-schedule-comp", "glass-refresh", "glass-refresh-start",
               "glass-refresh-start-fade", "glass-refresh-start-fade-comp", "glass-refresh-start-fade-comp-running")
 GOALS = (("glass-a", 0.8), ("global", 0.85), ("griffin", 0.5), ("oracle", 1.0))
 REFRESHING = ("glass-refresh", "glass-refresh-start", "glass-refresh-start-fade",
