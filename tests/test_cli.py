@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -47,6 +48,8 @@ def test_help_lists_the_workflow():
      "adds none; use a compensated method"),
     (["bench", "smollm2-135m", "--method", "glass", "--dense-start", "16", "--compile"],
      "a dense start (--dense-start, or a method with one) cannot be combined with --compile"),
+    (["generate", "smollm2-135m", "hi", "--loop-guard", "-1"], "loop_guard must be a whole number"),
+    (["generate", "smollm2-135m", "hi", "--loop-guard", "4", "--num-beams", "2"], "not with --compile or --num-beams"),
 ])
 def test_bad_input_is_a_clear_error(args, message, capsys):
     assert main(args) == 2
@@ -109,11 +112,14 @@ def test_generate_and_prior(smollm_prior, tmp_path):
     out = _run("generate", "smollm2-135m", "Name a colour.", "--prior", str(prior), "--max-new-tokens", "8")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() and "glass, density 0.5" in out.stderr
+    out = _run("generate", "smollm2-135m", "Explain how a computer stores numbers.", "--prior", str(prior),
+               "--method", "glass-a", "--max-new-tokens", "40", "--loop-guard", "3")
+    assert out.returncode == 0, out.stderr
+    found = re.search(r"loop guard: (\d+) of 39 decode steps dense \((\d+) repeated 4-grams\)", out.stderr)
+    assert found and int(found.group(1)) >= 3 and int(found.group(2)) >= 1, out.stderr
     out = _run("generate", "smollm2-135m", "Name a colour.", "--prior", str(prior), "--max-new-tokens", "8",
                "--refresh", "3")
     assert out.returncode == 0, out.stderr
-    import re
-
     found = re.search(r"(\d+) refreshes every 3 tokens .*: (\d+) tokens in", out.stderr)
     assert found, out.stderr
     refreshes, tokens = map(int, found.groups())
@@ -145,6 +151,7 @@ def test_demo_runs_end_to_end(smollm_prior):
     assert "building" not in out.stderr  # the cached prior is found
     for name in ("dense", "griffin", "glass"):
         assert f"--- {name}" in out.stdout
+    assert re.search(r"--- glass, density 0\.\d, loop guard 4, \d+ of 11 decode steps dense", out.stdout), out.stdout
     assert "KL(dense||m)" in out.stdout and "speed-up" in out.stdout and "Texts at density" in out.stdout
 
 

@@ -74,6 +74,8 @@ class GlassConfig:
     weights: "float" (the model's own) or "int8": every linear projection in int8 with one
     scale per output channel (``quant``), the compact FFN weights sliced from the int8 ones;
     undone exactly by ``remove()``. The prior and the selection still read the float model.
+    loop_guard: when a decode step's input token completes a 4-gram the reply already holds,
+    that step and the next ``loop_guard - 1`` run the dense FFNs (``guard``); 0 is off.
     """
 
     method: str = "glass"
@@ -91,6 +93,7 @@ class GlassConfig:
     schedule_halflife: float | None = None
     comp_tokens: float | None = None
     weights: str = "float"
+    loop_guard: int = 0
 
     def refresh_every(self, spec: MethodSpec) -> int:
         """Generated tokens between re-selections (0: one neuron set for the whole decode).
@@ -175,6 +178,9 @@ class GlassConfig:
         self.schedule_halflife_of(spec)
         self.comp_tokens_of(spec)
         check_weights(self.weights)
+        g = self.loop_guard
+        if isinstance(g, bool) or not isinstance(g, int) or g < 0:
+            raise ValueError(f"loop_guard must be a whole number of dense decode steps >= 1 (or 0 for off), got {g!r}")
         if self.path not in PATHS:
             raise ValueError(f"unknown path {self.path!r}; choose 'sliced' or 'masked'")
         return spec, lam, statistic

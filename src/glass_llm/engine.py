@@ -22,6 +22,7 @@ from torch import nn
 from .adapters import FFNBlock, compute_dtype, down_column_norms, ffn_intermediate, find_ffn_blocks
 from .config import PATHS, GlassConfig, refresh_interval  # noqa: F401  (PATHS, GlassConfig re-exported)
 from .errors import GlassError
+from .guard import LoopGuard, stop_ids_of
 from .method_inputs import method_inputs
 from .methods import MethodSpec
 from .quant import Int8Linear, quantize_linears
@@ -70,6 +71,7 @@ class GlassHandle:
         self.schedule_halflife = config.schedule_halflife_of(spec)
         self.dense_start = config.dense_start_of(spec)
         self._dense_left = 0  # generated tokens still to decode densely before the first selection
+        self.guard: LoopGuard | None = None  # with loop_guard: this request's repeated 4-grams (guard.py)
         # tokens behind the local statistic, each weighted by its recency (B,); the adaptive lam reads it
         self.seen_tokens: torch.Tensor | None = None
         self.refreshes, self.refresh_s = 0, 0.0  # re-selections of this request and their wall time
@@ -138,6 +140,9 @@ class GlassHandle:
             if self.phase == "prefill" and self._dense_left:
                 raise GlassError("a dense start records its first generated tokens between decode steps and "
                                  "cannot run inside a compiled decode step; turn off either compile or dense_start")
+            if self.guard is not None:
+                raise GlassError("the loop guard switches decode steps between dense and sparse FFNs and cannot run "
+                                 "inside a compiled decode step; turn off either compile or loop_guard")
             return None
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is None:
@@ -155,6 +160,11 @@ class GlassHandle:
             raise GlassError("a decode step arrived before any prefill; start with the full prompt and an empty cache")
         if self.phase == "decode" and self.refresh_every:
             self._advance(ids.shape[1])
+        if self.guard is not None and past:  # after a refresh, which sets the sparse mode
+            dense = self.guard.step(ids, check=self.phase == "decode")
+            if self.phase == "decode":
+                for st in self.states:
+                    st.mode = "dense" if dense else ("sliced" if self.config.path == "sliced" else "masked")
         return None
 
     def _post_forward(self, module, args, kwargs, output):
@@ -185,6 +195,7 @@ class GlassHandle:
         self.phase = "prefill"
         self.selections = None
         self._dense_left = self.dense_start
+        self.guard = LoopGuard(batch, self.config.loop_guard, stop_ids_of(self.model)) if self.config.loop_guard else None
 
     def _record_dense_start(self, n: int) -> None:
         """``n`` generated tokens enter a dense forward before the first selection: record

@@ -1,7 +1,8 @@
 """Teacher-forced sparse evaluation: choose neurons from the prompt, then run the given
 continuation through the sparse model in one forward pass over the KV cache. This is
 exactly what step-by-step sparse decoding computes for those tokens (one forward for a
-dense start, and with mask refresh one per refresh interval)."""
+dense start, and with mask refresh one per refresh interval; with a loop guard the
+intervals are cut again where the guard switches between dense and sparse steps)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from .engine import GlassConfig, apply_glass
+from .guard import guard_modes, stop_ids_of
 
 
 @torch.no_grad()
@@ -47,12 +49,16 @@ def continuation_logits(model: nn.Module, prompt_ids: torch.Tensor, continuation
         if lo:
             parts.append(model(input_ids=continuation[:, :lo], attention_mask=full_mask[:, :P + lo],
                                position_ids=positions[:, P:P + lo], cache=cache, use_cache=True).logits)
+        guard = handle is not None and handle.active and handle.config.loop_guard
+        modes = guard_modes(continuation[:, :G], handle.config.loop_guard, stop_ids_of(model)) if guard else None
         while lo < G:
             step = (handle.refresh_interval(n) if handle is not None else 0) or G  # 0: no refresh
-            hi, n = min(G, lo + step), n + 1
-            parts.append(model(input_ids=continuation[:, lo:hi], attention_mask=full_mask[:, :P + hi],
-                               position_ids=positions[:, P + lo:P + hi], cache=cache, use_cache=True).logits)
-            lo = hi
+            end, n = min(G, lo + step), n + 1
+            while lo < end:
+                hi = end if modes is None else next((j for j in range(lo + 1, end) if modes[j] != modes[lo]), end)
+                parts.append(model(input_ids=continuation[:, lo:hi], attention_mask=full_mask[:, :P + hi],
+                                   position_ids=positions[:, P + lo:P + hi], cache=cache, use_cache=True).logits)
+                lo = hi
         logits = torch.cat(parts, dim=1)
         selections = None if handle is None else handle.selections
     finally:

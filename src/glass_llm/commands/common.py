@@ -72,6 +72,13 @@ def add_refresh_arg(p: argparse.ArgumentParser) -> None:
                         "default: the method's own setting)")
 
 
+def add_loop_guard_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--loop-guard", type=int, default=0, metavar="K",
+                   help="when the reply repeats a 4-gram it already wrote, decode that step and the next K-1 with "
+                        "the dense FFNs (0: off; greedy replies at low density loop far less, at the cost of the "
+                        "dense steps; not with --compile or --num-beams)")
+
+
 def decode_options(args) -> dict:
     """The ``GlassConfig`` (and ``BenchSettings``) fields that ``add_refresh_arg`` sets."""
     return {"refresh": args.refresh, "refresh_growth": args.refresh_growth, "refresh_halflife": args.refresh_halflife,

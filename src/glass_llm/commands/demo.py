@@ -32,6 +32,9 @@ def register(sub) -> None:
     p.add_argument("--bench-tokens", type=int, default=32, help="new tokens per timed run (default 32)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds (default 3)")
     p.add_argument("--prior", default=None, help="prior file (default: the model's cached default prior)")
+    p.add_argument("--loop-guard", type=int, default=4, metavar="K",
+                   help="also show GLASS's text with the loop guard: K dense decode steps whenever the reply "
+                        "repeats a 4-gram (default 4; 0: not shown)")
     add_prior_tokens_arg(p)
     add_compile_arg(p)
     p.set_defaults(func=run)
@@ -113,6 +116,20 @@ def _generate(model, enc, config, prior, n):
             return model.generate(**enc, max_new_tokens=n, do_sample=False)
 
 
+def _guarded(model, enc, prior, density: float, steps: int, n: int):
+    """GLASS's greedy reply with the loop guard, and a label suffix with its dense steps."""
+    import torch
+
+    from ..engine import GlassConfig, apply_glass
+
+    with torch.no_grad(), apply_glass(model, GlassConfig(method="glass", density=density, loop_guard=steps),
+                                      prior=prior) as handle:
+        out = model.generate(**enc, max_new_tokens=n, do_sample=False)
+        g = handle.guard
+        note = "" if g is None else f", {g.dense_steps} of {g.steps_seen} decode steps dense"
+    return out, f"glass, density {density:g}, loop guard {steps}{note}"
+
+
 def run(args) -> int:
     from ..build import get_or_build_prior
     from ..engine import GlassConfig
@@ -122,6 +139,9 @@ def run(args) -> int:
 
     if not args.densities:
         raise ValueError("give at least one density with --densities")
+    if args.loop_guard < 0:
+        raise ValueError(f"--loop-guard must be a whole number of dense steps >= 1 (or 0: not shown), "
+                         f"got {args.loop_guard}")
     for d in args.densities:
         check_density(d)
         if d >= 1:
@@ -155,11 +175,19 @@ def run(args) -> int:
     texts = {"dense": ref}
     for m in METHODS:
         texts[m] = _generate(model, enc, GlassConfig(method=m, density=chosen), prior, args.max_new_tokens)[:, P:]
+    labels = {name: name if name == "dense" else f"{name}, density {chosen:g}, KL {kl[(name, chosen)]:.3f}"
+              for name in texts}
+    if args.loop_guard:
+        out, labels["guard"] = _guarded(model, enc, prior, chosen, args.loop_guard, args.max_new_tokens)
+        texts["guard"] = out[:, P:]
     for name, out in texts.items():
-        label = name if name == "dense" else f"{name}, density {chosen:g}, KL {kl[(name, chosen)]:.3f}"
-        label += loop_note(out[0].tolist())
+        label = labels[name] + loop_note(out[0].tolist())
         print(f"--- {label} ---\n{tok.decode(out[0], skip_special_tokens=True).strip()}\n")
     print("GRIFFIN picks the neurons from the prompt alone; GLASS merges that ranking with a prior of the "
           "neurons the model\nuses in general, so it keeps the ones a long reply will need even when the prompt "
           "did not show them.")
+    if args.loop_guard:
+        print("The loop guard runs a decode step with the dense FFNs whenever the reply repeats a 4-gram it already "
+              f"wrote, and\nthe next {args.loop_guard - 1} too: the dense model usually writes its way out of a loop "
+              "caught that early. Its dense steps\ncost speed (benchmarks/loop_guard.py measures both).")
     return 0

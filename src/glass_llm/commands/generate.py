@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 import time
 
-from .common import (add_compile_arg, add_model_arg, add_prior_tokens_arg, add_refresh_arg, add_weights_arg,
-                     check_refresh_compile, compile_generate_kwargs, decode_options, model_kwargs)
+from .common import (add_compile_arg, add_loop_guard_arg, add_model_arg, add_prior_tokens_arg, add_refresh_arg,
+                     add_weights_arg, check_refresh_compile, compile_generate_kwargs, decode_options, model_kwargs)
 
 
 def register(sub) -> None:
@@ -26,6 +26,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--raw", action="store_true", help="do not apply the tokenizer's chat template")
     add_refresh_arg(p)
+    add_loop_guard_arg(p)
     add_weights_arg(p)
     add_compile_arg(p)
     p.set_defaults(func=run)
@@ -51,9 +52,12 @@ def run(args) -> int:
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     config = GlassConfig(method=args.method, density=args.density, lam=args.lam, weights=args.weights,
-                         **decode_options(args))
+                         loop_guard=args.loop_guard, **decode_options(args))
     spec, lam, _ = config.resolved()
     check_refresh_compile(args, config.refresh_every(spec), config.dense_start_of(spec))
+    if args.loop_guard and (args.compile or args.num_beams > 1):
+        raise ValueError("--loop-guard switches single decode steps to the dense FFNs by the reply's own tokens: "
+                         "not with --compile or --num-beams > 1 (beams reorder the rows it follows)")
     model, tok = load_model(args.model, **model_kwargs(args))
     enc = encode_prompt(tok, prompt, args.raw).to(model_device(model))
     prior = None
@@ -82,6 +86,9 @@ def run(args) -> int:
 
 def _refresh_note(handle) -> str:
     start = f", dense start {handle.dense_start} tokens" if handle.active and handle.dense_start else ""
+    if handle.guard is not None:
+        g = handle.guard
+        start += f", loop guard: {g.dense_steps} of {g.steps_seen} decode steps dense ({g.triggers} repeated 4-grams)"
     if not handle.refresh_every:
         return start
     every = f"every {handle.refresh_every} tokens"
