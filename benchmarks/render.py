@@ -25,6 +25,8 @@ a table computed from the records under ``benchmarks/results/`` (or, for ``lm-ev
   ``results/decode-overhead-MODEL.json`` (``benchmarks/decode_overhead.py``).
 * ``<!-- render: demo-text MODEL -->``: repetition of greedy replies per method and density
   (``results/demo-text-MODEL.json``, from ``benchmarks/demo_text.py``).
+* ``<!-- render: loop-guard MODEL -->``: collapsed greedy replies and speed with the loop guard
+  (``results/loop-guard-MODEL.json``, from ``benchmarks/loop_guard.py``).
 * ``<!-- render: goals -->``: the product's selections against their fidelity goals, paired
   across the committed fidelity runs that score the same prompts (``benchmarks/goals.py``).
 
@@ -223,6 +225,14 @@ def render_demo_text(model: str | None) -> str:
     return _script("demo_text").markdown(path)
 
 
+def render_loop_guard(model: str | None) -> str:
+    """The loop-guard table of ``results/loop-guard-MODEL.json`` (``benchmarks/loop_guard.py``)."""
+    path = RESULTS / f"loop-guard-{model}.json"
+    if not model or not path.is_file():
+        raise RenderError(f"no loop-guard record {path} (run benchmarks/loop_guard.py --model MODEL)")
+    return _script("loop_guard").markdown(path)
+
+
 def render_goals(arg: str | None) -> str:
     """The goal table of ``benchmarks/goals.py`` over every committed fidelity run."""
     try:
@@ -234,7 +244,7 @@ def render_goals(arg: str | None) -> str:
 RENDERERS: dict[str, Callable[[str | None], str]] = {
     "speed": render_speed, "fidelity": render_fidelity, "lm-eval": render_lm_eval, "frontier": render_frontier,
     "prior-speed": render_prior_speed, "decode-overhead": render_decode_overhead, "demo-text": render_demo_text,
-    "goals": render_goals,
+    "goals": render_goals, "loop-guard": render_loop_guard,
 }
 
 
