@@ -53,7 +53,7 @@ def _reply(model, tok, enc, gen, config=None, prior=None) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--variants", default="glass@0.5:0,glass@0.5:1,glass@0.5:2,glass@0.5:4,glass@0.7:0",
+    ap.add_argument("--variants", default="glass@0.5:0,glass@0.5:2,glass@0.5:4,glass@0.7:0",
                     help="METHOD@DENSITY:K, comma-separated (K: loop_guard, 0 off)")
     ap.add_argument("--gen-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=None)
