@@ -188,6 +188,6 @@ def run(args) -> int:
           "did not show them.")
     if args.loop_guard:
         print("The loop guard runs a decode step with the dense FFNs whenever the reply repeats a 4-gram it already "
-              f"wrote, and\nthe next {args.loop_guard - 1} too: the dense model usually writes its way out of a loop "
+              f"wrote, and\nthe next {args.loop_guard - 1} too: the dense model often writes its way out of a loop "
               "caught that early. Its dense steps\ncost speed (benchmarks/loop_guard.py measures both).")
     return 0
