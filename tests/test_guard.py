@@ -39,6 +39,8 @@ def test_guard_counts_its_dense_steps_and_refuses_bad_input():
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="loop_guard"):
             GlassConfig(loop_guard=bad).resolved()
+    with pytest.raises(ValueError, match="loop_guard"):
+        LoopGuard(1, 0)
 
 
 def test_stop_ids_come_from_the_generation_config(smollm):

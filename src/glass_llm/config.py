@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from .guard import check_loop_guard
 from .methods import DEFAULT_LAM, MethodSpec, get_method
 from .quant import check_weights
 from .ranking import check_density, check_lam
@@ -178,9 +179,7 @@ class GlassConfig:
         self.schedule_halflife_of(spec)
         self.comp_tokens_of(spec)
         check_weights(self.weights)
-        g = self.loop_guard
-        if isinstance(g, bool) or not isinstance(g, int) or g < 0:
-            raise ValueError(f"loop_guard must be a whole number of dense decode steps >= 1 (or 0 for off), got {g!r}")
+        check_loop_guard(self.loop_guard)
         if self.path not in PATHS:
             raise ValueError(f"unknown path {self.path!r}; choose 'sliced' or 'masked'")
         return spec, lam, statistic

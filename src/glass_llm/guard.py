@@ -24,12 +24,17 @@ from .errors import GlassError
 GUARD_NGRAM = 4
 
 
+def check_loop_guard(steps, off: bool = True) -> None:
+    """``steps`` is a whole number of dense decode steps >= 1, or 0 (off) where ``off`` allows it."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < (0 if off else 1):
+        raise ValueError(f"loop_guard must be a whole number of dense decode steps >= 1 (or 0 for off), got {steps!r}")
+
+
 class LoopGuard:
     """Per request: the reply's tokens so far, row by row, and the dense steps still owed."""
 
     def __init__(self, rows: int, steps: int, stop_ids: frozenset[int] = frozenset(), n: int = GUARD_NGRAM):
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"loop_guard must be a whole number of dense steps >= 1 (or 0 for off), got {steps!r}")
+        check_loop_guard(steps, off=False)
         self.steps, self.n, self.stop_ids = steps, n, stop_ids
         self.tail: list[tuple[int, ...]] = [() for _ in range(rows)]
         self.seen: list[set[tuple[int, ...]]] = [set() for _ in range(rows)]
