@@ -44,6 +44,8 @@ def test_held_back_keeps_possible_stop_prefixes():
     ({"prompt": "hi", "top_p": 0}, "top_p"),
     ({"prompt": "hi", "glass": {"method": "griffin", "lam": 0.3}}, "glass.lam"),
     ({"prompt": "hi", "glass": "fast"}, "glass"),
+    ({"prompt": "hi", "glass": {"loop_guard": -1}}, "glass.loop_guard"),
+    ({"prompt": "hi", "glass": {"loop_guard": 1.5}}, "glass.loop_guard"),
     ({"prompt": 5}, "prompt"),
 ])
 def test_parse_request_names_the_bad_field(body, param):
@@ -64,6 +66,12 @@ def test_parse_request_defaults_and_batch_key():
     assert a.glass == default and a.sampling.greedy and a.n == 1 and not a.stream
     assert a.batch_key() == b.batch_key() != c.batch_key()
     assert c.glass == GlassSettings("glass", 0.7)
+    g = parse_request("completion", {"prompt": "hi", "temperature": 0, "glass": {"loop_guard": 4}}, default, True, 8)
+    assert g.glass == GlassSettings("glass", 0.5, loop_guard=4) and g.batch_key() != a.batch_key()
+    assert g.glass.config().loop_guard == 4 and a.glass.config().loop_guard == 0
+    guarded = GlassSettings("glass", 0.5, loop_guard=2)  # a server started with --loop-guard 2
+    assert parse_request("completion", {"prompt": "hi"}, guarded, True, 8).glass.loop_guard == 2
+    assert parse_request("completion", {"prompt": "hi", "glass": {"loop_guard": 0}}, guarded, True, 8).glass == default
 
 
 def test_worker_batches_equal_settings_up_to_max_batch():
@@ -153,14 +161,16 @@ def server(smollm_prior):
     log.close()
 
 
-def _reference(smollm, prior, prompt: str, raw: bool, method: str, density: float, max_new: int) -> str:
+def _reference(smollm, prior, prompt: str, raw: bool, method: str, density: float, max_new: int,
+               loop_guard: int = 0) -> str:
     """What `glass generate` computes for the same prompt and settings (its code path)."""
     from glass_llm import GlassConfig, apply_glass
     from glass_llm.commands.generate import encode_prompt
 
     model, tok = smollm
     enc = encode_prompt(tok, prompt, raw)
-    with torch.no_grad(), apply_glass(model, GlassConfig(method=method, density=density), prior=prior):
+    config = GlassConfig(method=method, density=density, loop_guard=loop_guard)
+    with torch.no_grad(), apply_glass(model, config, prior=prior):
         out = model.generate(**enc, max_new_tokens=max_new, do_sample=False)
     return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
@@ -174,6 +184,16 @@ def test_completion_equals_generate(server, smollm, smollm_prior):
     assert resp.usage.total_tokens == n_prompt + resp.usage.completion_tokens
     glass = resp.model_extra["glass"]
     assert glass["method"] == "glass" and glass["density"] == 0.5 and glass["lam"] == 0.5
+
+
+def test_loop_guard_per_request_equals_generate(server, smollm, smollm_prior):
+    """``"glass": {"loop_guard": 2}`` decodes as ``glass generate --loop-guard 2``; on this prompt
+    the guard switches steps to dense within 32 tokens, so the text differs from the unguarded one."""
+    resp = server.client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=32, temperature=0,
+                                            extra_body={"glass": {"loop_guard": 2}})
+    guarded = _reference(smollm, smollm_prior, PROMPT, True, "glass", 0.5, 32, loop_guard=2)
+    assert resp.choices[0].text == guarded != _reference(smollm, smollm_prior, PROMPT, True, "glass", 0.5, 32)
+    assert resp.model_extra["glass"]["loop_guard"] == 2
 
 
 def test_chat_per_request_settings_equal_generate(server, smollm, smollm_prior):

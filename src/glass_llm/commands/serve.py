@@ -1,8 +1,8 @@
-"""glass serve MODEL [--host H] [--port P] [--method M] [--density D] [--prior FILE] [--max-batch N]
+"""glass serve MODEL [--host H] [--port P] [--method M] [--density D] [--prior FILE] [--max-batch N] [--loop-guard K]
 
 An OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models,
 /health) that decodes with sparse FFNs. Each request may choose its own settings with
-an extension field: {"glass": {"method": "griffin", "density": 0.7}}.
+an extension field: {"glass": {"method": "griffin", "density": 0.7, "loop_guard": 4}}.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from ..errors import UserError
-from .common import add_model_arg, add_prior_tokens_arg
+from .common import add_loop_guard_arg, add_model_arg, add_prior_tokens_arg
 
 
 def register(sub) -> None:
@@ -23,6 +23,7 @@ def register(sub) -> None:
     p.add_argument("--lam", type=float, default=None, help="default weight of the prompt ranking (glass methods)")
     p.add_argument("--prior", default=None, help="prior file (built and cached on first use if omitted)")
     add_prior_tokens_arg(p)
+    add_loop_guard_arg(p)
     p.add_argument("--max-batch", type=int, default=8, help="most sequences decoded together (default 8)")
     p.add_argument("--share-batch", action="store_true", help="one neuron set per batch instead of one per request")
     p.add_argument("--batch-wait-ms", type=float, default=10.0,
@@ -35,7 +36,7 @@ def register(sub) -> None:
 def _check(args) -> None:
     from ..engine import GlassConfig
 
-    GlassConfig(method=args.method, density=args.density, lam=args.lam).resolved()
+    GlassConfig(method=args.method, density=args.density, lam=args.lam, loop_guard=args.loop_guard).resolved()
     for name in ("port", "max_batch", "max_tokens"):
         value = getattr(args, name)
         if value < (0 if name == "port" else 1):
@@ -79,7 +80,7 @@ def run(args) -> int:
 
     _check(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s: %(name)s: %(message)s")
-    settings = ServeSettings(model_name=args.model, glass=GlassSettings(args.method, args.density, args.lam),
+    settings = ServeSettings(model_name=args.model, glass=GlassSettings(args.method, args.density, args.lam, args.loop_guard),
                              max_tokens=args.max_tokens)
     worker = serve(loader(args), settings, args.host, args.port, args.max_batch, args.share_batch,
                    batch_wait=args.batch_wait_ms / 1000, log_level=args.log_level)

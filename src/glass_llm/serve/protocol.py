@@ -1,7 +1,7 @@
 """Request bodies of the OpenAI completions and chat completions APIs: parsing,
 validation (every error names the offending field) and tokenization.
 
-The GLASS extension is an optional object ``"glass": {"method", "density", "lam"}``;
+The GLASS extension is an optional object ``"glass": {"method", "density", "lam", "loop_guard"}``;
 it is checked the same way the command line checks its options
 (``GlassConfig(...).resolved()``).
 """
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..engine import GlassConfig
+from ..guard import check_loop_guard
 from ..methods import get_method
 
 CHAT_ROLES = ("system", "developer", "user", "assistant")
@@ -33,9 +34,11 @@ class GlassSettings:
     method: str
     density: float
     lam: float | None = None
+    loop_guard: int = 0
 
     def config(self, share_batch: bool = False) -> GlassConfig:
-        return GlassConfig(method=self.method, density=self.density, lam=self.lam, share_batch=share_batch)
+        return GlassConfig(method=self.method, density=self.density, lam=self.lam, share_batch=share_batch,
+                           loop_guard=self.loop_guard)
 
 
 @dataclass(frozen=True)
@@ -133,10 +136,10 @@ def parse_glass(body: dict, default: GlassSettings, has_prior: bool) -> GlassSet
         return default
     if not isinstance(value, dict):
         raise RequestError("'glass' must be an object such as {\"method\": \"glass\", \"density\": 0.5}", param="glass")
-    unknown = sorted(set(value) - {"method", "density", "lam"})
+    unknown = sorted(set(value) - {"method", "density", "lam", "loop_guard"})
     if unknown:
-        raise RequestError(f"unknown field(s) in 'glass': {', '.join(unknown)}; allowed: method, density, lam",
-                           param=f"glass.{unknown[0]}")
+        raise RequestError(f"unknown field(s) in 'glass': {', '.join(unknown)}; allowed: method, density, lam, "
+                           "loop_guard", param=f"glass.{unknown[0]}")
     method = value.get("method", default.method)
     if not isinstance(method, str):
         raise RequestError("'glass.method' must be a string", param="glass.method")
@@ -156,10 +159,16 @@ def parse_glass(body: dict, default: GlassSettings, has_prior: bool) -> GlassSet
             config.resolved()
         except ValueError as err:
             raise RequestError(f"glass.{field}: {err}", param=f"glass.{field}") from None
+    loop_guard = value.get("loop_guard", default.loop_guard)
+    try:
+        check_loop_guard(loop_guard)
+    except ValueError as err:
+        raise RequestError(f"glass.loop_guard: {err}", param="glass.loop_guard") from None
     if spec.needs_prior_at(lam) and not has_prior:
         raise RequestError(f"method {method!r} needs a global prior and this server has none; restart it with "
                            "--prior FILE or with --method set to a method that uses a prior", param="glass.method")
-    return GlassSettings(method=method, density=float(density), lam=None if lam is None else float(lam))
+    return GlassSettings(method=method, density=float(density), lam=None if lam is None else float(lam),
+                         loop_guard=loop_guard)
 
 
 def _unsupported(body: dict) -> None:

@@ -19,12 +19,13 @@ def error_body(message: str, type_: str = "invalid_request_error", param: str | 
 
 
 def glass_info(config: GlassConfig) -> dict:
-    """What runs for this request: method, density (1 for dense), lam, shared selection."""
+    """What runs for this request: method, density (1 for dense), lam, shared selection, loop guard."""
     spec, lam, statistic = config.resolved()
     if spec.dense:
-        return {"method": spec.name, "density": 1.0, "lam": None, "statistic": None, "share_batch": False}
+        return {"method": spec.name, "density": 1.0, "lam": None, "statistic": None, "share_batch": False,
+                "loop_guard": 0}
     return {"method": spec.name, "density": float(config.density), "lam": lam, "statistic": statistic,
-            "share_batch": bool(config.share_batch)}
+            "share_batch": bool(config.share_batch), "loop_guard": int(config.loop_guard)}
 
 
 class Reply:
