@@ -13,6 +13,14 @@ of one run pairs with a base method of another on the prompts both scored. ``poo
 that assumption: a method scored on the same prompt in two runs of a pool must agree (to 1e-4),
 else the records come from different settings and pooling them is an error.
 
+``glass`` changed once under its name: it now fuses at the short-prompt lam its prior's check
+chose for the model (``glass_llm.lam_choice``). A run written before that (its results carry no
+``prior_short_lam``) scored today's ``glass-fixed-lam`` under the name ``glass``, and is read so.
+Which committed records score today's ``glass`` follows from each model's check
+(``results/lam-check-MODEL.json``, from ``lam_check.py``): ``glass-fixed-lam``'s where the check
+kept lam 0.5 or the prompt has 32 tokens or more, ``glass-prompt-lam``'s where it chose that
+method's short-prompt lam; they join the pool's ``glass`` under the same agreement check.
+
 Each cell is the ratio of the two mean KLs over the shared prompts with its 95% interval
 (Fieller's, for paired values: ``glass_llm.intervals.paired_ratio``); ``*`` marks a ratio whose
 interval lies entirely at or below the goal, ``(x)`` one whose interval lies entirely above it.
@@ -27,12 +35,13 @@ from pathlib import Path
 
 from glass_llm.evaluation.report import read_records_csv
 from glass_llm.intervals import paired_ratio
+from glass_llm.methods import PROMPT_LAM_TOKENS, PROMPT_LAMS
 
 HERE = Path(__file__).resolve().parent
 FIDELITY = HERE / "results" / "fidelity"
 
 DENSITY = 0.5
-CANDIDATES = ("glass", "glass-prompt-lam", "glass-greedy", "glass-schedule", "glass-schedule-comp", "glass-refresh", "glass-refresh-start",
+CANDIDATES = ("glass", "glass-fixed-lam", "glass-prompt-lam", "glass-greedy", "glass-schedule", "glass-schedule-comp", "glass-refresh", "glass-refresh-start",
               "glass-refresh-start-fade", "glass-refresh-start-fade-comp", "glass-refresh-start-fade-comp-running")
 GOALS = (("glass-a", 0.8), ("global", 0.85), ("griffin", 0.5), ("oracle", 1.0))
 REFRESHING = ("glass-refresh", "glass-refresh-start", "glass-refresh-start-fade",
@@ -41,6 +50,21 @@ MIN_PROMPTS = 8
 TOLERANCE = 1e-4
 
 PoolKey = tuple  # (model, corpus, gen_tokens)
+
+
+def checked_glass(model: str, folder: Path = FIDELITY) -> float | None:
+    """The short-prompt lam ``glass`` fuses at on ``model``'s default prior (its lam check record), or None."""
+    path = folder.parent / f"lam-check-{model}.json"
+    return json.loads(path.read_text(encoding="utf-8"))["short_lam"] if path.is_file() else None
+
+
+def _same_as_glass(method: str, prompt_tokens: int, short_lam: float | None) -> bool:
+    """Whether ``method``'s records at this prompt length score today's ``glass`` on a model whose check chose ``short_lam``."""
+    if short_lam is None:
+        return False
+    if method == "glass-fixed-lam":
+        return short_lam == 0.5 or prompt_tokens >= PROMPT_LAM_TOKENS[-1]
+    return method == "glass-prompt-lam" and short_lam == PROMPT_LAMS[0]
 
 
 def pools(folder: Path = FIDELITY) -> dict[PoolKey, dict[str, dict[tuple[int, int], float]]]:
@@ -53,17 +77,23 @@ def pools(folder: Path = FIDELITY) -> dict[PoolKey, dict[str, dict[tuple[int, in
         if s.get("split", "test") != "test" or s.get("weights", "float") != "float":
             continue
         key = (s["model"], s["corpus"], int(s["gen_tokens"]))
+        results = run / "results.json"
+        checked = results.is_file() and any("prior_short_lam" in r for r in json.loads(results.read_text("utf-8")))
+        short_lam = checked_glass(s["model"], folder)
         for r in read_records_csv((run / "records.csv").read_text(encoding="utf-8")):
             if abs(r["density"] - DENSITY) > 1e-9:
                 continue
-            kl = out[key].setdefault(r["method"], {})
             at = (int(r["prompt_tokens"]), int(r["doc"]))
-            if at in kl and abs(kl[at] - r["kl"]) > TOLERANCE * max(1.0, abs(kl[at])):
-                raise ValueError(f"runs {origin[key, r['method'], at]} and {run.name} disagree on {r['method']} "
-                                 f"at P = {at[0]}, document {at[1]} ({kl[at]:.5f} against {r['kl']:.5f}): "
-                                 "they were not made with the same settings and cannot be pooled")
-            kl.setdefault(at, r["kl"])
-            origin.setdefault((key, r["method"], at), run.name)
+            method = "glass-fixed-lam" if r["method"] == "glass" and not checked else r["method"]
+            names = [method] + (["glass"] if _same_as_glass(method, at[0], short_lam) else [])
+            for name in names:
+                kl = out[key].setdefault(name, {})
+                if at in kl and abs(kl[at] - r["kl"]) > TOLERANCE * max(1.0, abs(kl[at])):
+                    raise ValueError(f"runs {origin[key, name, at]} and {run.name} disagree on {name} "
+                                     f"at P = {at[0]}, document {at[1]} ({kl[at]:.5f} against {r['kl']:.5f}): "
+                                     "they were not made with the same settings and cannot be pooled")
+                kl.setdefault(at, r["kl"])
+                origin.setdefault((key, name, at), run.name)
     return dict(out)
 
 
@@ -81,12 +111,17 @@ def ratio_cell(method: dict, base: dict, prompt_tokens: int, goal: float) -> tup
 
 
 def rows(folder: Path = FIDELITY) -> list[list[str]]:
+    """One row per candidate and prompt length, except the records that are today's ``glass``
+    under another name (``glass-fixed-lam`` or ``glass-prompt-lam`` where ``_same_as_glass``)."""
     out = []
     for (model, corpus, gen), methods in sorted(pools(folder).items()):
+        short_lam = checked_glass(model, folder)
         for cand in CANDIDATES:
             if cand not in methods:
                 continue
             for P in sorted({P for P, _ in methods[cand]}):
+                if _same_as_glass(cand, P, short_lam):
+                    continue
                 cells, counts = [], []
                 for base, goal in GOALS:
                     if base not in methods or (base == "oracle" and cand not in REFRESHING):

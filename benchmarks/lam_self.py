@@ -6,12 +6,14 @@ For each prompt length P, ``--rows`` sequences are written by the model itself: 
 at temperature 1 after its own start (BOS, or an empty chat turn), then ``--gen-tokens`` tokens
 decoded greedily. The sampled tokens play the prompt and the greedy ones the reply, the shape of
 the fidelity protocol (a short prompt, the dense model's greedy continuation) with no evaluation
-text at all. ``glass`` at density 0.5 is teacher-forced on each reply at every lam of ``--lams``
+text at all. ``glass`` at density 0.5 with one fixed lam (``glass-fixed-lam``, the default ``--method``) is
+teacher-forced on each reply at every lam of ``--lams``
 (``teacher.continuation_logits``, the cached default prior); printed per P: the mean KL to the
 dense model and the geometric mean of the per-row KL ratio against lam 0.5 (95% t interval).
-The sequence indices start at ``LAM_OFFSET``: other sequences than the prior's and its
-calibration's. Compare with the same sweep on the calibration split of a corpus
-(``glass eval MODEL --split calib --methods dense,glass --lam ...``).
+The sequences are those of the prior's short-prompt lam check (``glass_llm.lam_choice``, which
+runs this sweep at lams 0.5 and 0.25 and 32 rows): other sequences than the prior's and the rest of
+its calibration's. Compare with the same sweep on the calibration split of a corpus
+(``glass eval MODEL --split calib --methods dense,glass-fixed-lam --lam ...``).
 """
 
 from __future__ import annotations
@@ -21,37 +23,13 @@ import argparse
 import torch
 
 from glass_llm import load_model
-from glass_llm.adapters import find_ffn_blocks
 from glass_llm.engine import GlassConfig
 from glass_llm.intervals import t_quantile
+from glass_llm.lam_choice import self_written
 from glass_llm.metrics import kl_per_token
 from glass_llm.prior import load_prior
 from glass_llm.prior_cache import find_cached_prior
-from glass_llm.self_sample import sample_and_record, self_prompts
 from glass_llm.teacher import continuation_logits
-
-LAM_OFFSET = 3 << 20
-
-
-def self_written(model, tok, prompt_tokens: int, gen_tokens: int, rows: int, seed: int = 0):
-    """(prompts, prompt_mask, replies) of the rows whose greedy reply reached ``gen_tokens``
-    tokens; prompts are left-padded."""
-    blocks = find_ffn_blocks(model)
-    indices = list(range(LAM_OFFSET, LAM_OFFSET + rows))
-    _, counts, tokens = sample_and_record(model, tok, blocks, indices, prompt_tokens + gen_tokens, seed,
-                                          greedy_after=prompt_tokens)
-    starts = self_prompts(tok)
-    keep = [r for r in range(rows) if int(counts[r]) >= gen_tokens]
-    seqs = [starts[indices[r] % len(starts)] + tokens[r, :prompt_tokens].tolist() for r in keep]
-    width = max(len(s) for s in seqs)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    prompts = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(prompts)
-    for j, s in enumerate(seqs):
-        prompts[j, width - len(s):] = torch.tensor(s)
-        mask[j, width - len(s):] = 1
-    replies = tokens[keep, prompt_tokens:prompt_tokens + gen_tokens]
-    return prompts, mask, replies
 
 
 def main() -> int:
@@ -61,7 +39,7 @@ def main() -> int:
     p.add_argument("--gen-tokens", type=int, default=64)
     p.add_argument("--rows", type=int, default=16)
     p.add_argument("--lams", default="0.5,0.1,0.2,0.3,0.7")
-    p.add_argument("--method", default="glass")
+    p.add_argument("--method", default="glass-fixed-lam")
     args = p.parse_args()
     torch.set_num_threads(2)
     model, tok = load_model(args.model)

@@ -27,6 +27,8 @@ a table computed from the records under ``benchmarks/results/`` (or, for ``lm-ev
   (``results/demo-text-MODEL.json``, from ``benchmarks/demo_text.py``).
 * ``<!-- render: loop-guard MODEL -->``: collapsed greedy replies and speed with the loop guard
   (``results/loop-guard-MODEL.json``, from ``benchmarks/loop_guard.py``).
+* ``<!-- render: lam-check -->``: the short-prompt lam check of each model's default prior, one
+  row per ``results/lam-check-MODEL.json`` (``benchmarks/lam_check.py``).
 * ``<!-- render: goals -->``: the product's selections against their fidelity goals, paired
   across the committed fidelity runs that score the same prompts (``benchmarks/goals.py``).
 
@@ -233,6 +235,14 @@ def render_loop_guard(model: str | None) -> str:
     return _script("loop_guard").markdown(path)
 
 
+def render_lam_check(arg: str | None) -> str:
+    """One row per ``results/lam-check-MODEL.json`` (``benchmarks/lam_check.py``)."""
+    paths = sorted(RESULTS.glob("lam-check-*.json"))
+    if not paths:
+        raise RenderError("no lam-check records (run benchmarks/lam_check.py --model MODEL)")
+    return _script("lam_check").markdown(paths)
+
+
 def render_goals(arg: str | None) -> str:
     """The goal table of ``benchmarks/goals.py`` over every committed fidelity run."""
     try:
@@ -244,7 +254,7 @@ def render_goals(arg: str | None) -> str:
 RENDERERS: dict[str, Callable[[str | None], str]] = {
     "speed": render_speed, "fidelity": render_fidelity, "lm-eval": render_lm_eval, "frontier": render_frontier,
     "prior-speed": render_prior_speed, "decode-overhead": render_decode_overhead, "demo-text": render_demo_text,
-    "goals": render_goals, "loop-guard": render_loop_guard,
+    "goals": render_goals, "loop-guard": render_loop_guard, "lam-check": render_lam_check,
 }
 
 

@@ -35,7 +35,8 @@ def _expected(out_module, z, keep, mean):
 def test_left_out_neurons_are_replaced_by_their_mean(smollm, smollm_prior, path, batch):
     """One set for the batch (the mean output merged into the bias), one set per row (added
     per row) and the masked reference: each row's output is ``W (z * keep + m * (1 - keep))``;
-    the sets are those of the same method without compensation."""
+    the sets are those of the same method without compensation (``glass-fixed-lam`` is
+    ``glass-greedy`` with compensation; ``glass`` may fuse a short prompt at another lam)."""
     model, tok = smollm
     blocks = find_ffn_blocks(model)
     enc = tok(PROMPTS[:batch], return_tensors="pt", padding=True)
@@ -43,7 +44,7 @@ def test_left_out_neurons_are_replaced_by_their_mean(smollm, smollm_prior, path,
     with apply_glass(model, GlassConfig(method="glass-greedy", density=0.5, prior=smollm_prior)) as h:
         model.generate(**enc, max_new_tokens=2, do_sample=False)
         plain = h.selections
-    with apply_glass(model, GlassConfig(method="glass", density=0.5, prior=smollm_prior, path=path)) as h:
+    with apply_glass(model, GlassConfig(method="glass-fixed-lam", density=0.5, prior=smollm_prior, path=path)) as h:
         model.generate(**enc, max_new_tokens=2, do_sample=False)
         assert all(torch.equal(a, b) for a, b in zip(plain, h.selections))
         z = torch.randn(batch, 3, blocks[0].d_ff, generator=torch.Generator().manual_seed(0))

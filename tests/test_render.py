@@ -186,16 +186,20 @@ def test_demo_text_and_decode_overhead_tables_read_their_records(tmp_path):
         in overhead.markdown([tmp_path / "o.json"])
 
 
-def _goal_run(folder: Path, kls: dict[str, list[float]], split: str = "test") -> None:
+def _goal_run(folder: Path, kls: dict[str, list[float]], split: str = "test", short_lam: float | None = 0.5,
+              prompt_tokens: int = 8) -> None:
+    """A run's files; ``short_lam`` None: written before the short-prompt lam check (no ``prior_short_lam``)."""
     from glass_llm.evaluation.report import records_csv
 
-    folder.mkdir()
-    records = [{"method": m, "density": 0.5, "lam": 0.5, "prompt_tokens": 8, "doc": i, "item": "P8-b0",
+    folder.mkdir(parents=True)
+    records = [{"method": m, "density": 0.5, "lam": 0.5, "prompt_tokens": prompt_tokens, "doc": i, "item": "P8-b0",
                 "statistic": "activation", "nll": 1.0, "kl": k, "jaccard": None, "positions": 63}
                for m, values in kls.items() for i, k in enumerate(values)]
     (folder / "records.csv").write_text(records_csv(records), encoding="utf-8")
     (folder / "settings.json").write_text(json.dumps({"model": "m", "corpus": "c", "split": split,
                                                       "gen_tokens": 64}), encoding="utf-8")
+    extra = {} if short_lam is None else {"prior_short_lam": short_lam}
+    (folder / "results.json").write_text(json.dumps([{"method": m, **extra} for m in kls]), encoding="utf-8")
 
 
 def test_goal_table_pairs_methods_across_runs_of_one_pool(tmp_path):
@@ -225,3 +229,37 @@ def test_goal_table_pairs_methods_across_runs_of_one_pool(tmp_path):
     _goal_run(tmp_path / "d", {"glass-a": [x + 1 for x in base]})  # the same prompts scored otherwise
     with pytest.raises(ValueError, match="runs a and d disagree on glass-a at P = 8, document 0"):
         goals.markdown(tmp_path)
+
+
+@pytest.mark.parametrize("short_lam", [None, 0.5, 0.25])
+def test_goal_table_reads_glass_of_runs_before_the_lam_check(tmp_path, short_lam):
+    """A run without ``prior_short_lam`` scored ``glass-fixed-lam`` under the name ``glass``; the
+    model's lam check record says which committed method scores today's ``glass``: ``glass-fixed-lam``
+    where it kept 0.5 (and from 32 prompt tokens), ``glass-prompt-lam`` where it chose 0.25."""
+    spec = importlib.util.spec_from_file_location("goals", ROOT / "benchmarks" / "goals.py")
+    goals = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(goals)
+    folder = tmp_path / "fidelity"
+    if short_lam is not None:
+        (tmp_path / "lam-check-m.json").write_text(json.dumps({"short_lam": short_lam}), encoding="utf-8")
+    base = [float(i) for i in range(1, 9)]
+    old = [x * 0.7 for x in base]
+    rule = [x * 0.6 for x in base]
+    _goal_run(folder / "old", {"glass-a": base, "glass": old, "glass-prompt-lam": rule}, short_lam=None)
+    _goal_run(folder / "old32", {"glass-a": base, "glass": old}, short_lam=None, prompt_tokens=32)
+    pool = goals.pools(folder)[("m", "c", 64)]
+    assert pool["glass-fixed-lam"] == {**{(8, i): k for i, k in enumerate(old)},
+                                       **{(32, i): k for i, k in enumerate(old)}}
+    glass = {} if short_lam is None else {(32, i): k for i, k in enumerate(old)}
+    if short_lam is not None:
+        glass.update({(8, i): k for i, k in enumerate(old if short_lam == 0.5 else rule)})
+    assert pool.get("glass", {}) == glass
+    # a run of today's glass joins them, and must agree with what they say glass scored
+    _goal_run(folder / "new", {"glass": (old if short_lam == 0.5 else rule)[:4]}, short_lam=short_lam or 0.5)
+    if short_lam is None:  # without a check record nothing else is glass: its four prompts alone
+        assert len(goals.pools(folder)[("m", "c", 64)]["glass"]) == 4
+    else:
+        assert goals.pools(folder)[("m", "c", 64)]["glass"] == glass
+        _goal_run(folder / "new2", {"glass": [x * 0.9 for x in base]}, short_lam=short_lam)
+        with pytest.raises(ValueError, match="disagree on glass at P = 8"):
+            goals.pools(folder)

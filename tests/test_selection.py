@@ -312,7 +312,7 @@ def test_broken_calibration_in_file_is_a_prior_error(tmp_path, calibrated):
 
 
 def test_prompt_lam_grows_with_the_prompt_length(smollm, calibrated, prompt_sums):
-    """``glass-prompt-lam`` is ``glass`` at lam 0.25 for prompts of up to 8 tokens and at 0.5 from
+    """``glass-prompt-lam`` is ``glass-fixed-lam`` at lam 0.25 for prompts of up to 8 tokens and at 0.5 from
     32, linear in log length between; the user's lam tilts it as it tilts an adaptive table."""
     import math
 
@@ -321,8 +321,8 @@ def test_prompt_lam_grows_with_the_prompt_length(smollm, calibrated, prompt_sums
     model, _ = smollm
     sums, n = prompt_sums  # rows of 6 and 14 tokens
     sel, blocks = _selector(model, calibrated, "glass-prompt-lam")
-    low, _ = _selector(model, calibrated, "glass", lam=PROMPT_LAMS[0])
-    high, _ = _selector(model, calibrated, "glass", lam=PROMPT_LAMS[1])
+    low, _ = _selector(model, calibrated, "glass-fixed-lam", lam=PROMPT_LAMS[0])
+    high, _ = _selector(model, calibrated, "glass-fixed-lam", lam=PROMPT_LAMS[1])
     assert sel.k == low.k == high.k and PROMPT_LAM_TOKENS == (8, 32)
     expected = PROMPT_LAMS[0] + (PROMPT_LAMS[1] - PROMPT_LAMS[0]) * math.log(14 / 8) / math.log(4)
     at_14 = []
@@ -339,4 +339,6 @@ def test_prompt_lam_grows_with_the_prompt_length(smollm, calibrated, prompt_sums
     tilted, _ = _selector(model, calibrated, "glass-prompt-lam", lam=0.7)
     assert float(tilted.lam_of(0, torch.tensor([8]))[0]) > 0.25
     with pytest.raises(ValueError, match="exclude each other"):
-        register_method(MethodSpec("bad", "both lams", adaptive=True, prompt_lam=True))
+        register_method(MethodSpec("bad", "both lams", adaptive=True, prompt_lam="rule"))
+    with pytest.raises(ValueError, match="'rule' or 'checked'"):
+        register_method(MethodSpec("bad", "unknown rule", prompt_lam="by-length"))

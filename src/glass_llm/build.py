@@ -234,14 +234,19 @@ def get_or_build_prior(model: nn.Module, tokenizer, model_name: str, source: str
     if have == world:
         prior = load_prior(found)
         prior.check_matches(model)
-        if calibrate and (prior.calibration is None or not prior.calibration.complete):
-            if prior.calibration is None:
+        cal = prior.calibration
+        if calibrate and (cal is None or not cal.complete or cal.short_lam is None):
+            if cal is None:
                 prior = calibrated(model, tokenizer, prior, seed, progress and rank == 0)
-            else:  # formats 2-4: only what is measured on greedy text is missing
+            else:  # formats 2-5: what is measured on greedy text, or the short-prompt lam check, is missing
                 from .calibration import ensure_calibrated
+                from .lam_choice import check_short_lam
 
-                prior = ensure_calibrated(model, tokenizer, prior,
-                                          stream=sys.stderr if rank == 0 else io.StringIO())
+                stream = sys.stderr if rank == 0 else io.StringIO()
+                prior = ensure_calibrated(model, tokenizer, prior, stream=stream)
+                print("checking the glass method's short-prompt lam on the model's own text (once per prior) ...",
+                      file=stream, flush=True)
+                prior = check_short_lam(model, tokenizer, prior)
             if rank == 0:
                 save_prior(prior, found)
         return prior
@@ -261,10 +266,12 @@ def get_or_build_prior(model: nn.Module, tokenizer, model_name: str, source: str
 
 
 def calibrated(model: nn.Module, tokenizer, prior: Prior, seed: int = 0, progress: bool = True) -> Prior:
-    """``prior`` with the ``glass`` method's selection calibration (the same on every process)."""
+    """``prior`` with the ``glass`` method's selection calibration, its short-prompt lam check
+    included (the same on every process)."""
     from .calibration import calibrate_prior
+    from .lam_choice import check_short_lam
 
     if progress:
         print("calibrating the glass selection on the model's own samples (once per prior) ...", file=sys.stderr,
               flush=True)
-    return calibrate_prior(model, tokenizer, prior, seed=seed, progress=progress)
+    return check_short_lam(model, tokenizer, calibrate_prior(model, tokenizer, prior, seed=seed, progress=progress))

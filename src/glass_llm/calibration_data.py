@@ -21,6 +21,13 @@ how it is written into, and read back from, the prior's safetensors file.
   neuron over the same greedy tokens, from which the compensated methods add back the mean
   output of the neurons they leave out (``compensation``). Format-4 files get it, with the
   greedy statistic recomputed, when a compensated method is applied.
+* ``lam_check_lams`` (C,), ``lam_check_ratio`` (C,) and ``lam_check_upper`` (C,) (format version 6):
+  the short-prompt lam check (``lam_choice``), the KL of ``glass`` at each candidate lam over its
+  KL at lam 0.5 for 8-token prompts of the model's own text (geometric mean over rows, and the
+  upper end of its 95% t interval). ``short_lam`` is the candidate with the lowest ratio among
+  those whose upper end is below 1, else 0.5: ``glass`` fuses at that lam up to 8 prompt tokens
+  and at 0.5 from 32. Older files have no check: ``glass`` then fuses at 0.5 for every length
+  (a cached prior gets the check when it is next loaded; a named file with ``--recalibrate``).
 """
 
 from __future__ import annotations
@@ -33,10 +40,12 @@ import torch
 from .dispersion import check_table
 from .schedule import check_profile, checked_ratio
 
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 _KEYS = ("grid", "profile", "windows", "lam", "score_lam")
 _CHECK_KEYS = ("check_densities", "check_ratio", "check_upper")  # format 3; absent in format-2 files
 _GREEDY_KEYS = ("greedy_sums", "greedy_mean")  # formats 4 and 5
+_LAM_KEYS = ("lam_check_lams", "lam_check_ratio", "lam_check_upper")  # format 6
+NEUTRAL_LAM = 0.5  # the short-prompt lam without a check, or when no candidate beat it
 _PREFIX = "calibration."
 
 
@@ -53,20 +62,37 @@ class Calibration:
     check_upper: torch.Tensor | None = None
     greedy_sums: torch.Tensor | None = None
     greedy_mean: torch.Tensor | None = None
+    lam_check_lams: torch.Tensor | None = None
+    lam_check_ratio: torch.Tensor | None = None
+    lam_check_upper: torch.Tensor | None = None
 
     @property
     def format_version(self) -> int:
-        """5 with the greedy statistic and mean activation, 4 with the statistic alone, 3
-        with the schedule check only, 2 without either."""
+        """6 with the short-prompt lam check, 5 with the greedy statistic and mean activation,
+        4 with the statistic alone, 3 with the schedule check only, 2 without either."""
         if self.check_ratio is None:
             return 2
         if self.greedy_sums is None:
             return 3
-        return FORMAT_VERSION if self.greedy_mean is not None else 4
+        if self.greedy_mean is None:
+            return 4
+        return FORMAT_VERSION if self.lam_check_ratio is not None else 5
+
+    @property
+    def short_lam(self) -> float | None:
+        """The lam of ``glass`` for prompts of up to 8 tokens: the checked candidate with the
+        lowest KL ratio among those measured better than lam 0.5 with 95% confidence, else 0.5;
+        ``None`` without a check (format 5 or older)."""
+        if self.lam_check_ratio is None:
+            return None
+        better = [(r, lam) for lam, r, u in zip(self.lam_check_lams.tolist(), self.lam_check_ratio.tolist(),
+                                                 self.lam_check_upper.tolist()) if u < 1.0]
+        return round(min(better)[1], 6) if better else NEUTRAL_LAM  # stored as float32
 
     @property
     def complete(self) -> bool:
-        """Whether it holds everything this version computes (else ``ensure_calibrated`` adds it)."""
+        """Whether it holds everything ``ensure_calibrated`` can add (the short-prompt lam check,
+        which runs the engine, is added by ``build``: ``short_lam`` is None without it)."""
         return self.greedy_sums is not None and self.greedy_mean is not None
 
     @property
@@ -101,6 +127,16 @@ class Calibration:
             if not bool(torch.isfinite(g).all() & (g >= 0).all()) or self.greedy_tokens < 1:
                 raise ValueError("the greedy statistic holds invalid values or no token count; rebuild it with "
                                  "`glass prior MODEL --recalibrate`")
+        present = [getattr(self, k) is not None for k in _LAM_KEYS]
+        if any(present) and not all(present):
+            raise ValueError("the short-prompt lam check needs its lams, ratios and upper bounds together")
+        if self.lam_check_ratio is not None:
+            lams, r, u = self.lam_check_lams, self.lam_check_ratio, self.lam_check_upper
+            if (lams.dim() != 1 or r.shape != lams.shape or u.shape != lams.shape
+                    or not bool(((lams > 0) & (lams < 1)).all() & torch.isfinite(r).all() & (r > 0).all()
+                                & (u >= r).all())):
+                raise ValueError("the short-prompt lam check holds invalid values; rebuild it with "
+                                 "`glass prior MODEL --recalibrate`")
         m = self.greedy_mean
         if m is not None:
             if g is None or m.shape != g.shape:
@@ -125,7 +161,7 @@ class Calibration:
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         keys = _KEYS + (_CHECK_KEYS if self.check_ratio is not None else ())
-        keys += tuple(k for k in _GREEDY_KEYS if getattr(self, k) is not None)
+        keys += tuple(k for k in _GREEDY_KEYS + _LAM_KEYS if getattr(self, k) is not None)
         return {_PREFIX + k: getattr(self, k).float().contiguous() for k in keys}
 
     @classmethod
@@ -138,7 +174,8 @@ class Calibration:
         if len(present) != len(_KEYS):
             missing = sorted(set(_KEYS) - set(present))
             raise ValueError(f"the prior's selection calibration is incomplete (missing {', '.join(missing)})")
-        checks = {k: tensors[_PREFIX + k].float() for k in _CHECK_KEYS + _GREEDY_KEYS if _PREFIX + k in tensors}
+        checks = {k: tensors[_PREFIX + k].float() for k in _CHECK_KEYS + _GREEDY_KEYS + _LAM_KEYS
+                  if _PREFIX + k in tensors}
         cal = cls(**{k: tensors[_PREFIX + k].float() for k in _KEYS}, **checks, meta=dict(meta or {}))
         cal.check(cal.n_blocks)
         return cal
@@ -165,6 +202,16 @@ class Calibration:
             lines.append("mean activation of greedy text (the compensation of the *-comp methods): "
                          + ("none (format 4): computed when a compensated method is applied"
                             if self.greedy_mean is None else "stored"))
+        if self.lam_check_ratio is None:
+            lines.append("short-prompt lam check: none (format 5 or older): glass fuses at lam 0.5 for every prompt "
+                         "length; `glass prior MODEL --recalibrate` adds it")
+        else:
+            pairs = ", ".join(f"{lam:g}: {r:.3f} (<= {u:.3f})" for lam, r, u in zip(
+                self.lam_check_lams.tolist(), self.lam_check_ratio.tolist(), self.lam_check_upper.tolist()))
+            chosen = ("at lam 0.5 for every prompt length" if self.short_lam == NEUTRAL_LAM else
+                      f"at lam {self.short_lam:g} up to 8 prompt tokens and 0.5 from 32")
+            lines.append(f"short-prompt lam check, KL of glass at lam / at lam 0.5 on 8-token prompts of the model's "
+                         f"own text, 95% upper bound: {pairs}; glass fuses {chosen}")
         for i in range(self.n_blocks):
             lam = " ".join(f"{v:.2f}" for v in self.lam[i].tolist())
             score = " ".join(f"{v:.2f}" for v in self.score_lam[i].tolist())

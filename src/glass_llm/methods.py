@@ -38,7 +38,8 @@ SCHEDULE_HALFLIFE_TOKENS = 64
 # in log length between (``dispersion.lam_for_tokens``). Chosen on text SmolLM2 writes itself
 # (``benchmarks/lam_self.py``): with the prior of greedy text and compensation, a short prompt is
 # best trusted less than the paper's 0.5; Gemma-3-270m's own text does not show it (BENCHMARKS.md,
-# "A lam that grows with the prompt").
+# "A lam that grows with the prompt"). ``glass`` uses the same windows with the short-prompt lam
+# that its prior's check chose for the model (``lam_choice``).
 PROMPT_LAM_TOKENS = (8, 32)
 PROMPT_LAMS = (0.25, 0.5)
 
@@ -69,14 +70,18 @@ class MethodSpec:
     # start's, then at each re-selection the reply's, weighted as in the local statistic; never the
     # prompt's), with the prior's mean counted as this many tokens (0: the prior's mean alone)
     comp_tokens: float = 0.0
-    # lam by the prompt's token count (PROMPT_LAM_TOKENS, PROMPT_LAMS): the same for every block,
-    # ``lam`` then tilts it as it tilts an adaptive table (0.5 keeps it); exclusive with ``adaptive``
-    prompt_lam: bool = False
+    # lam by the prompt's token count, the same for every block (exclusive with ``adaptive``): "rule" the
+    # lams PROMPT_LAMS at PROMPT_LAM_TOKENS; "checked" the prior's checked short-prompt lam up to 8 tokens
+    # and 0.5 from 32 (``Calibration.short_lam``; one lam where it is 0.5). ``lam`` then tilts it as it tilts
+    # an adaptive table (0.5 keeps it)
+    prompt_lam: str | None = None
 
     @property
     def tilts_lam(self) -> bool:
-        """Whether the method's lam comes from a table that the user's ``lam`` only tilts."""
-        return self.adaptive or self.prompt_lam
+        """Whether the method's lam comes from a table that the user's ``lam`` only tilts. Not so
+        for a "checked" short-prompt lam: where the prior's check chose none, ``lam`` is the one lam
+        (and where it chose one, 0.5 keeps the checked row), so it is labelled as a fixed lam."""
+        return self.adaptive or self.prompt_lam == "rule"
 
     @property
     def needs_prior(self) -> bool:
@@ -107,6 +112,8 @@ METHODS: dict[str, MethodSpec] = {}
 def register_method(spec: MethodSpec) -> MethodSpec:
     if spec.name in METHODS:
         raise ValueError(f"method {spec.name!r} is already registered")
+    if spec.prompt_lam not in (None, "rule", "checked"):
+        raise ValueError(f"method {spec.name!r}: prompt_lam is None, 'rule' or 'checked', got {spec.prompt_lam!r}")
     if spec.adaptive and spec.prompt_lam:
         raise ValueError(f"method {spec.name!r}: a lam by prompt length (prompt_lam) and the calibrated lam table "
                          "(adaptive) exclude each other; choose one")
@@ -126,8 +133,11 @@ for _spec in (
     MethodSpec("griffin", "prompt-only selection by activation (GRIFFIN, lam=1)", lam=1.0, global_source=None),
     MethodSpec("global", "static selection by the global prior alone (lam=0)", lam=0.0),
     MethodSpec("glass", "GLASS, calibrated: prompt merged with a prior of text the model writes greedily, "
-               "per-layer density where the prior's check shows it better, and the mean output of the neurons "
-               "left out added back", schedule=True, global_source="greedy", compensate=True),
+               "per-layer density and a lower lam for short prompts where the prior's checks show them better, "
+               "and the mean output of the neurons left out added back", schedule=True, global_source="greedy",
+               compensate=True, prompt_lam="checked"),
+    MethodSpec("glass-fixed-lam", "ablation: glass at one lam for every prompt length (glass before the "
+               "short-prompt lam check)", schedule=True, global_source="greedy", compensate=True),
     MethodSpec("glass-greedy", "ablation: glass without compensation (neurons left out count as zero)",
                schedule=True, global_source="greedy"),
     MethodSpec("glass-a", "A-GLASS (the paper): activation statistic, prompt merged with prior"),
@@ -178,9 +188,9 @@ for _base in ("glass-schedule", "glass-a", "griffin", "glass-refresh-start-fade"
                             description=f"{_base} plus the mean output of the neurons it leaves out, added back"))
 
 # glass trusting a short prompt less (BENCHMARKS.md, "A lam that grows with the prompt").
-register_method(replace(METHODS["glass"], name="glass-prompt-lam", prompt_lam=True,
+register_method(replace(METHODS["glass"], name="glass-prompt-lam", prompt_lam="rule",
                         description="glass whose lam grows with the prompt's length, 0.25 up to 8 tokens to 0.5 from "
-                                    "32 (chosen on text SmolLM2 writes itself)"))
+                                    "32 for every model (chosen on text SmolLM2 writes itself)"))
 # The best re-selecting method: compensation whose mean follows the reply (the generated tokens' own
 # mean activation, the prior's mean counting as one refresh interval of tokens; BENCHMARKS.md,
 # "A compensation mean that follows the reply").

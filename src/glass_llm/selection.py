@@ -25,11 +25,13 @@ exactly ``ranking.select`` (the paper's method).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from .adapters import FFNBlock, weight_out_in
 from .dispersion import lam_for_tokens, tilt
-from .methods import PROMPT_LAM_TOKENS, PROMPT_LAMS
+from .methods import DEFAULT_LAM, PROMPT_LAM_TOKENS, PROMPT_LAMS
 from .ranking import aggregate, keep_count, ranks, select_smallest
 from .schedule import allocate, blend
 from .stats import finalize
@@ -172,6 +174,18 @@ def _calibration_of(prior, n_blocks: int):
     return prior.calibration
 
 
+def checked_short_lam(cal) -> float:
+    """The calibration's short-prompt lam, or ``DEFAULT_LAM`` (with a warning) for a prior without the check."""
+    lam = cal.short_lam if cal is not None else None
+    if lam is None:
+        warnings.warn("this prior predates the short-prompt lam check (format 5 or older), so the glass method fuses "
+                      f"at lam {DEFAULT_LAM:g} for every prompt length; the cached default prior gets the check when "
+                      "a command next loads it, a file you named with `glass prior MODEL --recalibrate FILE`",
+                      stacklevel=3)
+        return DEFAULT_LAM
+    return lam
+
+
 def build_selector(blocks: list[FFNBlock], config, spec, lam: float, statistic: str,
                    global_scores: list[torch.Tensor] | None, down_norms: list[torch.Tensor] | None,
                    prior=None) -> Selector:
@@ -180,23 +194,26 @@ def build_selector(blocks: list[FFNBlock], config, spec, lam: float, statistic: 
     A method with ``spec.schedule`` and one float density gets per-block ``k`` from the
     prior's sensitivity profile where the prior's schedule check says it pays (else the
     uniform density); an explicit per-block density tuple overrides it. A
-    method with ``spec.adaptive`` gets the prior's lam table, one with ``spec.prompt_lam`` the
-    lams of ``methods.PROMPT_LAMS`` by prompt length (``lam`` then tilts either).
+    method with ``spec.adaptive`` gets the prior's lam table, one with ``spec.prompt_lam`` a lam
+    by prompt length, the same for every block (``lam`` then tilts either): "rule" the lams of
+    ``methods.PROMPT_LAMS``, "checked" the prior's checked short-prompt lam up to 8 tokens and
+    0.5 from 32 (no table at all where that lam is 0.5, or the prior has no check: one lam).
     """
     d_ff = [b.d_ff for b in blocks]
     per_block = isinstance(config.density, (list, tuple))
     use_schedule = spec.schedule and not per_block and not spec.dense
     use_adaptive = spec.adaptive and not spec.dense and 0 < lam < 1
     by_length = spec.prompt_lam and not spec.dense and 0 < lam < 1
-    cal = _calibration_of(prior, len(blocks)) if (use_schedule or use_adaptive) else None
+    cal = _calibration_of(prior, len(blocks)) if (use_schedule or use_adaptive or by_length) else None
     even = [keep_count(d, n) for d, n in zip(config.density_for(len(blocks)), d_ff)]
     scheduled = use_schedule and cal.use_schedule(float(config.density))
     k = allocate(cal.profile, cal.grid, d_ff, float(config.density)) if scheduled else even
     score = use_adaptive and spec.fusion == "score"
     table = (cal.score_lam if score else cal.lam) if use_adaptive else None
     windows = cal.windows if use_adaptive else None
-    if by_length:  # one lam row for every block, by the prompt's length
-        table = torch.tensor(PROMPT_LAMS, dtype=torch.float32).expand(len(blocks), -1).contiguous()
+    lams = (PROMPT_LAMS if spec.prompt_lam == "rule" else (checked_short_lam(cal), DEFAULT_LAM)) if by_length else ()
+    if by_length and lams[0] != lams[-1]:  # one lam row for every block, by the prompt's length
+        table = torch.tensor(lams, dtype=torch.float32).expand(len(blocks), -1).contiguous()
         windows = torch.tensor(PROMPT_LAM_TOKENS, dtype=torch.float32)
     means = list(prior.sums.float() / max(prior.n_tokens, 1)) if score else None
     return Selector(blocks, k, lam, statistic, global_scores, down_norms, share_batch=config.share_batch,
