@@ -6,8 +6,8 @@ The goals, for the default ``glass`` and its refresh variants at density 0.5 and
 prompts: KL at most 0.8x ``glass-a`` (the paper's method), 0.85x ``global`` (the prior alone)
 and 0.5x ``griffin`` (the prompt alone), and, with refresh, at most the static oracle's.
 
-Every committed run under ``results/fidelity/`` of the test split at float weights joins a
-*pool* with the other runs of the same model, corpus and reference length: they score the same
+Every committed run under ``results/fidelity/`` of the test split at float weights, without the
+loop guard, joins a *pool* with the other runs of the same model, corpus and reference length: they score the same
 prompts (document ``doc`` at prompt length ``P``) against the same dense reference, so a method
 of one run pairs with a base method of another on the prompts both scored. ``pools`` checks
 that assumption: a method scored on the same prompt in two runs of a pool must agree (to 1e-4),
@@ -74,7 +74,7 @@ def pools(folder: Path = FIDELITY) -> dict[PoolKey, dict[str, dict[tuple[int, in
     origin: dict = {}
     for run in sorted(p for p in folder.iterdir() if (p / "records.csv").is_file() and (p / "settings.json").is_file()):
         s = json.loads((run / "settings.json").read_text(encoding="utf-8"))
-        if s.get("split", "test") != "test" or s.get("weights", "float") != "float":
+        if s.get("split", "test") != "test" or s.get("weights", "float") != "float" or s.get("loop_guard", 0):
             continue
         key = (s["model"], s["corpus"], int(s["gen_tokens"]))
         results = run / "results.json"

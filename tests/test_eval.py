@@ -219,6 +219,45 @@ def test_int8_eval_scores_every_method_against_the_float_reference(smollm, smoll
             != settings_key(replace(settings, weights="float"), run.items, identity, None))
 
 
+def test_loop_guard_eval_scores_each_prompt_as_batch_one_decoding_would(smollm, smollm_prior, tmp_path):
+    """With ``loop_guard`` every sparse method is teacher-forced with the guard, one prompt at a
+    time: each record equals that prompt's guarded teacher forcing alone. These references
+    repeat themselves, so the guard changes the KL; the setting names itself in the results and
+    the journal key, and a bad value is a clear error."""
+    from glass_llm.evaluate import results_markdown
+    from glass_llm.evaluation.plan import settings_key
+    from glass_llm.guard import guard_modes
+
+    model, tok = smollm
+    settings = replace(BASE, methods=("dense", "griffin"), densities=(0.5,), gen_tokens=40, batch_size=2,
+                       loop_guard=2)
+    run = run_eval(model, tok, settings, prior=smollm_prior, out_dir=tmp_path, docs=DOCS, progress=False)
+    item = run.items[0]
+    assert len(item.prompts) == 2
+    refs = generate_references(model, torch.tensor(item.prompts), settings.gen_tokens, tok.pad_token_id)
+    changed = 0
+    for i in range(2):
+        prompt, ref = torch.tensor([item.prompts[i]]), refs[i:i + 1]
+        dense, _ = continuation_logits(model, prompt, ref, None)
+        kls = []
+        for guard in (2, 0):
+            sparse, _ = continuation_logits(model, prompt, ref, GlassConfig(method="griffin", density=0.5,
+                                                                            loop_guard=guard))
+            p, q = torch.log_softmax(dense[0, 1:].double(), -1), torch.log_softmax(sparse[0, 1:].double(), -1)
+            kls.append(float((p.exp() * (p - q)).sum(-1).mean()))
+        rec = [r for r in run.records if r["item"] == item.id and r["doc"] == item.docs[i]
+               and r["method"] == "griffin"][0]
+        assert rec["kl"] == pytest.approx(kls[0], rel=1e-3, abs=1e-5)
+        changed += any(guard_modes(ref[:, :-1], 2)) and abs(kls[0] - kls[1]) > 1e-3
+    assert changed >= 1  # the guard switched steps to dense on at least one reference
+    assert "loop guard 2" in results_markdown(run.results)
+    identity = {"m": 1}
+    assert (settings_key(settings, run.items, identity, None)
+            != settings_key(replace(settings, loop_guard=0), run.items, identity, None))
+    with pytest.raises(EvalError, match="loop_guard"):
+        replace(settings, loop_guard=-1).validate()
+
+
 def test_a_changed_method_gets_a_new_journal_key(monkeypatch):
     """A journal keyed by method names alone would resume rows computed under a method's
     earlier definition; the key covers what each name means."""

@@ -126,6 +126,18 @@ def test_glass_fuses_at_the_checked_lam_by_prompt_length(smollm, smollm_prior, p
             assert torch.equal(sel.choose(i, sums[i], n), mid.choose(i, sums[i], n))
 
 
+def test_the_checked_lam_is_part_of_an_evaluation_journal_key(smollm_prior):
+    """A journal of ``glass`` written under one short-prompt lam is never resumed under another."""
+    from glass_llm.evaluate import EvalSettings
+    from glass_llm.evaluation.plan import WorkItem, settings_key
+
+    settings = EvalSettings(model="m", corpus="c", methods=("dense", "glass"), prompt_tokens=(8,))
+    items = [WorkItem(8, 0, (0,), ((1, 2, 3),))]
+    keys = {settings_key(settings, items, {"m": 1}, _with_check(smollm_prior, [0.25], [r], [u]))
+            for r, u in ((0.9, 0.95), (0.97, 1.02))}
+    assert len(keys) == 2
+
+
 def test_check_teacher_forces_glass_on_the_models_own_replies(smollm, smollm_prior):
     """The rows are the model's: a sampled start, then greedy replies of the asked length; the
     KL is zero for the dense model and positive for glass at 0.5, and the two lams differ."""

@@ -1,4 +1,4 @@
-"""glass eval MODEL [--methods M,...] [--density D,...] [--prompt-tokens P,...] --out DIR
+"""glass eval MODEL [--methods M,...] [--density D,...] [--prompt-tokens P,...] [--loop-guard K] --out DIR
 
 Fidelity to the dense model (docs/method.md, section 7): for short prompts cut from held
 documents, the dense model writes a greedy reference; every method is scored
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import sys
 
-from .common import add_model_arg, add_prior_tokens_arg, add_weights_arg, floats, ints, model_kwargs, names
+from .common import (add_loop_guard_arg, add_model_arg, add_prior_tokens_arg, add_weights_arg, floats, ints,
+                     model_kwargs, names)
 
 
 def register(sub) -> None:
@@ -41,6 +42,7 @@ def register(sub) -> None:
     add_prior_tokens_arg(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the random method and of prior sampling")
     add_weights_arg(p)
+    add_loop_guard_arg(p)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--max-items", type=int, default=None,
@@ -76,7 +78,8 @@ def _run(args, ctx) -> int:
         model=args.model, corpus=args.corpus, methods=tuple(args.methods), densities=tuple(args.density),
         prompt_tokens=tuple(args.prompt_tokens), gen_tokens=args.gen_tokens, n_prompts=args.prompts,
         lams=tuple(args.lam) if args.lam else (DEFAULT_LAM,), split=args.split, calib_every=args.calib_every,
-        min_extra_tokens=args.min_extra_tokens, batch_size=args.batch_size, seed=args.seed, weights=args.weights)
+        min_extra_tokens=args.min_extra_tokens, batch_size=args.batch_size, seed=args.seed, weights=args.weights,
+        loop_guard=args.loop_guard)
     settings.validate()
     from ..corpora import load_texts
 

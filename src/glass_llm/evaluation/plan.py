@@ -13,6 +13,7 @@ from typing import Sequence
 
 from ..engine import GlassConfig
 from ..errors import UserError
+from ..guard import check_loop_guard
 from ..methods import DEFAULT_LAM, get_method
 from ..prior import Prior
 from ..ranking import check_density, check_lam
@@ -39,6 +40,10 @@ class EvalSettings:
     batch_size: prompts per work item (the dense reference is generated per batch).
     weights: "float", or "int8" to run every method (dense included) with int8 weights
     (``quant``) against the float dense model's reference and logits.
+    loop_guard: K > 0 teacher-forces every sparse method with the loop guard (``guard``): a
+    reference token that completes a 4-gram the reference already holds makes that step and the
+    next K - 1 dense. Prompts are then scored one at a time, as batch-1 decoding would run them
+    (in a batch one row's repetition would make every row's step dense).
     """
 
     model: str
@@ -55,6 +60,7 @@ class EvalSettings:
     batch_size: int = 8
     seed: int = 0
     weights: str = "float"
+    loop_guard: int = 0
 
     def validate(self) -> None:
         if not self.methods:
@@ -85,6 +91,10 @@ class EvalSettings:
             raise EvalError(f"calib_every must be at least 2, got {self.calib_every}")
         if self.batch_size < 1 or self.min_extra_tokens < 0:
             raise EvalError("batch_size must be positive and min_extra_tokens non-negative")
+        try:
+            check_loop_guard(self.loop_guard)
+        except ValueError as err:
+            raise EvalError(str(err)) from None
 
     def prior_methods(self) -> list[str]:
         """The listed methods that need a global prior (``MethodSpec.needs_prior``)."""
@@ -108,16 +118,16 @@ class MethodRun:
     lam: float
     statistic: str
 
-    def config(self, seed: int, weights: str = "float") -> GlassConfig | None:
+    def config(self, seed: int, weights: str = "float", loop_guard: int = 0) -> GlassConfig | None:
         """What to apply for this run; None for the float dense model (the reference itself)."""
         if self.method == "dense":
             return None if weights == "float" else GlassConfig(method="dense", weights=weights)
         if self.method == ORACLE:
             return GlassConfig(method="global", density=self.density, statistic=self.statistic, seed=seed,
-                               weights=weights)
+                               weights=weights, loop_guard=loop_guard)
         spec = get_method(self.method)
         return GlassConfig(method=self.method, density=self.density, lam=None if spec.lam is not None else self.lam,
-                           seed=seed, weights=weights)
+                           seed=seed, weights=weights, loop_guard=loop_guard)
 
 
 def method_runs(settings: EvalSettings) -> list[MethodRun]:
@@ -224,6 +234,8 @@ def settings_key(settings: EvalSettings, items: Sequence[WorkItem], identity: di
     fields = asdict(settings)
     if fields["weights"] == "float":  # int8 is part of the key only when used
         del fields["weights"]
+    if not fields["loop_guard"]:  # so is the loop guard
+        del fields["loop_guard"]
     fields["method_specs"] = [asdict(get_method(m)) for m in settings.methods if m != ORACLE]
     h.update(json.dumps(fields, sort_keys=True).encode())
     h.update(json.dumps(identity, sort_keys=True).encode())
@@ -236,5 +248,7 @@ def settings_key(settings: EvalSettings, items: Sequence[WorkItem], identity: di
             h.update(hashlib.sha256(cal.greedy_sums.float().numpy().tobytes()).digest())
         if cal is not None and cal.greedy_mean is not None and settings.compensates():  # the compensation
             h.update(hashlib.sha256(cal.greedy_mean.float().numpy().tobytes()).digest())
+        if cal is not None and cal.short_lam is not None:  # what glass fuses short prompts at
+            h.update(f"short_lam={cal.short_lam}".encode())
     h.update(str(JOURNAL_VERSION).encode())
     return h.hexdigest()[:16]

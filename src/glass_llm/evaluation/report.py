@@ -158,8 +158,10 @@ def results_markdown(results: Sequence[dict], title: str | None = None, heading:
     first = results[0]
     counts = sorted({r["n_prompts"] for r in results})
     n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    guard = (f", loop guard {first['loop_guard']} (a step whose input completes a repeated 4-gram, and the next "
+             f"{first['loop_guard'] - 1}, dense)") if first.get("loop_guard") else ""
     lines += [f"Model `{first['model']}`, corpus `{first['corpus']}` ({first['split']} split), "
-              f"{first['gen_tokens']} generated tokens, {n} prompts per cell.", ""]
+              f"{first['gen_tokens']} generated tokens, {n} prompts per cell{guard}.", ""]
     for density in sorted({r["density"] for r in results}):
         rows = [r for r in results if r["density"] == density]
         Ps = sorted({r["prompt_tokens"] for r in rows})

@@ -120,7 +120,8 @@ def run_eval(model: nn.Module, tokenizer, settings: EvalSettings, prior: Prior |
         bar.update(len(by_item))
     bar.close()
     records = [rec for it in items if it.id in done for rec in done[it.id]]
-    results = aggregate(records, settings, extra)
+    guard = {"loop_guard": settings.loop_guard} if settings.loop_guard else {}
+    results = aggregate(records, settings, {**(extra or {}), **guard})
     if out_dir is not None and rank == 0 and records and (write_partial or all(it.id in done for it in items)):
         write_outputs(out_dir, results, settings, key, plots=plots, records=records)
     return EvalRun(records=records, results=results, key=key, items=items)

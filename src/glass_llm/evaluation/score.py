@@ -105,18 +105,19 @@ def evaluate_item(model: nn.Module, tokenizer, item: WorkItem, settings: EvalSet
                 for i, row in enumerate(rows):
                     table[row, j] = {"nll": float(dense_nll[i].mean()), "kl": 0.0, "jaccard": None}
                 continue
-            if run.method == ORACLE:  # the oracle set differs per prompt: one row at a time
+            config = run.config(settings.seed, settings.weights, settings.loop_guard)
+            # the oracle set differs per prompt, and the loop guard switches a batch's step for every row:
+            # one row at a time
+            if run.method == ORACLE or (settings.loop_guard and run.method != "dense"):
                 parts = []
                 for i, row in enumerate(rows):
-                    oracle_prior = prior_from_sums(model, [s[row] for s in sums], settings.gen_tokens - 1,
-                                                   {"kind": "oracle"}, blocks)
-                    logits, sel = continuation_logits(model, p[i:i + 1], r[i:i + 1],
-                                                      run.config(settings.seed, settings.weights), oracle_prior)
+                    row_prior = prior if run.method != ORACLE else prior_from_sums(
+                        model, [s[row] for s in sums], settings.gen_tokens - 1, {"kind": "oracle"}, blocks)
+                    logits, sel = continuation_logits(model, p[i:i + 1], r[i:i + 1], config, row_prior)
                     parts.append((logits[:, 1:], sel))
                 results = [(row, i, lg[0], sel, 0) for (i, row), (lg, sel) in zip(enumerate(rows), parts)]
             else:
-                logits, selections = continuation_logits(model, p, r, run.config(settings.seed, settings.weights),
-                                                         prior)
+                logits, selections = continuation_logits(model, p, r, config, prior)
                 logits = logits[:, 1:]
                 results = [(row, i, logits[i], selections, i) for i, row in enumerate(rows)]
             for row, i, lg, sel, sel_row in results:
