@@ -75,10 +75,10 @@ def test_short_lam_is_a_candidate_only_where_it_measured_better(smollm_prior):
 
 
 def test_cached_prior_carries_the_check_and_it_round_trips(smollm, smollm_prior, tmp_path):
-    """``get_or_build_prior`` (the session fixture) stores the check: format 6, the candidates'
-    ratios against lam 0.5 on the rows the model wrote, and the choice in ``glass prior --show``."""
+    """``get_or_build_prior`` (the session fixture) stores the check (format 6; 7 with the schedule of
+    greedy replies, ``test_reply_schedule``): the candidates' ratios against lam 0.5 on the rows the model wrote, and the choice in ``glass prior --show``."""
     cal = smollm_prior.calibration
-    assert cal.format_version == 6 and smollm_prior.meta["format_version"] == 6
+    assert cal.format_version == 7 and smollm_prior.meta["format_version"] == 7
     assert cal.lam_check_lams.tolist() == list(CANDIDATES)
     assert 2 <= cal.meta["lam_check"]["rows_used"] <= cal.meta["lam_check"]["rows"]
     assert bool((cal.lam_check_upper >= cal.lam_check_ratio).all()) and cal.short_lam in CANDIDATES + (NEUTRAL_LAM,)
@@ -161,20 +161,23 @@ def test_check_teacher_forces_glass_on_the_models_own_replies(smollm, smollm_pri
 
 
 def test_a_cached_prior_without_the_check_gets_it_once(smollm, smollm_prior, tmp_path, monkeypatch, capsys):
-    from glass_llm import lam_choice
+    from glass_llm import lam_choice, reply_schedule
     from glass_llm.build import get_or_build_prior
     from glass_llm.prior_cache import default_prior_path
 
     monkeypatch.setenv("GLASS_LLM_CACHE", str(tmp_path))
     monkeypatch.setitem(lam_choice.DEFAULTS, "rows", 4)
     monkeypatch.setitem(lam_choice.DEFAULTS, "gen_tokens", 16)
+    for key, value in (("gain_rows", 3), ("check_rows", 3), ("gen_tokens", 16)):
+        monkeypatch.setitem(reply_schedule.DEFAULTS, key, value)
     model, tok = smollm
     cal = replace(smollm_prior.calibration, lam_check_lams=None, lam_check_ratio=None, lam_check_upper=None)
     path = save_prior(replace(smollm_prior, calibration=cal),
                       default_prior_path("smollm2-135m", "self", smollm_prior.n_tokens))
     got = get_or_build_prior(model, tok, "smollm2-135m", n_tokens=smollm_prior.n_tokens, progress=False)
-    assert "short-prompt lam" in capsys.readouterr().err
-    assert got.calibration.short_lam is not None and load_prior(path).meta["format_version"] == 6
+    err = capsys.readouterr().err
+    assert "short-prompt lam" in err and "greedy replies" in err  # the reply schedule follows a new lam check
+    assert got.calibration.short_lam is not None and load_prior(path).meta["format_version"] == 7
     assert torch.equal(got.calibration.greedy_sums, smollm_prior.calibration.greedy_sums)
     again = get_or_build_prior(model, tok, "smollm2-135m", n_tokens=smollm_prior.n_tokens, progress=False)
     assert "short-prompt lam" not in capsys.readouterr().err

@@ -235,18 +235,25 @@ def get_or_build_prior(model: nn.Module, tokenizer, model_name: str, source: str
         prior = load_prior(found)
         prior.check_matches(model)
         cal = prior.calibration
-        if calibrate and (cal is None or not cal.complete or cal.short_lam is None):
+        if calibrate and (cal is None or not cal.complete or cal.short_lam is None or cal.reply_loss is None):
             if cal is None:
                 prior = calibrated(model, tokenizer, prior, seed, progress and rank == 0)
-            else:  # formats 2-5: what is measured on greedy text, or the short-prompt lam check, is missing
+            else:  # formats 2-6: what is measured on greedy text, the short-prompt lam or the reply schedule is missing
                 from .calibration import ensure_calibrated
                 from .lam_choice import check_short_lam
+                from .reply_schedule import check_reply_schedule
 
                 stream = sys.stderr if rank == 0 else io.StringIO()
                 prior = ensure_calibrated(model, tokenizer, prior, stream=stream)
-                print("checking the glass method's short-prompt lam on the model's own text (once per prior) ...",
-                      file=stream, flush=True)
-                prior = check_short_lam(model, tokenizer, prior)
+                lam_checked = prior.calibration.short_lam is None
+                if lam_checked:
+                    print("checking the glass method's short-prompt lam on the model's own text (once per prior) ...",
+                          file=stream, flush=True)
+                    prior = check_short_lam(model, tokenizer, prior)
+                if lam_checked or prior.calibration.reply_loss is None:  # measured with glass at the checked lam
+                    print("measuring each block's loss on the model's greedy replies (once per prior) ...",
+                          file=stream, flush=True)
+                    prior = check_reply_schedule(model, tokenizer, prior)
             if rank == 0:
                 save_prior(prior, found)
         return prior
@@ -266,12 +273,14 @@ def get_or_build_prior(model: nn.Module, tokenizer, model_name: str, source: str
 
 
 def calibrated(model: nn.Module, tokenizer, prior: Prior, seed: int = 0, progress: bool = True) -> Prior:
-    """``prior`` with the ``glass`` method's selection calibration, its short-prompt lam check
-    included (the same on every process)."""
+    """``prior`` with the ``glass`` method's selection calibration, its short-prompt lam check and
+    the schedule of greedy replies included (the same on every process)."""
     from .calibration import calibrate_prior
     from .lam_choice import check_short_lam
+    from .reply_schedule import check_reply_schedule
 
     if progress:
         print("calibrating the glass selection on the model's own samples (once per prior) ...", file=sys.stderr,
               flush=True)
-    return check_short_lam(model, tokenizer, calibrate_prior(model, tokenizer, prior, seed=seed, progress=progress))
+    prior = check_short_lam(model, tokenizer, calibrate_prior(model, tokenizer, prior, seed=seed, progress=progress))
+    return check_reply_schedule(model, tokenizer, prior)

@@ -28,6 +28,13 @@ how it is written into, and read back from, the prior's safetensors file.
   those whose upper end is below 1, else 0.5: ``glass`` fuses at that lam up to 8 prompt tokens
   and at 0.5 from 32. Older files have no check: ``glass`` then fuses at 0.5 for every length
   (a cached prior gets the check when it is next loaded; a named file with ``--recalibrate``).
+* ``reply_loss`` (L,), ``reply_check_densities`` (C,), ``reply_check_ratio`` (C,) and
+  ``reply_check_upper`` (C,) (format version 7): the schedule measured on greedy replies
+  (``reply_schedule``): per block, the KL to the dense model when only that block runs at
+  density 0.5 on replies the model wrote greedily; ``reply_profile`` is ``profile`` with each
+  block's row rescaled to it. The check: KL of ``glass`` with the schedule of ``reply_profile``
+  over its KL at one density for all, per density; ``glass-reply-schedule`` uses that schedule
+  where the upper end of the interval is below 1 (``use_reply_schedule``).
 """
 
 from __future__ import annotations
@@ -40,11 +47,13 @@ import torch
 from .dispersion import check_table
 from .schedule import check_profile, checked_ratio
 
-FORMAT_VERSION = 6
+FORMAT_VERSION = 7
 _KEYS = ("grid", "profile", "windows", "lam", "score_lam")
 _CHECK_KEYS = ("check_densities", "check_ratio", "check_upper")  # format 3; absent in format-2 files
 _GREEDY_KEYS = ("greedy_sums", "greedy_mean")  # formats 4 and 5
 _LAM_KEYS = ("lam_check_lams", "lam_check_ratio", "lam_check_upper")  # format 6
+_REPLY_KEYS = ("reply_loss", "reply_check_densities", "reply_check_ratio", "reply_check_upper")  # format 7
+REPLY_DENSITY = 0.5  # the density at which each block's loss on greedy replies is measured
 NEUTRAL_LAM = 0.5  # the short-prompt lam without a check, or when no candidate beat it
 _PREFIX = "calibration."
 
@@ -65,10 +74,14 @@ class Calibration:
     lam_check_lams: torch.Tensor | None = None
     lam_check_ratio: torch.Tensor | None = None
     lam_check_upper: torch.Tensor | None = None
+    reply_loss: torch.Tensor | None = None
+    reply_check_densities: torch.Tensor | None = None
+    reply_check_ratio: torch.Tensor | None = None
+    reply_check_upper: torch.Tensor | None = None
 
     @property
     def format_version(self) -> int:
-        """6 with the short-prompt lam check, 5 with the greedy statistic and mean activation,
+        """7 with the schedule measured on greedy replies, 6 with the short-prompt lam check, 5 with the greedy statistic and mean activation,
         4 with the statistic alone, 3 with the schedule check only, 2 without either."""
         if self.check_ratio is None:
             return 2
@@ -76,7 +89,26 @@ class Calibration:
             return 3
         if self.greedy_mean is None:
             return 4
-        return FORMAT_VERSION if self.lam_check_ratio is not None else 5
+        if self.lam_check_ratio is None:
+            return 5
+        return FORMAT_VERSION if self.reply_loss is not None else 6
+
+    @property
+    def reply_profile(self) -> torch.Tensor | None:
+        """``profile`` with each block's row rescaled so that its value at ``REPLY_DENSITY`` is the
+        block's loss on greedy replies (the shape of its error curve kept); None without the check."""
+        if self.reply_loss is None:
+            return None
+        g = int((self.grid - REPLY_DENSITY).abs().argmin())
+        scale = self.reply_loss.clamp_min(1e-9) / self.profile[:, g].clamp_min(1e-9)
+        return self.profile * scale.unsqueeze(1)
+
+    def use_reply_schedule(self, density: float) -> bool:
+        """Whether ``glass-reply-schedule`` allocates per-layer densities at ``density``: only where
+        its check on greedy replies measured the schedule better than one density with 95% confidence."""
+        if self.reply_check_ratio is None:
+            return False
+        return checked_ratio(density, self.reply_check_densities.tolist(), self.reply_check_upper.tolist()) < 1.0
 
     @property
     def short_lam(self) -> float | None:
@@ -137,6 +169,17 @@ class Calibration:
                                 & (u >= r).all())):
                 raise ValueError("the short-prompt lam check holds invalid values; rebuild it with "
                                  "`glass prior MODEL --recalibrate`")
+        present = [getattr(self, k) is not None for k in _REPLY_KEYS]
+        if any(present) and not all(present):
+            raise ValueError("the schedule of greedy replies needs its losses, densities, ratios and upper bounds together")
+        if self.reply_loss is not None:
+            loss, d, r, u = (self.reply_loss, self.reply_check_densities, self.reply_check_ratio,
+                             self.reply_check_upper)
+            if (loss.shape != (n_blocks,) or d.dim() != 1 or r.shape != d.shape or u.shape != d.shape
+                    or d.numel() == 0 or not bool(torch.isfinite(loss).all() & (loss >= 0).all()
+                                                  & torch.isfinite(r).all() & (r > 0).all() & (u >= r).all())):
+                raise ValueError(f"the schedule of greedy replies does not fit a model of {n_blocks} FFN blocks or "
+                                 "holds invalid values; rebuild it with `glass prior MODEL --recalibrate`")
         m = self.greedy_mean
         if m is not None:
             if g is None or m.shape != g.shape:
@@ -161,7 +204,7 @@ class Calibration:
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         keys = _KEYS + (_CHECK_KEYS if self.check_ratio is not None else ())
-        keys += tuple(k for k in _GREEDY_KEYS + _LAM_KEYS if getattr(self, k) is not None)
+        keys += tuple(k for k in _GREEDY_KEYS + _LAM_KEYS + _REPLY_KEYS if getattr(self, k) is not None)
         return {_PREFIX + k: getattr(self, k).float().contiguous() for k in keys}
 
     @classmethod
@@ -175,7 +218,7 @@ class Calibration:
             missing = sorted(set(_KEYS) - set(present))
             raise ValueError(f"the prior's selection calibration is incomplete (missing {', '.join(missing)})")
         checks = {k: tensors[_PREFIX + k].float() for k in _CHECK_KEYS + _GREEDY_KEYS + _LAM_KEYS
-                  if _PREFIX + k in tensors}
+                  + _REPLY_KEYS if _PREFIX + k in tensors}
         cal = cls(**{k: tensors[_PREFIX + k].float() for k in _KEYS}, **checks, meta=dict(meta or {}))
         cal.check(cal.n_blocks)
         return cal
@@ -212,6 +255,17 @@ class Calibration:
                       f"at lam {self.short_lam:g} up to 8 prompt tokens and 0.5 from 32")
             lines.append(f"short-prompt lam check, KL of glass at lam / at lam 0.5 on 8-token prompts of the model's "
                          f"own text, 95% upper bound: {pairs}; glass fuses {chosen}")
+        if self.reply_loss is None:
+            lines.append("schedule of greedy replies: none (format 6 or older): glass-reply-schedule needs it; "
+                         "`glass prior MODEL --recalibrate` adds it")
+        else:
+            pairs = ", ".join(f"{d:g}: {r:.3f} (<= {u:.3f})" for d, r, u in zip(
+                self.reply_check_densities.tolist(), self.reply_check_ratio.tolist(),
+                self.reply_check_upper.tolist()))
+            lines.append(f"schedule of greedy replies, KL of glass with it / at one density on the model's greedy "
+                         f"replies, 95% upper bound (glass-reply-schedule uses it where the bound is below 1): {pairs}")
+            lines.append("  loss per block at 0.5 on greedy replies: "
+                         + " ".join(f"{v:.3f}" for v in self.reply_loss.tolist()))
         for i in range(self.n_blocks):
             lam = " ".join(f"{v:.2f}" for v in self.lam[i].tolist())
             score = " ".join(f"{v:.2f}" for v in self.score_lam[i].tolist())

@@ -75,6 +75,9 @@ class MethodSpec:
     # and 0.5 from 32 (``Calibration.short_lam``; one lam where it is 0.5). ``lam`` then tilts it as it tilts
     # an adaptive table (0.5 keeps it)
     prompt_lam: str | None = None
+    # with schedule: allocate the per-layer densities from the profile measured on greedy replies
+    # (``reply_schedule``; used where its check measured it better than one density)
+    reply_schedule: bool = False
 
     @property
     def tilts_lam(self) -> bool:
@@ -191,6 +194,11 @@ for _base in ("glass-schedule", "glass-a", "griffin", "glass-refresh-start-fade"
 register_method(replace(METHODS["glass"], name="glass-prompt-lam", prompt_lam="rule",
                         description="glass whose lam grows with the prompt's length, 0.25 up to 8 tokens to 0.5 from "
                                     "32 for every model (chosen on text SmolLM2 writes itself)"))
+# glass with the per-layer schedule measured on the greedy replies it serves (BENCHMARKS.md, "A schedule
+# measured on greedy replies").
+register_method(replace(METHODS["glass"], name="glass-reply-schedule", reply_schedule=True,
+                        description="glass whose per-layer densities are allocated from each block's loss on replies "
+                                    "the model writes greedily (where its check measured that better than one density)"))
 # The best re-selecting method: compensation whose mean follows the reply (the generated tokens' own
 # mean activation, the prior's mean counting as one refresh interval of tokens; BENCHMARKS.md,
 # "A compensation mean that follows the reply").

@@ -193,7 +193,8 @@ def build_selector(blocks: list[FFNBlock], config, spec, lam: float, statistic: 
 
     A method with ``spec.schedule`` and one float density gets per-block ``k`` from the
     prior's sensitivity profile where the prior's schedule check says it pays (else the
-    uniform density); an explicit per-block density tuple overrides it. A
+    uniform density; with ``spec.reply_schedule`` the profile measured on greedy replies and its
+    own check, ``reply_schedule``); an explicit per-block density tuple overrides it. A
     method with ``spec.adaptive`` gets the prior's lam table, one with ``spec.prompt_lam`` a lam
     by prompt length, the same for every block (``lam`` then tilts either): "rule" the lams of
     ``methods.PROMPT_LAMS``, "checked" the prior's checked short-prompt lam up to 8 tokens and
@@ -206,8 +207,14 @@ def build_selector(blocks: list[FFNBlock], config, spec, lam: float, statistic: 
     by_length = spec.prompt_lam and not spec.dense and 0 < lam < 1
     cal = _calibration_of(prior, len(blocks)) if (use_schedule or use_adaptive or by_length) else None
     even = [keep_count(d, n) for d, n in zip(config.density_for(len(blocks)), d_ff)]
-    scheduled = use_schedule and cal.use_schedule(float(config.density))
-    k = allocate(cal.profile, cal.grid, d_ff, float(config.density)) if scheduled else even
+    reply = use_schedule and spec.reply_schedule
+    if reply and cal.reply_loss is None:
+        raise ValueError(f"method {spec.name!r} allocates its per-layer densities from the schedule measured on greedy "
+                         "replies, which this prior lacks (format 6 or older): the cached default prior gets it when a "
+                         "command next loads it, a file you named with `glass prior MODEL --recalibrate FILE`")
+    scheduled = use_schedule and (cal.use_reply_schedule if reply else cal.use_schedule)(float(config.density))
+    profile = cal.reply_profile if reply else (cal.profile if scheduled else None)
+    k = allocate(profile, cal.grid, d_ff, float(config.density)) if scheduled else even
     score = use_adaptive and spec.fusion == "score"
     table = (cal.score_lam if score else cal.lam) if use_adaptive else None
     windows = cal.windows if use_adaptive else None

@@ -100,6 +100,8 @@ def _run(args, ctx) -> int:
             prior_info["prior_greedy_tokens"] = prior.calibration.greedy_tokens
         if prior.calibration is not None and prior.calibration.short_lam is not None:
             prior_info["prior_short_lam"] = prior.calibration.short_lam  # what glass fuses at up to 8 tokens
+        if prior.calibration is not None and prior.calibration.reply_loss is not None:  # glass-reply-schedule's
+            prior_info["prior_reply_schedule"] = [prior.calibration.use_reply_schedule(d) for d in settings.densities]
     result = run_eval(model, tok, settings, prior=prior, out_dir=args.out, docs=docs, plots=not args.no_plots,
                       extra=prior_info, rank=ctx.rank, world=ctx.world, gather=ctx.all_gather_lists,
                       max_items=args.max_items, write_partial=args.write_partial)

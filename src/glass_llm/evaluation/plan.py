@@ -250,5 +250,8 @@ def settings_key(settings: EvalSettings, items: Sequence[WorkItem], identity: di
             h.update(hashlib.sha256(cal.greedy_mean.float().numpy().tobytes()).digest())
         if cal is not None and cal.short_lam is not None:  # what glass fuses short prompts at
             h.update(f"short_lam={cal.short_lam}".encode())
+        if cal is not None and cal.reply_loss is not None:  # the schedule of glass-reply-schedule
+            h.update(hashlib.sha256((cal.reply_loss.float().numpy().tobytes()
+                                     + cal.reply_check_upper.float().numpy().tobytes())).digest())
     h.update(str(JOURNAL_VERSION).encode())
     return h.hexdigest()[:16]
