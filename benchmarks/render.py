@@ -243,6 +243,14 @@ def render_lam_check(arg: str | None) -> str:
     return _script("lam_check").markdown(paths)
 
 
+def render_greedy_gain(arg: str | None) -> str:
+    """The tables of every ``results/greedy-gain-MODEL.json`` (``benchmarks/greedy_gain.py``)."""
+    paths = sorted(RESULTS.glob("greedy-gain-*.json"))
+    if not paths:
+        raise RenderError("no greedy-gain records (run benchmarks/greedy_gain.py --model MODEL)")
+    return _script("greedy_gain").markdown(paths)
+
+
 def render_goals(arg: str | None) -> str:
     """The goal table of ``benchmarks/goals.py`` over every committed fidelity run."""
     try:
@@ -255,6 +263,7 @@ RENDERERS: dict[str, Callable[[str | None], str]] = {
     "speed": render_speed, "fidelity": render_fidelity, "lm-eval": render_lm_eval, "frontier": render_frontier,
     "prior-speed": render_prior_speed, "decode-overhead": render_decode_overhead, "demo-text": render_demo_text,
     "goals": render_goals, "loop-guard": render_loop_guard, "lam-check": render_lam_check,
+    "greedy-gain": render_greedy_gain,
 }
 
 
