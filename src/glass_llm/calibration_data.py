@@ -81,8 +81,9 @@ class Calibration:
 
     @property
     def format_version(self) -> int:
-        """7 with the schedule measured on greedy replies, 6 with the short-prompt lam check, 5 with the greedy statistic and mean activation,
-        4 with the statistic alone, 3 with the schedule check only, 2 without either."""
+        """7 with the schedule measured on greedy replies, 6 with the short-prompt lam check, 5 with
+        the greedy statistic and mean activation, 4 with the statistic alone, 3 with the schedule
+        check only, 2 without either."""
         if self.check_ratio is None:
             return 2
         if self.greedy_sums is None:

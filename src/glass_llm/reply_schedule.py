@@ -3,7 +3,7 @@
 The prior's sensitivity profile (``calibration``, step 3) scales each block's output error on
 temperature-1 samples to KL units with one forward per block on the first tokens of a few sampled
 rows, whose start (BOS, or a chat model's empty turn) is much of that text. On the greedy replies
-that ``glass`` serves the blocks' losses differ, on SmolLM2-135M by up to 30 times for one block
+that ``glass`` serves the blocks' losses differ, on SmolLM2-135M by 34 times for one block
 (BENCHMARKS.md, "A schedule measured on greedy replies"). ``check_reply_schedule`` measures them
 once per prior, after the short-prompt lam check:
 
