@@ -7,19 +7,31 @@ prompts: KL at most 0.8x ``glass-a`` (the paper's method), 0.85x ``global`` (the
 and 0.5x ``griffin`` (the prompt alone), and, with refresh, at most the static oracle's.
 
 Every committed run under ``results/fidelity/`` of the test split at float weights, without the
-loop guard, joins a *pool* with the other runs of the same model, corpus and reference length: they score the same
+loop guard, joins a *pool* with the other runs of the same model, corpus, reference length and prior build
+(below): they score the same
 prompts (document ``doc`` at prompt length ``P``) against the same dense reference, so a method
 of one run pairs with a base method of another on the prompts both scored. ``pools`` checks
 that assumption: a method scored on the same prompt in two runs of a pool must agree (to 1e-4),
-else the records come from different settings and pooling them is an error.
+else the records come from different settings and pooling them is an error. A prior built on
+another machine differs in its last bits (sampling follows floating-point logits), and so do the
+KLs of the methods that read it; so runs pool by ``prior_fingerprint`` (in their results since it
+was recorded; the runs before it are one build, ``earlier``), and the methods that read no prior
+(dense, GRIFFIN, the oracle) join the pools of every build.
 
-``glass`` changed once under its name: it now fuses at the short-prompt lam its prior's check
-chose for the model (``glass_llm.lam_choice``). A run written before that (its results carry no
-``prior_short_lam``) scored today's ``glass-fixed-lam`` under the name ``glass``, and is read so.
-Which committed records score today's ``glass`` follows from each model's check
-(``results/lam-check-MODEL.json``, from ``lam_check.py``): ``glass-fixed-lam``'s where the check
-kept lam 0.5 or the prompt has 32 tokens or more, ``glass-prompt-lam``'s where it chose that
-method's short-prompt lam; they join the pool's ``glass`` under the same agreement check.
+``glass`` changed twice under its name, and its records are read as what they scored. First it
+came to fuse at the short-prompt lam its prior's check chose for the model (``glass_llm.lam_choice``):
+a run written before that (its results carry no ``prior_short_lam``) scored today's
+``glass-fixed-lam``. Then it came to allocate its per-layer densities from the schedule of greedy
+replies (``glass_llm.reply_schedule``): a run written between the two (``prior_short_lam`` but no
+``prior_reply_schedule``) scored today's ``glass-stored-schedule``, and the method of that
+schedule, while opt-in, was named ``glass-reply-schedule``. Which records score today's ``glass``
+then follows from each model's two checks (``results/lam-check-MODEL.json`` from ``lam_check.py``,
+``results/reply-check-MODEL.json`` from ``reply_check.py``): ``glass-fixed-lam``'s are
+``glass-stored-schedule``'s where the lam check kept lam 0.5 or the prompt has 32 tokens or more,
+``glass-prompt-lam``'s where it chose that method's short-prompt lam; ``glass-stored-schedule``'s
+are ``glass``'s where both the reply check and the stored schedule's check keep one density at 0.5,
+and ``glass-reply-schedule``'s always. Records read under another name
+join the pool's records of that name under the same agreement check.
 
 Each cell is the ratio of the two mean KLs over the shared prompts with its 95% interval
 (Fieller's, for paired values: ``glass_llm.intervals.paired_ratio``); ``*`` marks a ratio whose
@@ -35,13 +47,14 @@ from pathlib import Path
 
 from glass_llm.evaluation.report import read_records_csv
 from glass_llm.intervals import paired_ratio
-from glass_llm.methods import PROMPT_LAM_TOKENS, PROMPT_LAMS
+from glass_llm.methods import METHODS, PROMPT_LAM_TOKENS, PROMPT_LAMS
 
 HERE = Path(__file__).resolve().parent
 FIDELITY = HERE / "results" / "fidelity"
 
 DENSITY = 0.5
-CANDIDATES = ("glass", "glass-fixed-lam", "glass-prompt-lam", "glass-greedy", "glass-schedule", "glass-schedule-comp", "glass-refresh", "glass-refresh-start",
+CANDIDATES = ("glass", "glass-stored-schedule", "glass-fixed-lam", "glass-prompt-lam", "glass-greedy", "glass-schedule",
+              "glass-schedule-comp", "glass-refresh", "glass-refresh-start",
               "glass-refresh-start-fade", "glass-refresh-start-fade-comp", "glass-refresh-start-fade-comp-running")
 GOALS = (("glass-a", 0.8), ("global", 0.85), ("griffin", 0.5), ("oracle", 1.0))
 REFRESHING = ("glass-refresh", "glass-refresh-start", "glass-refresh-start-fade",
@@ -49,51 +62,93 @@ REFRESHING = ("glass-refresh", "glass-refresh-start", "glass-refresh-start-fade"
 MIN_PROMPTS = 8
 TOLERANCE = 1e-4
 
-PoolKey = tuple  # (model, corpus, gen_tokens)
+PoolKey = tuple  # (model, corpus, gen_tokens, prior build)
+EARLIER = "earlier"  # the prior build of the runs written before results carried its fingerprint
 
 
-def checked_glass(model: str, folder: Path = FIDELITY) -> float | None:
-    """The short-prompt lam ``glass`` fuses at on ``model``'s default prior (its lam check record), or None."""
-    path = folder.parent / f"lam-check-{model}.json"
-    return json.loads(path.read_text(encoding="utf-8"))["short_lam"] if path.is_file() else None
+def checked_glass(model: str, folder: Path = FIDELITY) -> tuple[float | None, bool | None]:
+    """What ``glass`` does on ``model``'s default prior at ``DENSITY`` (its check records): the
+    short-prompt lam it fuses at, and whether its per-layer density differs from that of
+    ``glass-stored-schedule``, i.e. whether the schedule of greedy replies or the stored one is used
+    (False: both keep one density; None: no record)."""
+    lam_path, reply_path = folder.parent / f"lam-check-{model}.json", folder.parent / f"reply-check-{model}.json"
+    short_lam = json.loads(lam_path.read_text(encoding="utf-8"))["short_lam"] if lam_path.is_file() else None
+    reply = None
+    if reply_path.is_file():
+        r = json.loads(reply_path.read_text(encoding="utf-8"))
+        at = [abs(d - DENSITY) < 1e-6 for d in r["densities"]]
+        if any(at):  # the records of glass before the reply schedule are glass's where both keep one density
+            i = at.index(True)
+            reply = bool(r["used"][i] or r["stored_used"][i])
+    return short_lam, reply
 
 
-def _same_as_glass(method: str, prompt_tokens: int, short_lam: float | None) -> bool:
-    """Whether ``method``'s records at this prompt length score today's ``glass`` on a model whose check chose ``short_lam``."""
-    if short_lam is None:
+def read_as(method: str, prompt_tokens: int, checks: tuple[float | None, bool | None]) -> list[str]:
+    """The names a record of ``method`` at this prompt length scores, itself first, on a model
+    whose checks (``checked_glass``) found ``checks``."""
+    short_lam, reply = checks
+    names = [method]
+    if short_lam is not None and (
+            (method == "glass-fixed-lam" and (short_lam == 0.5 or prompt_tokens >= PROMPT_LAM_TOKENS[-1]))
+            or (method == "glass-prompt-lam" and short_lam == PROMPT_LAMS[0])):
+        names.append("glass-stored-schedule")
+    if method == "glass-reply-schedule" or ("glass-stored-schedule" in names and reply is False):
+        names.append("glass")
+    return names
+
+
+def _recorded_as(method: str, results: list[dict]) -> str:
+    """A record's method as today's name: ``glass`` of a run written before one of its changes."""
+    if method != "glass":
+        return method
+    if not any("prior_short_lam" in r for r in results):
+        return "glass-fixed-lam"
+    return "glass" if any("prior_reply_schedule" in r for r in results) else "glass-stored-schedule"
+
+
+def _reads_prior(method: str, lam: float) -> bool:
+    """Whether ``method``'s records depend on the prior's build (a name no longer registered: assume so)."""
+    if method == "oracle":
         return False
-    if method == "glass-fixed-lam":
-        return short_lam == 0.5 or prompt_tokens >= PROMPT_LAM_TOKENS[-1]
-    return method == "glass-prompt-lam" and short_lam == PROMPT_LAMS[0]
+    spec = METHODS.get(method)
+    return spec is None or spec.needs_prior_at(lam)
 
 
 def pools(folder: Path = FIDELITY) -> dict[PoolKey, dict[str, dict[tuple[int, int], float]]]:
     """Per pool, per method at ``DENSITY``: KL per (prompt length, document), from every
-    test-split, float-weights run under ``folder``; a disagreement between two runs is an error."""
-    out: dict = defaultdict(dict)
+    test-split, float-weights run under ``folder``; a disagreement between two runs is an error.
+
+    A pool is one model, corpus and reference length, and one build of the default prior
+    (``prior_fingerprint`` in the run's results; ``EARLIER`` for runs written before it was
+    recorded). The methods that read no prior (dense, GRIFFIN, the oracle) join every build's pool."""
+    out: dict = {}
+    shared: dict = defaultdict(dict)
     origin: dict = {}
     for run in sorted(p for p in folder.iterdir() if (p / "records.csv").is_file() and (p / "settings.json").is_file()):
         s = json.loads((run / "settings.json").read_text(encoding="utf-8"))
         if s.get("split", "test") != "test" or s.get("weights", "float") != "float" or s.get("loop_guard", 0):
             continue
-        key = (s["model"], s["corpus"], int(s["gen_tokens"]))
+        base = (s["model"], s["corpus"], int(s["gen_tokens"]))
         results = run / "results.json"
-        checked = results.is_file() and any("prior_short_lam" in r for r in json.loads(results.read_text("utf-8")))
-        short_lam = checked_glass(s["model"], folder)
+        written = json.loads(results.read_text("utf-8")) if results.is_file() else []
+        key = base + (next((r["prior_fingerprint"] for r in written if "prior_fingerprint" in r), EARLIER),)
+        out.setdefault(key, {})  # every build seen gets its pool
+        checks = checked_glass(s["model"], folder)
         for r in read_records_csv((run / "records.csv").read_text(encoding="utf-8")):
             if abs(r["density"] - DENSITY) > 1e-9:
                 continue
             at = (int(r["prompt_tokens"]), int(r["doc"]))
-            method = "glass-fixed-lam" if r["method"] == "glass" and not checked else r["method"]
-            names = [method] + (["glass"] if _same_as_glass(method, at[0], short_lam) else [])
-            for name in names:
-                kl = out[key].setdefault(name, {})
+            for name in read_as(_recorded_as(r["method"], written), at[0], checks):
+                store, where = (out, key) if _reads_prior(name, r["lam"]) else (shared, base)
+                kl = store[where].setdefault(name, {})
                 if at in kl and abs(kl[at] - r["kl"]) > TOLERANCE * max(1.0, abs(kl[at])):
-                    raise ValueError(f"runs {origin[key, name, at]} and {run.name} disagree on {name} "
+                    raise ValueError(f"runs {origin[where, name, at]} and {run.name} disagree on {name} "
                                      f"at P = {at[0]}, document {at[1]} ({kl[at]:.5f} against {r['kl']:.5f}): "
                                      "they were not made with the same settings and cannot be pooled")
                 kl.setdefault(at, r["kl"])
-                origin.setdefault((key, name, at), run.name)
+                origin.setdefault((where, name, at), run.name)
+    for key, methods in out.items():
+        methods.update({name: dict(kl) for name, kl in shared.get(key[:3], {}).items()})
     return dict(out)
 
 
@@ -111,16 +166,17 @@ def ratio_cell(method: dict, base: dict, prompt_tokens: int, goal: float) -> tup
 
 
 def rows(folder: Path = FIDELITY) -> list[list[str]]:
-    """One row per candidate and prompt length, except the records that are today's ``glass``
-    under another name (``glass-fixed-lam`` or ``glass-prompt-lam`` where ``_same_as_glass``)."""
+    """One row per candidate and prompt length, except where its records score another candidate
+    (``read_as``): they are shown under that name."""
     out = []
-    for (model, corpus, gen), methods in sorted(pools(folder).items()):
-        short_lam = checked_glass(model, folder)
+    by_pool = sorted(pools(folder).items(), key=lambda kv: (kv[0][:3], kv[0][3] != EARLIER, kv[0][3]))
+    for (model, corpus, gen, build), methods in by_pool:
+        checks = checked_glass(model, folder)
         for cand in CANDIDATES:
             if cand not in methods:
                 continue
             for P in sorted({P for P, _ in methods[cand]}):
-                if _same_as_glass(cand, P, short_lam):
+                if len(read_as(cand, P, checks)) > 1:
                     continue
                 cells, counts = [], []
                 for base, goal in GOALS:
@@ -131,13 +187,13 @@ def rows(folder: Path = FIDELITY) -> list[list[str]]:
                     cells.append(cell)
                     counts.append(n)
                 if any(c != "–" for c in cells):
-                    out.append([model, corpus, str(gen), str(P), f"`{cand}`", str(max(counts))] + cells)
+                    out.append([model, corpus, str(gen), build[:7], str(P), f"`{cand}`", str(max(counts))] + cells)
     return out
 
 
 def markdown(folder: Path = FIDELITY) -> str:
-    header = ["model", "corpus", "G", "P", "method", "prompts"] + [f"/ {b} (goal {g:g}x)" for b, g in GOALS]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 6 + "---:|" * len(GOALS)]
+    header = ["model", "corpus", "G", "prior", "P", "method", "prompts"] + [f"/ {b} (goal {g:g}x)" for b, g in GOALS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 7 + "---:|" * len(GOALS)]
     lines += ["| " + " | ".join(r) + " |" for r in rows(folder)]
     return "\n".join(lines) + "\n"
 

@@ -187,8 +187,10 @@ def test_demo_text_and_decode_overhead_tables_read_their_records(tmp_path):
 
 
 def _goal_run(folder: Path, kls: dict[str, list[float]], split: str = "test", short_lam: float | None = 0.5,
-              prompt_tokens: int = 8) -> None:
-    """A run's files; ``short_lam`` None: written before the short-prompt lam check (no ``prior_short_lam``)."""
+              prompt_tokens: int = 8, reply: bool | None = True, build: str | None = None) -> None:
+    """A run's files; ``short_lam`` None: written before the short-prompt lam check (no ``prior_short_lam``);
+    ``reply`` None: before the schedule of greedy replies (no ``prior_reply_schedule``); ``build``: the
+    prior's fingerprint (None: before it was recorded)."""
     from glass_llm.evaluation.report import records_csv
 
     folder.mkdir(parents=True)
@@ -199,6 +201,10 @@ def _goal_run(folder: Path, kls: dict[str, list[float]], split: str = "test", sh
     (folder / "settings.json").write_text(json.dumps({"model": "m", "corpus": "c", "split": split,
                                                       "gen_tokens": 64}), encoding="utf-8")
     extra = {} if short_lam is None else {"prior_short_lam": short_lam}
+    if short_lam is not None and reply is not None:
+        extra["prior_reply_schedule"] = [reply]
+    if build is not None:
+        extra["prior_fingerprint"] = build
     (folder / "results.json").write_text(json.dumps([{"method": m, **extra} for m in kls]), encoding="utf-8")
 
 
@@ -222,7 +228,7 @@ def test_goal_table_pairs_methods_across_runs_of_one_pool(tmp_path):
 
     vs_a = cell(half, base, "*")  # 0.5, its interval well below the goal of 0.8
     assert vs_a.startswith("0.50*")
-    assert f"| m | c | 64 | 8 | `glass` | 8 | {vs_a} | {vs_a} | – | – |" in table  # no oracle goal without refresh
+    assert f"| m | c | 64 | earlier | 8 | `glass` | 8 | {vs_a} | {vs_a} | – | – |" in table  # no oracle goal without refresh
     vs_oracle = cell(half, oracle, " (x)")  # 2.0, its interval entirely above 1
     assert vs_oracle.startswith("2.00 (x)")
     assert f"| `glass-refresh` | 8 | {vs_a} | {vs_a} | – | {vs_oracle} |" in table
@@ -231,35 +237,70 @@ def test_goal_table_pairs_methods_across_runs_of_one_pool(tmp_path):
         goals.markdown(tmp_path)
 
 
-@pytest.mark.parametrize("short_lam", [None, 0.5, 0.25])
-def test_goal_table_reads_glass_of_runs_before_the_lam_check(tmp_path, short_lam):
-    """A run without ``prior_short_lam`` scored ``glass-fixed-lam`` under the name ``glass``; the
-    model's lam check record says which committed method scores today's ``glass``: ``glass-fixed-lam``
-    where it kept 0.5 (and from 32 prompt tokens), ``glass-prompt-lam`` where it chose 0.25."""
+@pytest.mark.parametrize("short_lam,reply,stored_used", [(None, None, False), (0.5, False, False), (0.25, False, False),
+                                                         (0.25, True, False), (0.5, False, True)])
+def test_goal_table_reads_glass_of_runs_before_its_changes(tmp_path, short_lam, reply, stored_used):
+    """A run without ``prior_short_lam`` scored ``glass-fixed-lam`` under the name ``glass``, one with it but
+    without ``prior_reply_schedule`` ``glass-stored-schedule``. The model's lam check record says which
+    records score ``glass-stored-schedule``: ``glass-fixed-lam``'s where it kept 0.5 (and from 32 prompt
+    tokens), ``glass-prompt-lam``'s where it chose 0.25; its reply check record whether those are today's
+    ``glass`` (where it and the stored schedule's check keep one density at 0.5). ``glass-reply-schedule``'s
+    records are ``glass``'s."""
     spec = importlib.util.spec_from_file_location("goals", ROOT / "benchmarks" / "goals.py")
     goals = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(goals)
     folder = tmp_path / "fidelity"
     if short_lam is not None:
         (tmp_path / "lam-check-m.json").write_text(json.dumps({"short_lam": short_lam}), encoding="utf-8")
+    if reply is not None:
+        (tmp_path / "reply-check-m.json").write_text(json.dumps({"densities": [0.3, 0.5, 0.7], "used": [True, reply, False],
+                                                                 "stored_used": [True, stored_used, True]}),
+                                                       encoding="utf-8")
     base = [float(i) for i in range(1, 9)]
     old = [x * 0.7 for x in base]
     rule = [x * 0.6 for x in base]
     _goal_run(folder / "old", {"glass-a": base, "glass": old, "glass-prompt-lam": rule}, short_lam=None)
     _goal_run(folder / "old32", {"glass-a": base, "glass": old}, short_lam=None, prompt_tokens=32)
-    pool = goals.pools(folder)[("m", "c", 64)]
+    pool = goals.pools(folder)[("m", "c", 64, "earlier")]
     assert pool["glass-fixed-lam"] == {**{(8, i): k for i, k in enumerate(old)},
                                        **{(32, i): k for i, k in enumerate(old)}}
-    glass = {} if short_lam is None else {(32, i): k for i, k in enumerate(old)}
+    stored = {} if short_lam is None else {(32, i): k for i, k in enumerate(old)}
     if short_lam is not None:
-        glass.update({(8, i): k for i, k in enumerate(old if short_lam == 0.5 else rule)})
+        stored.update({(8, i): k for i, k in enumerate(old if short_lam == 0.5 else rule)})
+    assert pool.get("glass-stored-schedule", {}) == stored
+    same = reply is False and not stored_used  # glass and the stored schedule both keep one density at 0.5
+    glass = stored if same else {}
     assert pool.get("glass", {}) == glass
-    # a run of today's glass joins them, and must agree with what they say glass scored
-    _goal_run(folder / "new", {"glass": (old if short_lam == 0.5 else rule)[:4]}, short_lam=short_lam or 0.5)
-    if short_lam is None:  # without a check record nothing else is glass: its four prompts alone
-        assert len(goals.pools(folder)[("m", "c", 64)]["glass"]) == 4
-    else:
-        assert goals.pools(folder)[("m", "c", 64)]["glass"] == glass
-        _goal_run(folder / "new2", {"glass": [x * 0.9 for x in base]}, short_lam=short_lam)
-        with pytest.raises(ValueError, match="disagree on glass at P = 8"):
-            goals.pools(folder)
+    # a run of glass between the two changes joins the stored schedule's records and must agree with them
+    at8 = [stored.get((8, i), 0.5 * x) for i, x in enumerate(base)]
+    _goal_run(folder / "mid", {"glass": at8[:4]}, short_lam=short_lam or 0.5, reply=None)
+    mid = stored or {(8, i): at8[i] for i in range(4)}
+    assert goals.pools(folder)[("m", "c", 64, "earlier")]["glass-stored-schedule"] == mid
+    # the opt-in name's records are glass's, and agree with the stored schedule's where that is glass
+    mine = at8 if same else [x * 0.4 for x in base]
+    _goal_run(folder / "reply", {"glass-reply-schedule": mine}, short_lam=short_lam or 0.5, reply=bool(reply))
+    assert goals.pools(folder)[("m", "c", 64, "earlier")]["glass"] == {**glass, **{(8, i): k for i, k in enumerate(mine)}}
+    _goal_run(folder / "new", {"glass": [x * 0.9 for x in base]}, short_lam=short_lam or 0.5, reply=bool(reply))
+    with pytest.raises(ValueError, match="disagree on glass at P = 8"):
+        goals.pools(folder)
+
+
+def test_goal_pools_keep_prior_builds_apart_and_share_what_reads_no_prior(tmp_path):
+    """Runs of another prior build (``prior_fingerprint``) pool apart: their prior-reading methods may
+    differ from the earlier build's; dense, GRIFFIN and the oracle join every build and must agree."""
+    spec = importlib.util.spec_from_file_location("goals", ROOT / "benchmarks" / "goals.py")
+    goals = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(goals)
+    base = [float(i) for i in range(1, 9)]
+    _goal_run(tmp_path / "a", {"glass-a": base, "griffin": [2 * x for x in base], "oracle": [x / 4 for x in base]})
+    _goal_run(tmp_path / "b", {"glass-a": [1.02 * x for x in base], "glass": [0.5 * x for x in base]},
+              build="0123456789ab")
+    pools = goals.pools(tmp_path)
+    earlier, other = pools[("m", "c", 64, "earlier")], pools[("m", "c", 64, "0123456789ab")]
+    assert earlier["glass-a"][(8, 1)] == 2.0 and other["glass-a"][(8, 1)] == pytest.approx(2.04)
+    assert other["griffin"] == earlier["griffin"] and other["oracle"] == earlier["oracle"] and "glass" not in earlier
+    table = goals.markdown(tmp_path)
+    assert "| m | c | 64 | 0123456 | 8 | `glass` | 8 | 0.49* [" in table and "| earlier | 8 | `glass` |" not in table
+    _goal_run(tmp_path / "c", {"griffin": [3 * x for x in base]}, build="0123456789ab")  # reads no prior: must agree
+    with pytest.raises(ValueError, match="runs a and c disagree on griffin"):
+        goals.pools(tmp_path)

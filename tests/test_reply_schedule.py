@@ -1,6 +1,6 @@
 """The schedule measured on greedy replies (``reply_schedule``): each block's loss on replies the
 real SmolLM2 model writes, stored with the prior (format 7), and the per-layer densities that
-``glass-reply-schedule`` allocates from it where its check passed; ``glass`` itself unchanged."""
+``glass`` allocates from it where its check passed (``glass-stored-schedule`` from the stored profile)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from glass_llm.calibration_data import REPLY_DENSITY
 from glass_llm.engine import GlassConfig
 from glass_llm.lam_choice import reply_kl, self_written
 from glass_llm.prior import load_prior, save_prior
-from glass_llm.reply_schedule import CHECK_DENSITIES, GAIN_OFFSET, check_reply_schedule
+from glass_llm.reply_schedule import CHECK_DENSITIES, CHECK_OFFSET, GAIN_OFFSET, check_reply_schedule
 from glass_llm.schedule import allocate, budget
 from glass_llm.selection import build_selector
 
@@ -57,23 +57,26 @@ def test_reply_profile_takes_each_blocks_level_from_its_loss(smollm_prior):
         replace(passed, reply_check_upper=torch.tensor([0.5, 0.5, 0.5])).check(n)
 
 
-def test_glass_reply_schedule_allocates_from_the_reply_profile_where_checked(smollm, smollm_prior):
+def test_glass_allocates_from_the_reply_profile_where_checked(smollm, smollm_prior):
     """Where the check passed, the per-block counts are the allocation of the reply profile, of the
-    requested budget exactly; where it failed, one density; ``glass`` keeps the stored schedule."""
+    requested budget exactly; where it failed, one density; ``glass-stored-schedule`` keeps the stored
+    schedule, and so does ``glass`` (with a warning) on a prior without the measurement."""
     model, _ = smollm
     d_ff = [b.d_ff for b in find_ffn_blocks(model)]
     n = len(d_ff)
     losses = [0.3] + [0.02] * (n - 1)  # the first block costs most on these replies
     passed = _with_reply(smollm_prior, losses, [0.95, 0.95, 0.95])
-    k = _k(model, passed, "glass-reply-schedule")
+    k = _k(model, passed, "glass")
     assert k == allocate(passed.calibration.reply_profile, passed.calibration.grid, d_ff, 0.5)
     assert sum(k) == budget(0.5, d_ff) and min(k) >= 1 and k != [f // 2 for f in d_ff]
-    assert _k(model, passed, "glass") == _k(model, smollm_prior, "glass")
+    assert _k(model, passed, "glass-reply-schedule") == k  # the opt-in name selects as glass
+    stored = _k(model, smollm_prior, "glass-stored-schedule")
+    assert _k(model, passed, "glass-stored-schedule") == stored
     failed = _with_reply(smollm_prior, losses, [1.02, 1.02, 1.02])
-    assert _k(model, failed, "glass-reply-schedule") == [f // 2 for f in d_ff]
+    assert _k(model, failed, "glass") == [f // 2 for f in d_ff]
     older = replace(smollm_prior, calibration=replace(smollm_prior.calibration, **_REPLY))
-    with pytest.raises(ValueError, match="--recalibrate"):
-        _k(model, older, "glass-reply-schedule")
+    with pytest.warns(UserWarning, match="--recalibrate"):
+        assert _k(model, older, "glass") == stored
 
 
 def test_cached_prior_carries_the_reply_schedule_and_it_round_trips(smollm_prior, tmp_path):
@@ -86,7 +89,7 @@ def test_cached_prior_carries_the_reply_schedule_and_it_round_trips(smollm_prior
     assert torch.equal(loaded.reply_loss, cal.reply_loss) and torch.equal(loaded.reply_check_upper, cal.reply_check_upper)
     old = load_prior(save_prior(replace(smollm_prior, calibration=replace(cal, **_REPLY)), tmp_path / "v6.safetensors"))
     assert old.meta["format_version"] == 6 and old.calibration.reply_loss is None
-    assert any("glass-reply-schedule needs it" in line for line in old.calibration.summary())
+    assert any("glass allocates from the stored profile until" in line for line in old.calibration.summary())
 
 
 def test_losses_are_the_one_block_kl_on_the_models_own_replies(smollm, smollm_prior):
@@ -104,6 +107,17 @@ def test_losses_are_the_one_block_kl_on_the_models_own_replies(smollm, smollm_pr
         kl = reply_kl(model, prompts, mask, replies, [one], smollm_prior, chunk=3)
         assert abs(float(kl.mean()) - float(cal.reply_loss[i])) < 1e-4 and float(kl.mean()) > 0
     assert bool((cal.reply_check_upper >= cal.reply_check_ratio).all())
+    # the check: the schedule of the losses against one density for every block, on other replies
+    prompts, mask, replies = self_written(model, tok, 8, 16, 3, offset=CHECK_OFFSET)
+    assert prompts.shape[0] == meta["check_rows_used"] >= 2
+    d_ff = [b.d_ff for b in find_ffn_blocks(model)]
+    c = CHECK_DENSITIES.index(0.5)
+    k = allocate(cal.reply_profile, cal.grid, d_ff, 0.5)
+    configs = [GlassConfig(method="glass", density=tuple(a / f for a, f in zip(k, d_ff))),
+               GlassConfig(method="glass", density=(0.5,) * n)]
+    kl = reply_kl(model, prompts, mask, replies, configs, smollm_prior, chunk=3).clamp_min(1e-9)
+    ratio = float((kl[0] / kl[1]).log().mean().exp())
+    assert abs(ratio - float(cal.reply_check_ratio[c])) < 1e-4
     with pytest.raises(ValueError, match="short-prompt lam check first"):
         check_reply_schedule(model, tok, replace(smollm_prior, calibration=replace(
             smollm_prior.calibration, lam_check_lams=None, lam_check_ratio=None, lam_check_upper=None)))

@@ -171,18 +171,19 @@ def test_schedule_is_used_only_where_its_check_pays(smollm, calibrated):
     # the real check: one finite positive ratio per checked density, and the decision follows it
     assert cal.check_ratio.shape == cal.check_densities.shape == cal.check_upper.shape == (4,)
     assert bool((cal.check_ratio > 0).all()) and bool((cal.check_upper >= cal.check_ratio).all())
-    sel, blocks = _selector(model, calibrated, "glass", density=0.5)
+    sel, blocks = _selector(model, calibrated, "glass-stored-schedule", density=0.5)
     uniform = [768] * len(blocks)
     assert (sel.k != uniform) == bool(cal.check_upper[1] < 1)
     # forced outcomes: a schedule not shown better is not used, one shown better is
-    assert _selector(model, _checked(calibrated, 1.1), "glass")[0].k == uniform
+    assert _selector(model, _checked(calibrated, 1.1), "glass-stored-schedule")[0].k == uniform
     assert _selector(model, _checked(calibrated, 1.1), "glass-schedule")[0].k == uniform
-    assert _selector(model, _checked(calibrated, 0.97), "glass")[0].k == uniform  # bound 1.02: not shown
-    assert _selector(model, _checked(calibrated, 0.9), "glass")[0].k != uniform
+    # bound 1.02: not shown better
+    assert _selector(model, _checked(calibrated, 0.97), "glass-stored-schedule")[0].k == uniform
+    assert _selector(model, _checked(calibrated, 0.9), "glass-stored-schedule")[0].k != uniform
     # a calibration without a check (prior format 2) keeps one density, and says why
     old = replace(calibrated, calibration=replace(cal, check_densities=None, check_ratio=None, check_upper=None))
     with pytest.warns(UserWarning, match="predates the schedule check"):
-        assert _selector(model, old, "glass")[0].k == uniform
+        assert _selector(model, old, "glass-stored-schedule")[0].k == uniform
     assert any("schedule check" in line for line in cal.summary())
 
 

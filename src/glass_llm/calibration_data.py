@@ -33,7 +33,7 @@ how it is written into, and read back from, the prior's safetensors file.
   (``reply_schedule``): per block, the KL to the dense model when only that block runs at
   density 0.5 on replies the model wrote greedily; ``reply_profile`` is ``profile`` with each
   block's row rescaled to it. The check: KL of ``glass`` with the schedule of ``reply_profile``
-  over its KL at one density for all, per density; ``glass-reply-schedule`` uses that schedule
+  over its KL at one density for all, per density; ``glass`` uses that schedule
   where the upper end of the interval is below 1 (``use_reply_schedule``).
 """
 
@@ -105,7 +105,7 @@ class Calibration:
         return self.profile * scale.unsqueeze(1)
 
     def use_reply_schedule(self, density: float) -> bool:
-        """Whether ``glass-reply-schedule`` allocates per-layer densities at ``density``: only where
+        """Whether ``glass`` allocates per-layer densities at ``density``: only where
         its check on greedy replies measured the schedule better than one density with 95% confidence."""
         if self.reply_check_ratio is None:
             return False
@@ -257,14 +257,14 @@ class Calibration:
             lines.append(f"short-prompt lam check, KL of glass at lam / at lam 0.5 on 8-token prompts of the model's "
                          f"own text, 95% upper bound: {pairs}; glass fuses {chosen}")
         if self.reply_loss is None:
-            lines.append("schedule of greedy replies: none (format 6 or older): glass-reply-schedule needs it; "
-                         "`glass prior MODEL --recalibrate` adds it")
+            lines.append("schedule of greedy replies: none (format 6 or older): glass allocates from the stored "
+                         "profile until `glass prior MODEL --recalibrate` adds it")
         else:
             pairs = ", ".join(f"{d:g}: {r:.3f} (<= {u:.3f})" for d, r, u in zip(
                 self.reply_check_densities.tolist(), self.reply_check_ratio.tolist(),
                 self.reply_check_upper.tolist()))
             lines.append(f"schedule of greedy replies, KL of glass with it / at one density on the model's greedy "
-                         f"replies, 95% upper bound (glass-reply-schedule uses it where the bound is below 1): {pairs}")
+                         f"replies, 95% upper bound (glass uses it where the bound is below 1): {pairs}")
             lines.append("  loss per block at 0.5 on greedy replies: "
                          + " ".join(f"{v:.3f}" for v in self.reply_loss.tolist()))
         for i in range(self.n_blocks):

@@ -46,7 +46,7 @@ class GlassConfig:
 
     density: one fraction for every FFN block, or a sequence with one per block. For
     ``glass`` one fraction is the mean over blocks (weighted by size), spread across them by
-    the prior's sensitivity profile; a sequence overrides that schedule.
+    each block's loss on greedy replies stored with the prior; a sequence overrides that schedule.
     lam: the prompt ranking's weight. For the methods with an adaptive lam (``glass-refresh``)
     the prior's calibration sets it per block and token count, and ``lam`` shifts those in
     log-odds (0.5 keeps them).

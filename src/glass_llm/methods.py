@@ -3,8 +3,8 @@
 Every method selects neurons by ``ranking.select(local, global, lam, density)``; a
 method only fixes which local statistic it uses, where its global scores come from
 and which ``lam`` it uses. The default ``glass`` goes beyond the paper: its prior is the
-statistic of text the model writes greedily, its per-layer ``schedule`` is calibrated on the
-model's own text, and it ``compensate``s for the neurons it leaves out (their mean output,
+statistic of text the model writes greedily, its per-layer ``schedule`` is allocated from each
+block's loss on greedy replies the model writes (``reply_schedule``), and it ``compensate``s for the neurons it leaves out (their mean output,
 added back as a bias); ``glass-schedule`` keeps the schedule with the paper's prior and no
 compensation, and is the base of the refresh methods. ``glass-refresh`` adds re-selection during
 decoding with an ``adaptive`` lam that grows with the tokens seen (see ``selection``); the
@@ -76,7 +76,8 @@ class MethodSpec:
     # an adaptive table (0.5 keeps it)
     prompt_lam: str | None = None
     # with schedule: allocate the per-layer densities from the profile measured on greedy replies
-    # (``reply_schedule``; used where its check measured it better than one density)
+    # (``reply_schedule``; used where its check measured it better than one density, one density elsewhere);
+    # False: from the prior's stored profile, where the schedule check of temperature-1 text passed
     reply_schedule: bool = False
 
     @property
@@ -136,9 +137,12 @@ for _spec in (
     MethodSpec("griffin", "prompt-only selection by activation (GRIFFIN, lam=1)", lam=1.0, global_source=None),
     MethodSpec("global", "static selection by the global prior alone (lam=0)", lam=0.0),
     MethodSpec("glass", "GLASS, calibrated: prompt merged with a prior of text the model writes greedily, "
-               "per-layer density and a lower lam for short prompts where the prior's checks show them better, "
-               "and the mean output of the neurons left out added back", schedule=True, global_source="greedy",
-               compensate=True, prompt_lam="checked"),
+               "per-layer density from each block's loss on greedy replies and a lower lam for short prompts where "
+               "the prior's checks show them better, and the mean output of the neurons left out added back",
+               schedule=True, global_source="greedy", compensate=True, prompt_lam="checked", reply_schedule=True),
+    MethodSpec("glass-stored-schedule", "ablation: glass with the per-layer schedule of the prior's sensitivity "
+               "profile (temperature-1 text; glass before the schedule of greedy replies)", schedule=True,
+               global_source="greedy", compensate=True, prompt_lam="checked"),
     MethodSpec("glass-fixed-lam", "ablation: glass at one lam for every prompt length (glass before the "
                "short-prompt lam check)", schedule=True, global_source="greedy", compensate=True),
     MethodSpec("glass-greedy", "ablation: glass without compensation (neurons left out count as zero)",
@@ -194,11 +198,9 @@ for _base in ("glass-schedule", "glass-a", "griffin", "glass-refresh-start-fade"
 register_method(replace(METHODS["glass"], name="glass-prompt-lam", prompt_lam="rule",
                         description="glass whose lam grows with the prompt's length, 0.25 up to 8 tokens to 0.5 from "
                                     "32 for every model (chosen on text SmolLM2 writes itself)"))
-# glass with the per-layer schedule measured on the greedy replies it serves (BENCHMARKS.md, "A schedule
-# measured on greedy replies").
-register_method(replace(METHODS["glass"], name="glass-reply-schedule", reply_schedule=True,
-                        description="glass whose per-layer densities are allocated from each block's loss on replies "
-                                    "the model writes greedily (where its check measured that better than one density)"))
+# The name ``glass`` had while its schedule of greedy replies was opt-in (runs and commands of that time).
+register_method(replace(METHODS["glass"], name="glass-reply-schedule",
+                        description="glass (its name while the schedule of greedy replies was opt-in)"))
 # The best re-selecting method: compensation whose mean follows the reply (the generated tokens' own
 # mean activation, the prior's mean counting as one refresh interval of tokens; BENCHMARKS.md,
 # "A compensation mean that follows the reply").
@@ -206,6 +208,17 @@ register_method(replace(METHODS["glass-refresh-start-fade-comp"], name="glass-re
                         comp_tokens=float(REFRESH_TOKENS),
                         description="glass-refresh-start-fade-comp whose compensation mean is that of the tokens "
                                     f"generated so far, the prior's mean counting as {REFRESH_TOKENS} more tokens"))
+
+# The best re-selecting method with the per-layer density of glass, allocated from each block's loss on
+# greedy replies where that check passed; the schedule fade (which moved a schedule measured on other text
+# toward one density as the reply grows) without and with (BENCHMARKS.md, "The schedule of greedy replies").
+_running = METHODS["glass-refresh-start-fade-comp-running"]
+register_method(replace(_running, name="glass-refresh-reply", reply_schedule=True, schedule_halflife=0.0,
+                        description="glass-refresh-start-fade-comp-running with glass's per-layer density (from "
+                                    "each block's loss on greedy replies), kept at every re-selection"))
+register_method(replace(_running, name="glass-refresh-reply-fade", reply_schedule=True,
+                        description="glass-refresh-reply whose per-layer density fades to one density as the reply "
+                                    f"grows (halfway every {SCHEDULE_HALFLIFE_TOKENS} generated tokens)"))
 
 # A global source maps (blocks, prior, statistic, seed) to one (d_ff,) score per block.
 GlobalSource = Callable[[list[FFNBlock], object, str, int], list[torch.Tensor]]

@@ -46,6 +46,16 @@ class Prior:
     def n_tokens(self) -> int:
         return int(self.meta.get("n_tokens", 0))
 
+    @property
+    def fingerprint(self) -> str:
+        """12 hex digits of the statistics (the paper's and, where stored, that of greedy text). Two
+        builds of one model's default prior on different machines tell apart here: sampling follows
+        the model's floating-point logits, which differ in their last bits between CPUs."""
+        h = hashlib.sha256(self.sums.detach().float().cpu().numpy().tobytes())
+        if self.calibration is not None and self.calibration.greedy_sums is not None:
+            h.update(self.calibration.greedy_sums.detach().float().cpu().numpy().tobytes())
+        return h.hexdigest()[:12]
+
     def check_matches(self, model: nn.Module, blocks: list[FFNBlock] | None = None) -> None:
         ident = model_identity(model, blocks)
         mine = self.meta.get("model", {})

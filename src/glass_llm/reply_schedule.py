@@ -1,4 +1,4 @@
-"""A per-layer schedule measured on the replies ``glass`` serves: the calibration of ``glass-reply-schedule``.
+"""The per-layer schedule of ``glass``, measured on the greedy replies it serves.
 
 The prior's sensitivity profile (``calibration``, step 3) scales each block's output error on
 temperature-1 samples to KL units with one forward per block on the first tokens of a few sampled
@@ -18,7 +18,7 @@ once per prior, after the short-prompt lam check:
 3. the check: on ``check_rows`` other replies (from ``CHECK_OFFSET``), ``glass`` at each of
    ``CHECK_DENSITIES`` with the schedule allocated from the reply profile, against one density for
    all: the geometric mean over replies of the KL ratio and the upper end of its 95% t interval.
-   ``glass-reply-schedule`` uses the schedule at a density only where that upper end, interpolated
+   ``glass`` uses the schedule at a density only where that upper end, interpolated
    in density, is below 1 (``Calibration.use_reply_schedule``).
 
 Nothing here reads evaluation text. About a minute for SmolLM2-135M on 2 CPU cores.
@@ -88,7 +88,7 @@ def check_reply_schedule(model: nn.Module, tokenizer, prior: Prior, **settings) 
         for d in CHECK_DENSITIES:
             k = allocate(with_loss.reply_profile, cal.grid, d_ff, d)
             configs += [GlassConfig(method=MEASURE_METHOD, density=tuple(a / n for a, n in zip(k, d_ff))),
-                        GlassConfig(method=MEASURE_METHOD, density=d)]
+                        GlassConfig(method=MEASURE_METHOD, density=(d,) * len(d_ff))]  # one density for all
         kl = reply_kl(model, prompts, mask, replies, configs, prior, opts["chunk"]).clamp_min(1e-9)
         for c in range(len(CHECK_DENSITIES)):
             ci = mean_ci((kl[2 * c] / kl[2 * c + 1]).log().tolist()).exp()

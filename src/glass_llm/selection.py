@@ -12,7 +12,8 @@ Two settings go beyond the paper, both read from the prior's selection calibrati
 * ``schedule``: ``k`` differs per block, allocated from the sensitivity profile under the
   user's one density (``schedule.allocate``); computed once, here, and only at densities
   where the calibration's schedule check measured it better than one density for all
-  (``Calibration.use_schedule``);
+  (``Calibration.use_schedule``; for ``glass``, ``spec.reply_schedule``, the profile rescaled to
+  each block's loss on greedy replies and its own check, ``Calibration.use_reply_schedule``);
   With ``schedule_halflife`` (the ``*-fade`` methods), re-selections move ``k`` toward the
   uniform density as the reply grows (``Selector.counts``): the schedule is measured for a
   selection from the prior, and a local view of many tokens errs less in every block;
@@ -194,7 +195,8 @@ def build_selector(blocks: list[FFNBlock], config, spec, lam: float, statistic: 
     A method with ``spec.schedule`` and one float density gets per-block ``k`` from the
     prior's sensitivity profile where the prior's schedule check says it pays (else the
     uniform density; with ``spec.reply_schedule`` the profile measured on greedy replies and its
-    own check, ``reply_schedule``); an explicit per-block density tuple overrides it. A
+    own check, ``reply_schedule``, or the stored profile with a warning on a prior without that
+    measurement); an explicit per-block density tuple overrides it. A
     method with ``spec.adaptive`` gets the prior's lam table, one with ``spec.prompt_lam`` a lam
     by prompt length, the same for every block (``lam`` then tilts either): "rule" the lams of
     ``methods.PROMPT_LAMS``, "checked" the prior's checked short-prompt lam up to 8 tokens and
@@ -209,9 +211,11 @@ def build_selector(blocks: list[FFNBlock], config, spec, lam: float, statistic: 
     even = [keep_count(d, n) for d, n in zip(config.density_for(len(blocks)), d_ff)]
     reply = use_schedule and spec.reply_schedule
     if reply and cal.reply_loss is None:
-        raise ValueError(f"method {spec.name!r} allocates its per-layer densities from the schedule measured on greedy "
-                         "replies, which this prior lacks (format 6 or older): the cached default prior gets it when a "
-                         "command next loads it, a file you named with `glass prior MODEL --recalibrate FILE`")
+        warnings.warn(f"this prior predates the schedule of greedy replies (format 6 or older), so {spec.name!r} "
+                      "allocates its per-layer densities from the prior's stored profile; the cached default prior "
+                      "gets the measurement when a command next loads it, a file you named with "
+                      "`glass prior MODEL --recalibrate FILE`", stacklevel=2)
+        reply = False
     scheduled = use_schedule and (cal.use_reply_schedule if reply else cal.use_schedule)(float(config.density))
     profile = cal.reply_profile if reply else (cal.profile if scheduled else None)
     k = allocate(profile, cal.grid, d_ff, float(config.density)) if scheduled else even

@@ -95,12 +95,13 @@ def _run(args, ctx) -> int:
             prior = get_or_build_prior(model, tok, args.model, source=args.prior_source, n_tokens=args.prior_tokens,
                                        seed=args.seed, rank=ctx.rank, world=ctx.world, all_sum=ctx.all_sum)
         source = prior.meta.get("source", {})
-        prior_info = {"prior_source": source.get("name", source.get("kind", "?")), "prior_tokens": prior.n_tokens}
+        prior_info = {"prior_source": source.get("name", source.get("kind", "?")), "prior_tokens": prior.n_tokens,
+                      "prior_fingerprint": prior.fingerprint}
         if prior.calibration is not None and prior.calibration.greedy_sums is not None:
             prior_info["prior_greedy_tokens"] = prior.calibration.greedy_tokens
         if prior.calibration is not None and prior.calibration.short_lam is not None:
             prior_info["prior_short_lam"] = prior.calibration.short_lam  # what glass fuses at up to 8 tokens
-        if prior.calibration is not None and prior.calibration.reply_loss is not None:  # glass-reply-schedule's
+        if prior.calibration is not None and prior.calibration.reply_loss is not None:  # glass's per-layer density
             prior_info["prior_reply_schedule"] = [prior.calibration.use_reply_schedule(d) for d in settings.densities]
     result = run_eval(model, tok, settings, prior=prior, out_dir=args.out, docs=docs, plots=not args.no_plots,
                       extra=prior_info, rank=ctx.rank, world=ctx.world, gather=ctx.all_gather_lists,
