@@ -25,8 +25,8 @@ a run written before that (its results carry no ``prior_short_lam``) scored toda
 replies (``glass_llm.reply_schedule``): a run written between the two (``prior_short_lam`` but no
 ``prior_reply_schedule``) scored today's ``glass-stored-schedule``, and the method of that
 schedule, while opt-in, was named ``glass-reply-schedule``. Which records score today's ``glass``
-then follows from each model's two checks (``results/lam-check-MODEL.json`` from ``lam_check.py``,
-``results/reply-check-MODEL.json`` from ``reply_check.py``): ``glass-fixed-lam``'s are
+then follows from each model's two checks (``results/lam-check-MODEL.json`` and
+``results/reply-check-MODEL.json``, from ``prior_checks.py``): ``glass-fixed-lam``'s are
 ``glass-stored-schedule``'s where the lam check kept lam 0.5 or the prompt has 32 tokens or more,
 ``glass-prompt-lam``'s where it chose that method's short-prompt lam; ``glass-stored-schedule``'s
 are ``glass``'s where both the reply check and the stored schedule's check keep one density at 0.5,

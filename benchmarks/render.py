@@ -28,11 +28,11 @@ a table computed from the records under ``benchmarks/results/`` (or, for ``lm-ev
 * ``<!-- render: loop-guard MODEL -->``: collapsed greedy replies and speed with the loop guard
   (``results/loop-guard-MODEL.json``, from ``benchmarks/loop_guard.py``).
 * ``<!-- render: lam-check -->``: the short-prompt lam check of each model's default prior, one
-  row per ``results/lam-check-MODEL.json`` (``benchmarks/lam_check.py``).
+  row per ``results/lam-check-MODEL.json`` (``benchmarks/prior_checks.py``).
 * ``<!-- render: greedy-gain -->``: per-block losses on greedy replies against the stored profile,
   and the allocations they give (``results/greedy-gain-MODEL.json``, ``benchmarks/greedy_gain.py``).
 * ``<!-- render: reply-check -->``: the schedule of greedy replies of each model's default prior, one
-  row per checked density of ``results/reply-check-MODEL.json`` (``benchmarks/reply_check.py``).
+  row per checked density of ``results/reply-check-MODEL.json`` (``benchmarks/prior_checks.py``).
 * ``<!-- render: goals -->``: the product's selections against their fidelity goals, paired
   across the committed fidelity runs that score the same prompts (``benchmarks/goals.py``).
 
@@ -239,13 +239,13 @@ def render_loop_guard(model: str | None) -> str:
     return _script("loop_guard").markdown(path)
 
 
-def per_model_records(kind: str, script: str) -> Callable[[str | None], str]:
-    """A renderer of every ``results/KIND-MODEL.json`` together, by ``benchmarks/SCRIPT.py``'s ``markdown``."""
+def per_model_records(kind: str, script: str, function: str = "markdown") -> Callable[[str | None], str]:
+    """A renderer of every ``results/KIND-MODEL.json`` together, by ``benchmarks/SCRIPT.py``'s ``FUNCTION``."""
     def render_records(arg: str | None) -> str:
         paths = sorted(RESULTS.glob(f"{kind}-*.json"))
         if not paths:
             raise RenderError(f"no {kind} records (run benchmarks/{script}.py --model MODEL)")
-        return _script(script).markdown(paths)
+        return getattr(_script(script), function)(paths)
 
     return render_records
 
@@ -261,9 +261,9 @@ def render_goals(arg: str | None) -> str:
 RENDERERS: dict[str, Callable[[str | None], str]] = {
     "speed": render_speed, "fidelity": render_fidelity, "lm-eval": render_lm_eval, "frontier": render_frontier,
     "prior-speed": render_prior_speed, "decode-overhead": render_decode_overhead, "demo-text": render_demo_text,
-    "goals": render_goals, "loop-guard": render_loop_guard, "lam-check": per_model_records("lam-check", "lam_check"),
+    "goals": render_goals, "loop-guard": render_loop_guard, "lam-check": per_model_records("lam-check", "prior_checks", "lam_markdown"),
     "greedy-gain": per_model_records("greedy-gain", "greedy_gain"),
-    "reply-check": per_model_records("reply-check", "reply_check"),
+    "reply-check": per_model_records("reply-check", "prior_checks", "reply_markdown"),
 }
 
 
