@@ -93,14 +93,15 @@ def test_cached_prior_carries_the_check_and_it_round_trips(smollm, smollm_prior,
 
 
 def test_glass_fuses_at_the_checked_lam_by_prompt_length(smollm, smollm_prior, prompt_sums):
-    """With a checked short lam of 0.25, ``glass`` selects for a 6-token prompt as ``glass-fixed-lam``
-    at 0.25 and for a 32-token prompt as at 0.5. Where the check chose nothing, and for a prior
-    without the check (with a warning), ``glass`` is ``glass-fixed-lam`` bit for bit."""
+    """With a checked short lam of 0.25, ``glass-stored-schedule`` (``glass`` with the stored schedule,
+    of the same lam) selects for a 6-token prompt as ``glass-fixed-lam`` at 0.25 and for a 32-token
+    prompt as at 0.5. Where the check chose nothing, and for a prior without the check (with a
+    warning), it is ``glass-fixed-lam`` bit for bit."""
     model, _ = smollm
     sums, n = prompt_sums
     assert n.tolist() == [6, 32]
     low_prior = _with_check(smollm_prior, [0.25], [0.9], [0.95])
-    sel, blocks = _selector(model, low_prior, "glass")
+    sel, blocks = _selector(model, low_prior, "glass-stored-schedule")
     low, _ = _selector(model, low_prior, "glass-fixed-lam", lam=0.25)
     mid, _ = _selector(model, low_prior, "glass-fixed-lam")
     assert sel.adaptive and not mid.adaptive and sel.k == low.k == mid.k
@@ -111,16 +112,18 @@ def test_glass_fuses_at_the_checked_lam_by_prompt_length(smollm, smollm_prior, p
         assert torch.equal(sel.choose(i, sums[i][1:], n[1:]), mid.choose(i, sums[i][1:], n[1:]))
         differs.append(not torch.equal(low.choose(i, sums[i][:1], n[:1]), mid.choose(i, sums[i][:1], n[:1])))
     assert any(differs)  # the checked lam changes what a short prompt selects
+    glass, _ = _selector(model, low_prior, "glass")  # glass fuses at the same lams, on its own schedule
+    assert glass.adaptive and torch.equal(glass.lam_of(0, n), sel.lam_of(0, n))
     for prior in (_with_check(smollm_prior, [0.25], [0.97], [1.02]), None):
         if prior is None:
             cal = replace(smollm_prior.calibration, lam_check_lams=None, lam_check_ratio=None, lam_check_upper=None)
             prior = replace(smollm_prior, calibration=cal)
             with pytest.warns(UserWarning, match="predates the short-prompt lam check"):
-                sel, _ = _selector(model, prior, "glass")
+                sel, _ = _selector(model, prior, "glass-stored-schedule")
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("error")
-                sel, _ = _selector(model, prior, "glass")
+                sel, _ = _selector(model, prior, "glass-stored-schedule")
         assert not sel.adaptive
         for i in range(len(blocks)):
             assert torch.equal(sel.choose(i, sums[i], n), mid.choose(i, sums[i], n))

@@ -195,7 +195,7 @@ for _base in ("glass-schedule", "glass-a", "griffin", "glass-refresh-start-fade"
                             description=f"{_base} plus the mean output of the neurons it leaves out, added back"))
 
 # glass trusting a short prompt less (BENCHMARKS.md, "A lam that grows with the prompt").
-register_method(replace(METHODS["glass"], name="glass-prompt-lam", prompt_lam="rule",
+register_method(replace(METHODS["glass-stored-schedule"], name="glass-prompt-lam", prompt_lam="rule",
                         description="glass whose lam grows with the prompt's length, 0.25 up to 8 tokens to 0.5 from "
                                     "32 for every model (chosen on text SmolLM2 writes itself)"))
 # The name ``glass`` had while its schedule of greedy replies was opt-in (runs and commands of that time).
