@@ -3,9 +3,11 @@
 Every method selects neurons by ``ranking.select(local, global, lam, density)``; a
 method only fixes which local statistic it uses, where its global scores come from
 and which ``lam`` it uses. The default ``glass`` goes beyond the paper: its prior is the
-statistic of text the model writes greedily, its per-layer ``schedule`` is allocated from each
-block's loss on greedy replies the model writes (``reply_schedule``), and it ``compensate``s for the neurons it leaves out (their mean output,
-added back as a bias); ``glass-schedule`` keeps the schedule with the paper's prior and no
+statistic of text the model writes greedily, its per-layer ``schedule`` is allocated from
+each block's loss on greedy replies the model writes (``reply_schedule``), and it
+``compensate``s for the neurons it leaves out (their mean output, added back as a bias);
+``glass-stored-schedule`` is the same with the schedule of the prior's stored profile (the
+default before), and ``glass-schedule`` keeps the schedule with the paper's prior and no
 compensation, and is the base of the refresh methods. ``glass-refresh`` adds re-selection during
 decoding with an ``adaptive`` lam that grows with the tokens seen (see ``selection``); the
 ``*-start`` methods decode their first tokens densely and select after them; the ``*-fade``
@@ -143,9 +145,10 @@ for _spec in (
     MethodSpec("glass-stored-schedule", "ablation: glass with the per-layer schedule of the prior's sensitivity "
                "profile (temperature-1 text; glass before the schedule of greedy replies)", schedule=True,
                global_source="greedy", compensate=True, prompt_lam="checked"),
-    MethodSpec("glass-fixed-lam", "ablation: glass at one lam for every prompt length (glass before the "
-               "short-prompt lam check)", schedule=True, global_source="greedy", compensate=True),
-    MethodSpec("glass-greedy", "ablation: glass without compensation (neurons left out count as zero)",
+    MethodSpec("glass-fixed-lam", "ablation: glass-stored-schedule at one lam for every prompt length (glass "
+               "before the short-prompt lam check)", schedule=True, global_source="greedy", compensate=True),
+    MethodSpec("glass-greedy", "ablation: glass-stored-schedule without compensation (neurons left out count as "
+               "zero)",
                schedule=True, global_source="greedy"),
     MethodSpec("glass-a", "A-GLASS (the paper): activation statistic, prompt merged with prior"),
     MethodSpec("glass-i", "I-GLASS: impact statistic, prompt merged with prior", statistic="impact"),
@@ -196,8 +199,8 @@ for _base in ("glass-schedule", "glass-a", "griffin", "glass-refresh-start-fade"
 
 # glass trusting a short prompt less (BENCHMARKS.md, "A lam that grows with the prompt").
 register_method(replace(METHODS["glass-stored-schedule"], name="glass-prompt-lam", prompt_lam="rule",
-                        description="glass whose lam grows with the prompt's length, 0.25 up to 8 tokens to 0.5 from "
-                                    "32 for every model (chosen on text SmolLM2 writes itself)"))
+                        description="glass-stored-schedule whose lam grows with the prompt's length, 0.25 up to 8 "
+                                    "tokens to 0.5 from 32 for every model (chosen on text SmolLM2 writes itself)"))
 # The name ``glass`` had while its schedule of greedy replies was opt-in (runs and commands of that time).
 register_method(replace(METHODS["glass"], name="glass-reply-schedule",
                         description="glass (its name while the schedule of greedy replies was opt-in)"))
@@ -211,7 +214,8 @@ register_method(replace(METHODS["glass-refresh-start-fade-comp"], name="glass-re
 
 # The best re-selecting method with the per-layer density of glass, allocated from each block's loss on
 # greedy replies where that check passed; the schedule fade (which moved a schedule measured on other text
-# toward one density as the reply grows) without and with (BENCHMARKS.md, "The schedule of greedy replies").
+# toward one density as the reply grows) without and with (BENCHMARKS.md, "The schedule of greedy replies as
+# the default `glass`").
 _running = METHODS["glass-refresh-start-fade-comp-running"]
 register_method(replace(_running, name="glass-refresh-reply", reply_schedule=True, schedule_halflife=0.0,
                         description="glass-refresh-start-fade-comp-running with glass's per-layer density (from "
