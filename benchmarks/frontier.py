@@ -39,12 +39,13 @@ METHODS = ("griffin", "glass-a", "glass", "glass-refresh")
 # glass-schedule-adaptive and later glass-schedule for the old default glass, glass-refresh-cumulative for
 # the old glass-refresh)
 SPEED_OF = {"griffin": "griffin", "glass-a": "griffin", "glass": "glass", "glass-refresh": "glass-refresh",
-            "glass-schedule-adaptive": "glass-schedule-adaptive", "glass-refresh-cumulative": "glass-refresh-cumulative"}
+            "glass-schedule-adaptive": "glass-schedule-adaptive", "glass-refresh-cumulative": "glass-refresh-cumulative",
+            "glass-stored-schedule": "glass-stored-schedule"}
 STYLE = {"griffin": "tab:red", "glass-a": "tab:olive", "glass": "tab:green", "glass-refresh": "tab:blue",
          "glass-schedule-adaptive": "tab:purple", "glass-refresh-cumulative": "tab:cyan",
-         "glass-refresh-start-fade": "tab:brown", "glass-schedule": "tab:pink"}
-SHOWN = ("griffin", "glass-a", "glass-schedule-adaptive", "glass-schedule", "glass", "glass-refresh-cumulative",
-         "glass-refresh", "glass-refresh-start-fade")  # plot and table order
+         "glass-refresh-start-fade": "tab:brown", "glass-schedule": "tab:pink", "glass-stored-schedule": "tab:gray"}
+SHOWN = ("griffin", "glass-a", "glass-schedule-adaptive", "glass-schedule", "glass-stored-schedule", "glass",
+         "glass-refresh-cumulative", "glass-refresh", "glass-refresh-start-fade")  # plot and table order
 
 
 def glass(*args: str, stdout=None) -> None:

@@ -135,12 +135,16 @@ def show_prior(path, model_name: str, density: float) -> str:
         lines.append("no selection calibration (an older prior): the glass method computes it on first use; "
                      "rebuild with `glass prior MODEL` to store it")
         return "\n".join(lines)
-    k = allocate(cal.profile, cal.grid, [d_ff] * n_blocks, density)
-    used = cal.check_ratio is not None and cal.use_schedule(density)
-    lines.append(f"glass schedule at density {density:g} (fraction kept per block): "
+    reply = cal.reply_loss is not None  # glass allocates from the schedule of greedy replies (format 7)
+    k = allocate(cal.reply_profile if reply else cal.profile, cal.grid, [d_ff] * n_blocks, density)
+    used = cal.use_reply_schedule(density) if reply else (cal.check_ratio is not None and cal.use_schedule(density))
+    source = ("each block's loss on greedy replies" if reply else
+              "the stored profile (this prior has no schedule of greedy replies)")
+    lines.append(f"glass schedule at density {density:g}, from {source} (fraction kept per block): "
                  + " ".join(f"{n / d_ff:.2f}" for n in k))
     if not used:
-        lines.append(f"  not used at {density:g} (see the schedule check below): the glass method keeps "
+        check = "schedule of greedy replies" if reply else "schedule check"
+        lines.append(f"  not used at {density:g} (see the {check} below): the glass method keeps "
                      f"{density:g} of every block")
     lines += cal.summary()
     return "\n".join(lines)
