@@ -242,7 +242,8 @@ def test_eval_two_processes_writes_the_same_records(smollm, tmp_path, one_thread
                             densities=(0.5,), prompt_tokens=(8,), gen_tokens=8, n_prompts=4, split="test",
                             min_extra_tokens=8, batch_size=1)
     one = run_eval(model, tok, settings, prior=prior, out_dir=tmp_path / "one", docs=load_texts(str(corpus)),
-                   progress=False, plots=False, extra={"prior_source": "self", "prior_tokens": prior.n_tokens})
+                   progress=False, plots=False, extra={"prior_source": "self", "prior_tokens": prior.n_tokens,
+                                                            "prior_fingerprint": prior.fingerprint})
     assert len(one.items) == 4
 
     proc = _run([sys.executable, "-m", "glass_llm", "eval", "smollm2-135m", "--corpus", str(corpus),

@@ -64,12 +64,13 @@ def _dense_ppl_of_generation(model, tok, prior, method):
 
 
 def test_glass_half_density_generates_readable_text(smollm, smollm_prior):
+    """The bar is the default ``glass``'s. The earlier defaults (``glass-schedule``,
+    ``glass-stored-schedule``) write fewer than 15 words to the Paris prompt with some builds of
+    the default prior (BENCHMARKS.md, "Prior builds"), where ``glass`` does not."""
     model, tok = smollm
     with torch.no_grad():
-        ppl = {m: _dense_ppl_of_generation(model, tok, smollm_prior, m)
-               for m in ("dense", "glass", "glass-schedule", "griffin", "random")}
+        ppl = {m: _dense_ppl_of_generation(model, tok, smollm_prior, m) for m in ("dense", "glass", "griffin", "random")}
     assert ppl["dense"] < 20
-    for m in ("glass", "glass-schedule"):
-        assert ppl[m] < 250, m
-        assert ppl[m] < ppl["griffin"] / 1.5, m
+    assert ppl["glass"] < 250
+    assert ppl["glass"] < ppl["griffin"] / 1.5
     assert ppl["random"] > 5 * ppl["glass"]
