@@ -90,13 +90,18 @@ def reply_kl(model: nn.Module, prompts: torch.Tensor, mask: torch.Tensor, replie
     return out
 
 
+def with_defaults(settings: dict, defaults: dict, what: str) -> dict:
+    """``defaults`` updated by ``settings``; a setting ``defaults`` does not name is an error about ``what``."""
+    unknown = set(settings) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown {what} setting(s) {sorted(unknown)}; known: {sorted(defaults)}")
+    return {**defaults, **settings}
+
+
 @torch.no_grad()
 def check_short_lam(model: nn.Module, tokenizer, prior: Prior, **settings) -> Prior:
     """``prior`` with the short-prompt lam check in its calibration (the rest unchanged)."""
-    opts = {**DEFAULTS, **settings}
-    unknown = set(settings) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown lam check setting(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+    opts = with_defaults(settings, DEFAULTS, "lam check")
     cal = prior.calibration
     if cal is None or not cal.complete:
         raise ValueError("the short-prompt lam check runs glass, which needs the prior's complete calibration first "

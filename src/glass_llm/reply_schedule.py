@@ -38,7 +38,7 @@ from .calibration import token_ids_of
 from .calibration_data import REPLY_DENSITY
 from .config import GlassConfig
 from .intervals import mean_ci
-from .lam_choice import reply_kl, self_written
+from .lam_choice import reply_kl, self_written, with_defaults
 from .prior import Prior
 from .schedule import allocate
 
@@ -65,10 +65,7 @@ def block_losses(model: nn.Module, tokenizer, prior: Prior, rows: int, prompt_to
 @torch.no_grad()
 def check_reply_schedule(model: nn.Module, tokenizer, prior: Prior, **settings) -> Prior:
     """``prior`` with the schedule of greedy replies and its check in its calibration (the rest unchanged)."""
-    opts = {**DEFAULTS, **settings}
-    unknown = set(settings) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown reply schedule setting(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+    opts = with_defaults(settings, DEFAULTS, "reply schedule")
     cal = prior.calibration
     if cal is None or not cal.complete or cal.short_lam is None:
         raise ValueError("the schedule of greedy replies is measured with glass, which needs the prior's complete "
