@@ -67,10 +67,11 @@ def test_refresh_sliced_equals_masked_and_changes_the_sets(kind, batch):
 
 # 14 new tokens: the prefill gives the first, 13 sparse forwards the rest; a refresh comes
 # before the forward that follows each interval, so equal intervals of R give (14 - 2) // R
-# refreshes, and growing ones 2, 4, 8 give two (before forwards 3 and 7).
+# refreshes, and growing ones 2, 4, 8 give two (before forwards 3 and 7). glass-neighbours meets the replies
+# nearest to the prompt and the tokens so far again at each re-selection.
 @pytest.mark.parametrize("method,refresh,growth,halflife,expected", [
     ("glass", 4, 1, 0, 3), ("glass-a", 5, 1, 0, 2), ("griffin", 3, 1, 0, 4), ("glass-refresh", 2, 2, None, 2),
-    ("glass-refresh", 3, 1, 2.5, 4), ("glass-refresh", 3, 1, 0, 4)])
+    ("glass-refresh", 3, 1, 2.5, 4), ("glass-refresh", 3, 1, 0, 4), ("glass-neighbours", 4, 1, 0, 3)])
 def test_teacher_forced_refresh_equals_stepwise_generation(smollm, smollm_prior, method, refresh, growth, halflife,
                                                            expected):
     model, tok = smollm

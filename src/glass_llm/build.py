@@ -235,11 +235,12 @@ def get_or_build_prior(model: nn.Module, tokenizer, model_name: str, source: str
         prior = load_prior(found)
         prior.check_matches(model)
         cal = prior.calibration
-        if calibrate and (cal is None or not cal.complete or cal.short_lam is None or cal.reply_loss is None):
+        if calibrate and (cal is None or not cal.complete or cal.short_lam is None or cal.reply_loss is None
+                          or cal.bank_sums is None):
             if cal is None:
                 prior = calibrated(model, tokenizer, prior, seed, progress and rank == 0)
-            else:  # formats 2-6: what is measured on greedy text, the short-prompt lam or the reply schedule is missing
-                from .calibration import ensure_calibrated
+            else:  # formats 2-7: greedy text's statistic, the short-prompt lam, the reply schedule or bank is missing
+                from .calibration import ensure_calibrated, with_bank
                 from .lam_choice import check_short_lam
                 from .reply_schedule import check_reply_schedule
 
@@ -254,6 +255,10 @@ def get_or_build_prior(model: nn.Module, tokenizer, model_name: str, source: str
                     print("measuring each block's loss on the model's greedy replies (once per prior) ...",
                           file=stream, flush=True)
                     prior = check_reply_schedule(model, tokenizer, prior)
+                if prior.calibration.bank_sums is None:
+                    print("writing greedy replies kept one by one, the global view of glass-neighbours (once per "
+                          "prior) ...", file=stream, flush=True)
+                    prior = with_bank(model, tokenizer, prior)
             if rank == 0:
                 save_prior(prior, found)
         return prior
@@ -274,8 +279,8 @@ def get_or_build_prior(model: nn.Module, tokenizer, model_name: str, source: str
 
 def calibrated(model: nn.Module, tokenizer, prior: Prior, seed: int = 0, progress: bool = True) -> Prior:
     """``prior`` with the ``glass`` method's selection calibration, its short-prompt lam check and
-    the schedule of greedy replies included (the same on every process)."""
-    from .calibration import calibrate_prior
+    the schedule of greedy replies and the bank of greedy replies included (the same on every process)."""
+    from .calibration import calibrate_prior, with_bank
     from .lam_choice import check_short_lam
     from .reply_schedule import check_reply_schedule
 
@@ -283,4 +288,4 @@ def calibrated(model: nn.Module, tokenizer, prior: Prior, seed: int = 0, progres
         print("calibrating the glass selection on the model's own samples (once per prior) ...", file=sys.stderr,
               flush=True)
     prior = check_short_lam(model, tokenizer, calibrate_prior(model, tokenizer, prior, seed=seed, progress=progress))
-    return check_reply_schedule(model, tokenizer, prior)
+    return with_bank(model, tokenizer, check_reply_schedule(model, tokenizer, prior))

@@ -52,7 +52,7 @@ from torch import nn
 from .adapters import FFNBlock, find_ffn_blocks, weight_out_in
 from .calibration_data import Calibration
 from .dispersion import WINDOWS, fill_missing, window_lams, window_score_lams
-from .greedy_text import GREEDY_OFFSET, greedy_statistic
+from .greedy_text import GREEDY_OFFSET, greedy_bank, greedy_statistic
 from .intervals import mean_ci
 from .prior import Prior
 from .ranking import keep_count
@@ -67,6 +67,7 @@ CHECK_DENSITIES = (0.3, 0.5, 0.7, 0.9)
 DEFAULTS = {"n_seqs": 16, "seq_len": 128, "horizon": 64, "stride": 8, "gain_rows": 4, "gain_len": 32,
             "err_tokens": 1024, "check_rows": 12, "check_prompt": 8, "check_len": 64,
             "greedy_rows": 64, "greedy_prefix": 8, "greedy_len": 128}
+BANK_ROWS = 256  # greedy replies kept one by one for glass-neighbours (BENCHMARKS.md, "The nearest greedy replies")
 
 
 def token_ids_of(model: nn.Module) -> SimpleNamespace:
@@ -317,5 +318,23 @@ def with_greedy(model: nn.Module, tokenizer, prior: Prior, **settings) -> Prior:
     meta = {**prior.calibration.meta, "greedy_offset": GREEDY_OFFSET, "greedy_tokens": n,
             **{k: opts[k] for k in ("greedy_rows", "greedy_prefix", "greedy_len")}}
     cal = replace(prior.calibration, greedy_sums=greedy, greedy_mean=mean, meta=meta)
+    cal.check(len(blocks))
+    return replace(prior, calibration=cal, meta={**prior.meta, "format_version": cal.format_version})
+
+
+@torch.no_grad()
+def with_bank(model: nn.Module, tokenizer, prior: Prior, rows: int = BANK_ROWS, **settings) -> Prior:
+    """``prior`` with each of ``rows`` greedy replies' own statistic in its calibration (the global
+    view of ``glass-neighbours``; ``greedy_text.greedy_bank``), the rest unchanged."""
+    opts = {**DEFAULTS, **settings}
+    blocks = find_ffn_blocks(model)
+    prior.check_matches(model, blocks)
+    if prior.calibration is None:
+        raise ValueError("this prior has no selection calibration (an older file): rebuild it with `glass prior MODEL`")
+    tokenizer = tokenizer if tokenizer is not None else token_ids_of(model)
+    seed = int(prior.calibration.meta.get("seed", 0))
+    sums, tokens = greedy_bank(model, tokenizer, blocks, seed, rows, opts["greedy_prefix"], opts["greedy_len"])
+    cal = replace(prior.calibration, bank_sums=sums, bank_tokens=tokens.float(),
+                  meta={**prior.calibration.meta, "bank_rows": rows})
     cal.check(len(blocks))
     return replace(prior, calibration=cal, meta={**prior.meta, "format_version": cal.format_version})

@@ -35,6 +35,11 @@ how it is written into, and read back from, the prior's safetensors file.
   block's row rescaled to it. The check: KL of ``glass`` with the schedule of ``reply_profile``
   over its KL at one density for all, per density; ``glass`` uses that schedule
   where the upper end of the interval is below 1 (``use_reply_schedule``).
+* ``bank_sums`` (R, L, d_ff, stored as float16) and ``bank_tokens`` (R,) (format version 8): each
+  greedy reply's own sums of ``u^2`` and token count (``greedy_text.greedy_bank``), from which
+  the ``glass-neighbours`` method takes the global view of the replies nearest to the prompt
+  (``neighbours``). Older files have none: it is sampled when such a method is applied (a
+  cached prior keeps it; a named file with ``--recalibrate``).
 """
 
 from __future__ import annotations
@@ -47,12 +52,13 @@ import torch
 from .dispersion import check_table
 from .schedule import check_profile, checked_ratio
 
-FORMAT_VERSION = 7
+FORMAT_VERSION = 8
 _KEYS = ("grid", "profile", "windows", "lam", "score_lam")
 _CHECK_KEYS = ("check_densities", "check_ratio", "check_upper")  # format 3; absent in format-2 files
 _GREEDY_KEYS = ("greedy_sums", "greedy_mean")  # formats 4 and 5
 _LAM_KEYS = ("lam_check_lams", "lam_check_ratio", "lam_check_upper")  # format 6
 _REPLY_KEYS = ("reply_loss", "reply_check_densities", "reply_check_ratio", "reply_check_upper")  # format 7
+_BANK_KEYS = ("bank_sums", "bank_tokens")  # format 8
 REPLY_DENSITY = 0.5  # the density at which each block's loss on greedy replies is measured
 NEUTRAL_LAM = 0.5  # the short-prompt lam without a check, or when no candidate beat it
 _PREFIX = "calibration."
@@ -78,10 +84,12 @@ class Calibration:
     reply_check_densities: torch.Tensor | None = None
     reply_check_ratio: torch.Tensor | None = None
     reply_check_upper: torch.Tensor | None = None
+    bank_sums: torch.Tensor | None = None
+    bank_tokens: torch.Tensor | None = None
 
     @property
     def format_version(self) -> int:
-        """7 with the schedule measured on greedy replies, 6 with the short-prompt lam check, 5 with
+        """8 with each greedy reply's own statistic, 7 with the schedule measured on greedy replies, 6 with the short-prompt lam check, 5 with
         the greedy statistic and mean activation, 4 with the statistic alone, 3 with the schedule
         check only, 2 without either."""
         if self.check_ratio is None:
@@ -92,7 +100,9 @@ class Calibration:
             return 4
         if self.lam_check_ratio is None:
             return 5
-        return FORMAT_VERSION if self.reply_loss is not None else 6
+        if self.reply_loss is None:
+            return 6
+        return FORMAT_VERSION if self.bank_sums is not None else 7
 
     @property
     def reply_profile(self) -> torch.Tensor | None:
@@ -181,6 +191,19 @@ class Calibration:
                                                   & torch.isfinite(r).all() & (r > 0).all() & (u >= r).all())):
                 raise ValueError(f"the schedule of greedy replies does not fit a model of {n_blocks} FFN blocks or "
                                  "holds invalid values; rebuild it with `glass prior MODEL --recalibrate`")
+        present = [getattr(self, k) is not None for k in _BANK_KEYS]
+        if any(present) and not all(present):
+            raise ValueError("the bank of greedy replies needs its sums and token counts together")
+        if self.bank_sums is not None:
+            b, t = self.bank_sums, self.bank_tokens
+            if (b.dim() != 3 or b.shape[1] != n_blocks or (g is not None and b.shape[2] != g.shape[1])
+                    or t.shape != (b.shape[0],) or b.shape[0] == 0):
+                raise ValueError(f"the bank of greedy replies has shape {tuple(b.shape)} with {tuple(t.shape)} token "
+                                 f"counts, which does not fit a model of {n_blocks} FFN blocks: it was measured on "
+                                 "another model, or the file is damaged; rebuild it with `glass prior MODEL --recalibrate`")
+            if not bool(torch.isfinite(b).all() & (b >= 0).all() & (t > 0).all()):
+                raise ValueError("the bank of greedy replies holds invalid values; rebuild it with "
+                                 "`glass prior MODEL --recalibrate`")
         m = self.greedy_mean
         if m is not None:
             if g is None or m.shape != g.shape:
@@ -205,8 +228,10 @@ class Calibration:
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         keys = _KEYS + (_CHECK_KEYS if self.check_ratio is not None else ())
-        keys += tuple(k for k in _GREEDY_KEYS + _LAM_KEYS + _REPLY_KEYS if getattr(self, k) is not None)
-        return {_PREFIX + k: getattr(self, k).float().contiguous() for k in keys}
+        keys += tuple(k for k in _GREEDY_KEYS + _LAM_KEYS + _REPLY_KEYS + _BANK_KEYS if getattr(self, k) is not None)
+        # the bank is the one large table (R rows of the statistic's size): half precision, which the ranks need
+        return {_PREFIX + k: (getattr(self, k).half() if k == "bank_sums" else getattr(self, k).float()).contiguous()
+                for k in keys}
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict | None) -> "Calibration | None":
@@ -219,7 +244,7 @@ class Calibration:
             missing = sorted(set(_KEYS) - set(present))
             raise ValueError(f"the prior's selection calibration is incomplete (missing {', '.join(missing)})")
         checks = {k: tensors[_PREFIX + k].float() for k in _CHECK_KEYS + _GREEDY_KEYS + _LAM_KEYS
-                  + _REPLY_KEYS if _PREFIX + k in tensors}
+                  + _REPLY_KEYS + _BANK_KEYS if _PREFIX + k in tensors}
         cal = cls(**{k: tensors[_PREFIX + k].float() for k in _KEYS}, **checks, meta=dict(meta or {}))
         cal.check(cal.n_blocks)
         return cal
@@ -267,6 +292,10 @@ class Calibration:
                          f"replies, 95% upper bound (glass uses it where the bound is below 1): {pairs}")
             lines.append("  loss per block at 0.5 on greedy replies: "
                          + " ".join(f"{v:.3f}" for v in self.reply_loss.tolist()))
+        lines.append("greedy replies kept one by one (the global view of glass-neighbours): "
+                     + ("none (format 7 or older): sampled when glass-neighbours is applied; `glass prior MODEL "
+                        "--recalibrate` stores them" if self.bank_sums is None else
+                        f"{self.bank_sums.shape[0]} replies, {int(self.bank_tokens.sum())} tokens"))
         for i in range(self.n_blocks):
             lam = " ".join(f"{v:.2f}" for v in self.lam[i].tolist())
             score = " ".join(f"{v:.2f}" for v in self.score_lam[i].tolist())

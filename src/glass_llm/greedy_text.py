@@ -67,3 +67,21 @@ def _signed_sums(model: nn.Module, tokenizer, blocks: list[FFNBlock], indices: l
                     logits_to_keep=1)
         total += torch.stack([s.cpu() for s in rec.sums])
     return total
+
+
+@torch.no_grad()
+def greedy_bank(model: nn.Module, tokenizer, blocks: list[FFNBlock], seed: int = 0, rows: int = 256,
+                prefix: int = 8, length: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each greedy reply's own statistic, for the global view of the nearest replies
+    (``neighbours``): ``rows`` sequences written as for ``greedy_statistic`` (the same sequence
+    indices, so its rows come first), one batch. Returns the (R, n_blocks, d_ff) sums of
+    ``u^2`` over each row's greedy tokens and the (R,) token counts, rows that wrote EOS within
+    their sampled start left out."""
+    if rows < 1 or prefix < 1 or length < 1:
+        raise ValueError(f"the bank of greedy replies needs rows, prefix and length >= 1, got {rows}, {prefix}, {length}")
+    indices = list(range(GREEDY_OFFSET, GREEDY_OFFSET + rows))
+    sums, counts, _ = sample_and_record(model, tokenizer, blocks, indices, prefix + length, seed, greedy_after=prefix)
+    keep = counts > 0
+    if not bool(keep.any()):
+        raise ValueError("every greedy sequence wrote EOS within its sampled start; raise the bank's rows")
+    return torch.stack(sums, 1)[keep], counts[keep]

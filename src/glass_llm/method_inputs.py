@@ -38,6 +38,15 @@ def _prior_for(model: nn.Module, blocks: list[FFNBlock], config: GlassConfig, sp
         from .calibration import ensure_calibrated  # an older prior: calibrate it now, once per process
 
         prior.calibration = ensure_calibrated(model, None, prior).calibration
+    if spec.neighbours and 0 < lam < 1 and prior.calibration is not None and prior.calibration.bank_sums is None:
+        import sys
+
+        from .calibration import BANK_ROWS, with_bank
+
+        print(f"this prior keeps no greedy replies one by one (format 7 or older), which {spec.name!r} reads: writing "
+              f"{BANK_ROWS} of them now (about two minutes for a 135M model on 2 CPU cores; a cached prior keeps them; "
+              "for a file you named, `glass prior MODEL --recalibrate FILE`)", file=sys.stderr, flush=True)
+        prior.calibration = with_bank(model, None, prior).calibration
     return prior
 
 

@@ -81,6 +81,9 @@ class MethodSpec:
     # (``reply_schedule``; used where its check measured it better than one density, one density elsewhere);
     # False: from the prior's stored profile, where the schedule check of temperature-1 text passed
     reply_schedule: bool = False
+    # the global view from the prompt's nearest greedy replies: the summed statistic of this many of the
+    # replies kept one by one in the prior (``neighbours``; 0: the global source's one ranking for every prompt)
+    neighbours: int = 0
 
     @property
     def tilts_lam(self) -> bool:
@@ -120,6 +123,11 @@ def register_method(spec: MethodSpec) -> MethodSpec:
         raise ValueError(f"method {spec.name!r} is already registered")
     if spec.prompt_lam not in (None, "rule", "checked"):
         raise ValueError(f"method {spec.name!r}: prompt_lam is None, 'rule' or 'checked', got {spec.prompt_lam!r}")
+    if spec.neighbours and spec.global_source != "greedy":
+        raise ValueError(f"method {spec.name!r}: the nearest replies (neighbours) replace the prior of greedy text; "
+                         "set global_source='greedy'")
+    if spec.neighbours < 0:
+        raise ValueError(f"method {spec.name!r}: neighbours is a number of greedy replies >= 0, got {spec.neighbours}")
     if spec.adaptive and spec.prompt_lam:
         raise ValueError(f"method {spec.name!r}: a lam by prompt length (prompt_lam) and the calibrated lam table "
                          "(adaptive) exclude each other; choose one")
@@ -223,6 +231,13 @@ register_method(replace(_running, name="glass-refresh-reply", reply_schedule=Tru
 register_method(replace(_running, name="glass-refresh-reply-fade", reply_schedule=True,
                         description="glass-refresh-reply whose per-layer density fades to one density as the reply "
                                     f"grows (halfway every {SCHEDULE_HALFLIFE_TOKENS} generated tokens)"))
+
+# glass whose global view is that of the greedy replies nearest to the prompt (BENCHMARKS.md, "The nearest
+# greedy replies"): a quarter of the prior's bank of replies, the share that scored best on the calibration split.
+NEIGHBOURS = 64
+register_method(replace(METHODS["glass"], name="glass-neighbours", neighbours=NEIGHBOURS,
+                        description=f"glass whose global view is the statistic of the {NEIGHBOURS} greedy replies of "
+                                    "the model's own (of those kept in the prior) most similar to the prompt"))
 
 # A global source maps (blocks, prior, statistic, seed) to one (d_ff,) score per block.
 GlobalSource = Callable[[list[FFNBlock], object, str, int], list[torch.Tensor]]

@@ -33,6 +33,7 @@ import torch
 from .adapters import FFNBlock, weight_out_in
 from .dispersion import lam_for_tokens, tilt
 from .methods import DEFAULT_LAM, PROMPT_LAM_TOKENS, PROMPT_LAMS
+from .neighbours import nearest_sums
 from .ranking import aggregate, keep_count, ranks, select_smallest
 from .schedule import allocate, blend
 from .stats import finalize
@@ -48,13 +49,16 @@ class Selector:
     (W,) tokens; ``lam`` then only tilts them (``dispersion.tilt``; 0.5 keeps them).
     k_even: with a per-layer schedule ``k``, the uniform density's counts (the same density), which
     ``counts`` blends toward; None without a schedule.
+    bank, neighbours: the greedy replies kept one by one, ((R, n_blocks, d_ff) sums, (R,) token counts), and
+    how many of those nearest to each prompt make its global view (``neighbours``) in place of ``global_scores``.
     """
 
     def __init__(self, blocks: list[FFNBlock], k: list[int], lam: float, statistic: str,
                  global_scores: list[torch.Tensor] | None, down_norms: list[torch.Tensor] | None = None,
                  share_batch: bool = False, lam_table: torch.Tensor | None = None,
                  lam_windows: torch.Tensor | None = None, prior_means: list[torch.Tensor] | None = None,
-                 k_even: list[int] | None = None):
+                 k_even: list[int] | None = None, bank: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 neighbours: int = 0):
         self.k = list(k)
         self.k_even = None if k_even is None else list(k_even)
         self.lam = float(lam)
@@ -79,6 +83,14 @@ class Selector:
                             [m.float().to(d) for m, d in zip(prior_means, devices)])
         if self.prior_means is not None and not self.adaptive:
             raise ValueError("score fusion (prior_means) needs an adaptive lam table")
+        self.neighbours, self.bank = int(neighbours), None
+        if self.neighbours:
+            if bank is None or self.global_ranks is None or self.prior_means is not None:
+                raise ValueError("the nearest greedy replies need the prior's bank of replies and rank fusion")
+            if not 1 <= self.neighbours <= bank[0].shape[0]:
+                raise ValueError(f"neighbours must be in [1, {bank[0].shape[0]}] (the replies in the prior's bank), "
+                                 f"got {self.neighbours}")
+            self.bank = (bank[0].float().to(devices[0]), bank[1].float().to(devices[0]))
 
     @property
     def uses_prompt(self) -> bool:
@@ -107,6 +119,8 @@ class Selector:
         k = self.k[i] if k is None else k
         if not self.uses_prompt:
             return select_smallest(self.global_ranks[i], k).unsqueeze(0)
+        if self.bank is not None:
+            raise ValueError("the nearest greedy replies compare the prompt over every block: use choose_all")
         return select_smallest(self._fused([i], [sums], n_tokens)[0], k)
 
     def choose_all(self, sums: list[torch.Tensor | None], n_tokens: torch.Tensor | None = None,
@@ -126,8 +140,9 @@ class Selector:
                 raise ValueError("no prompt statistic was recorded; was the prompt empty?")
             groups.setdefault((s.device, s.shape[-1]), []).append(i)
         chosen: list[torch.Tensor | None] = [None] * len(k)
+        near = self._nearest_ranks(sums, n_tokens) if self.bank is not None else None
         for idx in groups.values():
-            fused = self._fused(idx, [sums[i] for i in idx], n_tokens)
+            fused = self._fused(idx, [sums[i] for i in idx], n_tokens, near)
             order = torch.argsort(fused, dim=-1, stable=True)  # per row: what select_smallest sorts
             for g, i in enumerate(idx):
                 if not 1 <= k[i] <= order.shape[-1]:
@@ -135,10 +150,24 @@ class Selector:
                 chosen[i] = torch.sort(order[g, ..., :k[i]], dim=-1).values
         return chosen
 
-    def _fused(self, idx: list[int], sums: list[torch.Tensor | None], n_tokens: torch.Tensor | None) -> torch.Tensor:
+    def _nearest_ranks(self, sums: list[torch.Tensor], n_tokens: torch.Tensor | None) -> list[torch.Tensor]:
+        """Per block, (S, d_ff) global ranks of each row's nearest greedy replies (``neighbours``)."""
+        if n_tokens is None:
+            raise ValueError("the nearest greedy replies need the number of prompt tokens per row (n_tokens)")
+        dev = self.devices[0]
+        query, n = torch.stack([s.to(dev) for s in sums], 1), n_tokens.to(dev)
+        if self.share_batch:
+            query, n = query.sum(0, keepdim=True), n.sum(0, keepdim=True)
+        near = nearest_sums(query, n.float(), *self.bank, self.neighbours)
+        return [ranks(finalize(near[:, i].to(d), self.statistic, None if self.down_norms is None else self.down_norms[i]))
+                for i, d in enumerate(self.devices)]
+
+    def _fused(self, idx: list[int], sums: list[torch.Tensor | None], n_tokens: torch.Tensor | None,
+               near: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Fused scores (G, S, d_ff) of blocks ``idx`` (one width, one device), smaller is
-        better: the prompt ranking merged with the global one at each block's lam. Every
-        step is elementwise or per row, so stacking blocks changes no value."""
+        better: the prompt ranking merged with the global one at each block's lam (``near``: per
+        block the (S, d_ff) global ranks of each row's nearest replies, else the one global ranking).
+        Every step is elementwise or per row, so stacking blocks changes no value."""
         if any(s is None for s in sums):
             raise ValueError("no prompt statistic was recorded; was the prompt empty?")
         if self.share_batch:
@@ -157,10 +186,15 @@ class Selector:
                 mean = stacked / n_tokens.to(stacked.device, stacked.dtype).clamp_min(1).unsqueeze(-1)
                 means = torch.stack([self.prior_means[i] for i in idx]).unsqueeze(1)
                 return -(lam * mean + (1 - lam) * means)
-            return lam * r_loc + (1 - lam) * torch.stack([self.global_ranks[i] for i in idx]).unsqueeze(1)
-        r_glob = (None if self.global_ranks is None or self.lam == 1 else
-                  torch.stack([self.global_ranks[i] for i in idx]).unsqueeze(1))
+            return lam * r_loc + (1 - lam) * self._global(idx, near)
+        r_glob = None if self.global_ranks is None or self.lam == 1 else self._global(idx, near)
         return aggregate(r_loc, r_glob, self.lam)
+
+    def _global(self, idx: list[int], near: list[torch.Tensor] | None) -> torch.Tensor:
+        """(G, S or 1, d_ff) global ranks of blocks ``idx``."""
+        if near is not None:
+            return torch.stack([near[i] for i in idx])
+        return torch.stack([self.global_ranks[i] for i in idx]).unsqueeze(1)
 
 
 def _calibration_of(prior, n_blocks: int):
@@ -207,7 +241,11 @@ def build_selector(blocks: list[FFNBlock], config, spec, lam: float, statistic: 
     use_schedule = spec.schedule and not per_block and not spec.dense
     use_adaptive = spec.adaptive and not spec.dense and 0 < lam < 1
     by_length = spec.prompt_lam and not spec.dense and 0 < lam < 1
-    cal = _calibration_of(prior, len(blocks)) if (use_schedule or use_adaptive or by_length) else None
+    near = spec.neighbours and not spec.dense and 0 < lam < 1
+    cal = _calibration_of(prior, len(blocks)) if (use_schedule or use_adaptive or by_length or near) else None
+    if near and cal.bank_sums is None:
+        raise ValueError(f"{spec.name!r} reads the greedy replies kept one by one in the prior, and this prior has none "
+                         "(format 7 or older): add them with `glass prior MODEL --recalibrate FILE`")
     even = [keep_count(d, n) for d, n in zip(config.density_for(len(blocks)), d_ff)]
     reply = use_schedule and spec.reply_schedule
     if reply and cal.reply_loss is None:
@@ -228,4 +266,5 @@ def build_selector(blocks: list[FFNBlock], config, spec, lam: float, statistic: 
         windows = torch.tensor(PROMPT_LAM_TOKENS, dtype=torch.float32)
     means = list(prior.sums.float() / max(prior.n_tokens, 1)) if score else None
     return Selector(blocks, k, lam, statistic, global_scores, down_norms, share_batch=config.share_batch,
-                    lam_table=table, lam_windows=windows, prior_means=means, k_even=even if scheduled else None)
+                    lam_table=table, lam_windows=windows, prior_means=means, k_even=even if scheduled else None,
+                    bank=(cal.bank_sums, cal.bank_tokens) if near else None, neighbours=spec.neighbours if near else 0)

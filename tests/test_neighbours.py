@@ -1,0 +1,139 @@
+"""The global view of the greedy replies nearest to the prompt (``glass-neighbours``): the pure
+math of ``neighbours``, the bank of replies stored with the prior (format 8), and the method on
+the real SmolLM2 model and Wikipedia-like text."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from glass_llm.adapters import find_ffn_blocks
+from glass_llm.calibration import with_bank
+from glass_llm.engine import GlassConfig, apply_glass
+from glass_llm.methods import MethodSpec, register_method
+from glass_llm.neighbours import mean_statistic, nearest_sums, similarity
+from glass_llm.prior import load_prior, save_prior
+from glass_llm.selection import build_selector
+from glass_llm.teacher import continuation_logits
+
+
+def _bank(rows=6, blocks=3, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(20, 120, (rows,), generator=g).float()
+    sums = torch.rand(rows, blocks, d, generator=g) ** 3 * tokens[:, None, None]
+    return sums, tokens
+
+
+def test_nearest_row_of_a_query_is_the_row_it_was_cut_from():
+    sums, tokens = _bank()
+    for j in range(sums.shape[0]):
+        # the same per-token statistic over another number of tokens: the same row, for any length
+        query = sums[j:j + 1] / tokens[j] * 7.0
+        near = nearest_sums(query, torch.tensor([7.0]), sums, tokens, k=1)
+        assert torch.allclose(near, sums[j:j + 1])
+    assert torch.allclose(similarity(mean_statistic(sums, tokens), mean_statistic(sums, tokens)).diagonal(),
+                          torch.ones(sums.shape[0]))
+
+
+def test_every_row_is_the_whole_bank_and_k_is_checked():
+    sums, tokens = _bank()
+    query, n = sums[:2] * 0.5, tokens[:2]
+    assert torch.allclose(nearest_sums(query, n, sums, tokens, k=6), sums.sum(0).expand(2, -1, -1), rtol=1e-5)
+    for k in (0, 7):
+        with pytest.raises(ValueError, match="k must be in"):
+            nearest_sums(query, n, sums, tokens, k)
+    with pytest.raises(ValueError, match="one model"):
+        similarity(mean_statistic(sums, tokens), mean_statistic(sums[:, :2], tokens))
+
+
+def test_k_nearest_are_the_k_most_similar(smollm_bank):
+    sums, tokens = smollm_bank.calibration.bank_sums, smollm_bank.calibration.bank_tokens
+    query = sums[3:4] + sums[5:6]
+    n = tokens[3:4] + tokens[5:6]
+    sim = similarity(mean_statistic(query, n), mean_statistic(sums, tokens))[0]
+    top = sim.argsort(descending=True)[:4]
+    assert torch.allclose(nearest_sums(query, n, sums, tokens, 4)[0], sums[top].sum(0), rtol=1e-5)
+    assert {3, 5} & set(top.tolist())  # a mixture of two replies is near at least one of them
+
+
+@pytest.fixture(scope="module")
+def smollm_bank(smollm, smollm_prior):
+    """The test prior with a bank of 12 greedy replies (the default keeps 256)."""
+    model, tok = smollm
+    return with_bank(model, tok, smollm_prior, rows=12)
+
+
+def test_bank_round_trips_in_half_precision_and_older_files_load(smollm_bank, tmp_path):
+    cal = smollm_bank.calibration
+    n_blocks, d_ff = cal.greedy_sums.shape
+    assert cal.bank_sums.shape[1:] == (n_blocks, d_ff) and 1 <= cal.bank_sums.shape[0] <= 12
+    assert bool((cal.bank_tokens > 0).all()) and cal.format_version == 8
+    path = save_prior(smollm_bank, tmp_path / "p.safetensors")
+    back = load_prior(path)
+    assert back.meta["format_version"] == 8
+    assert torch.allclose(back.calibration.bank_sums, cal.bank_sums, rtol=1e-3, atol=1e-5)  # half precision
+    assert "greedy replies kept one by one" in "\n".join(back.calibration.summary())
+    # a format-7 file (no bank) still loads, and the method that needs one says how to add it
+    old = replace(smollm_bank, calibration=replace(cal, bank_sums=None, bank_tokens=None))
+    old7 = load_prior(save_prior(old, tmp_path / "old.safetensors"))
+    assert old7.meta["format_version"] == 7 and old7.calibration.bank_sums is None
+    with pytest.raises(ValueError, match="together"):
+        replace(cal, bank_tokens=None).check(n_blocks)
+    with pytest.raises(ValueError, match="another model"):
+        replace(cal, bank_sums=cal.bank_sums[:, :-1]).check(n_blocks)
+
+
+def test_older_prior_gets_a_clear_error_from_the_selector(smollm, smollm_bank):
+    model, _ = smollm
+    blocks = find_ffn_blocks(model)
+    old = replace(smollm_bank, calibration=replace(smollm_bank.calibration, bank_sums=None, bank_tokens=None))
+    config = GlassConfig(method="glass-neighbours", density=0.5, prior=old)
+    spec, lam, statistic = config.resolved()
+    glob = list(old.scores_for(statistic, old.calibration.greedy_sums))
+    with pytest.raises(ValueError, match="--recalibrate"):
+        build_selector(blocks, config, spec, lam, statistic, glob, None, prior=old)
+
+
+def test_a_bank_of_one_reply_repeated_selects_as_the_greedy_prior(smollm, smollm_bank):
+    """When every reply in the bank is the prior of greedy text itself, the nearest replies add
+    up to a multiple of it: the same ranks, so exactly the sets of ``glass``."""
+    model, tok = smollm
+    cal = smollm_bank.calibration
+    flat = replace(cal, bank_sums=cal.greedy_sums.expand(70, -1, -1).clone(), bank_tokens=torch.full((70,), 100.0))
+    prior = replace(smollm_bank, calibration=flat)
+    prompt = tok("The river that runs through the old town floods every spring", return_tensors="pt")["input_ids"]
+    cont = tok(" and the market moves uphill.", return_tensors="pt", add_special_tokens=False)["input_ids"]
+    _, a = continuation_logits(model, prompt, cont, GlassConfig(method="glass", density=0.5), prior)
+    _, b = continuation_logits(model, prompt, cont, GlassConfig(method="glass-neighbours", density=0.5), prior)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_glass_neighbours_keeps_glass_budget_and_follows_the_prompt(smollm, smollm_prior):
+    model, tok = smollm
+    assert smollm_prior.calibration.bank_sums is not None  # the cached default prior keeps the bank
+    prompts = ["The history of the Roman Empire spans more than a thousand years,",
+               "def fibonacci(n):\n    if n < 2:\n        return n\n"]
+    sets = {}
+    for text in prompts:
+        ids = tok(text, return_tensors="pt")["input_ids"]
+        for method in ("glass", "glass-neighbours"):
+            with apply_glass(model, GlassConfig(method=method, density=0.5, prior=smollm_prior)) as handle:
+                model(input_ids=ids)  # the prefill: the selection follows it
+                sets[text, method] = [s[0] for s in handle.selections]
+    for text in prompts:  # the same number of neurons in every block
+        assert [len(s) for s in sets[text, "glass"]] == [len(s) for s in sets[text, "glass-neighbours"]]
+    # two prompts of different kinds meet different replies, so their global views differ
+    differ = [not torch.equal(a, b) for a, b in zip(sets[prompts[0], "glass-neighbours"],
+                                                    sets[prompts[1], "glass-neighbours"])]
+    assert sum(differ) > len(differ) // 2
+    # and the sets are not those of the one prior of greedy text
+    assert any(not torch.equal(a, b) for a, b in zip(sets[prompts[0], "glass"], sets[prompts[0], "glass-neighbours"]))
+
+
+def test_method_settings_are_checked():
+    with pytest.raises(ValueError, match="greedy"):
+        register_method(MethodSpec("bad-neighbours", "x", neighbours=4))
+    with pytest.raises(ValueError, match=">= 0"):
+        register_method(MethodSpec("bad-neighbours-2", "x", global_source="greedy", neighbours=-1))
