@@ -33,7 +33,7 @@ import torch
 from .adapters import FFNBlock, weight_out_in
 from .dispersion import lam_for_tokens, tilt
 from .methods import DEFAULT_LAM, PROMPT_LAM_TOKENS, PROMPT_LAMS
-from .neighbours import nearest_sums
+from .neighbours import nearest, unit_statistic
 from .ranking import aggregate, keep_count, ranks, select_smallest
 from .schedule import allocate, blend
 from .stats import finalize
@@ -90,7 +90,8 @@ class Selector:
             if not 1 <= self.neighbours <= bank[0].shape[0]:
                 raise ValueError(f"neighbours must be in [1, {bank[0].shape[0]}] (the replies in the prior's bank), "
                                  f"got {self.neighbours}")
-            self.bank = (bank[0].float().to(devices[0]), bank[1].float().to(devices[0]))
+            sums = bank[0].float().to(devices[0])
+            self.bank = (sums, unit_statistic(sums, bank[1].to(devices[0])))  # the sums, and what is compared
 
     @property
     def uses_prompt(self) -> bool:
@@ -158,7 +159,10 @@ class Selector:
         query, n = torch.stack([s.to(dev) for s in sums], 1), n_tokens.to(dev)
         if self.share_batch:
             query, n = query.sum(0, keepdim=True), n.sum(0, keepdim=True)
-        near = nearest_sums(query, n.float(), *self.bank, self.neighbours)
+        near = self.bank[0][nearest(unit_statistic(query, n.float()), self.bank[1], self.neighbours)].sum(1)  # (S, L, d)
+        if all(d == dev for d in self.devices):  # one ranking of the stacked blocks
+            norms = None if self.down_norms is None else torch.stack(self.down_norms)
+            return list(ranks(finalize(near, self.statistic, norms)).unbind(1))
         return [ranks(finalize(near[:, i].to(d), self.statistic, None if self.down_norms is None else self.down_norms[i]))
                 for i, d in enumerate(self.devices)]
 
