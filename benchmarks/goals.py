@@ -19,19 +19,23 @@ KLs of the methods that read it; so runs pool by ``prior_fingerprint`` (in their
 was recorded; the runs before it are one build, ``earlier``), and the methods that read no prior
 (dense, GRIFFIN, the oracle) join the pools of every build.
 
-``glass`` changed twice under its name, and its records are read as what they scored. First it
+``glass`` changed three times under its name, and its records are read as what they scored. First it
 came to fuse at the short-prompt lam its prior's check chose for the model (``glass_llm.lam_choice``):
 a run written before that (its results carry no ``prior_short_lam``) scored today's
 ``glass-fixed-lam``. Then it came to allocate its per-layer densities from the schedule of greedy
 replies (``glass_llm.reply_schedule``): a run written between the two (``prior_short_lam`` but no
 ``prior_reply_schedule``) scored today's ``glass-stored-schedule``, and the method of that
-schedule, while opt-in, was named ``glass-reply-schedule``. Which records score today's ``glass``
-then follows from each model's two checks (``results/lam-check-MODEL.json`` and
-``results/reply-check-MODEL.json``, from ``prior_checks.py``): ``glass-fixed-lam``'s are
+schedule, while opt-in, was named ``glass-reply-schedule``. Last it came to take its global view
+from the nearest greedy replies where its prior's check shows that better
+(``glass_llm.neighbours_check``): a run written before that (no ``prior_neighbours``) scored today's
+``glass-one-prior``. Which records score today's ``glass`` then follows from each model's three
+checks (``results/lam-check-MODEL.json``, ``results/reply-check-MODEL.json`` and
+``results/neighbours-check-MODEL.json``, from ``prior_checks.py``): ``glass-fixed-lam``'s are
 ``glass-stored-schedule``'s where the lam check kept lam 0.5 or the prompt has 32 tokens or more,
 ``glass-prompt-lam``'s where it chose that method's short-prompt lam; ``glass-stored-schedule``'s
-are ``glass``'s where both the reply check and the stored schedule's check keep one density at 0.5,
-and ``glass-reply-schedule``'s always. Records read under another name
+are ``glass-one-prior``'s where both the reply check and the stored schedule's check keep one
+density at 0.5, and ``glass-reply-schedule``'s always; ``glass-one-prior``'s are ``glass``'s where
+the nearest-replies check failed, ``glass-neighbours``'s where it passed. Records read under another name
 join the pool's records of that name under the same agreement check.
 
 Each cell is the ratio of the two mean KLs over the shared prompts with its 95% interval
@@ -54,7 +58,7 @@ HERE = Path(__file__).resolve().parent
 FIDELITY = HERE / "results" / "fidelity"
 
 DENSITY = 0.5
-CANDIDATES = ("glass", "glass-neighbours", "glass-stored-schedule", "glass-fixed-lam", "glass-prompt-lam",
+CANDIDATES = ("glass", "glass-neighbours", "glass-one-prior", "glass-stored-schedule", "glass-fixed-lam", "glass-prompt-lam",
               "glass-greedy", "glass-schedule",
               "glass-schedule-comp", "glass-refresh", "glass-refresh-start",
               "glass-refresh-start-fade", "glass-refresh-start-fade-comp", "glass-refresh-start-fade-comp-running",
@@ -73,11 +77,14 @@ PoolKey = tuple  # (model, corpus, gen_tokens, prior build)
 EARLIER = "earlier"  # the prior build of the runs written before results carried its fingerprint
 
 
-def checked_glass(model: str, folder: Path = FIDELITY) -> tuple[float | None, bool | None]:
+Checks = tuple  # (short lam, reply schedule or stored one used, nearest replies used), each None without a record
+
+
+def checked_glass(model: str, folder: Path = FIDELITY) -> Checks:
     """What ``glass`` does on ``model``'s default prior at ``DENSITY`` (its check records): the
-    short-prompt lam it fuses at, and whether its per-layer density differs from that of
+    short-prompt lam it fuses at; whether its per-layer density differs from that of
     ``glass-stored-schedule``, i.e. whether the schedule of greedy replies or the stored one is used
-    (False: both keep one density; None: no record)."""
+    (False: both keep one density); and whether it takes the nearest greedy replies. None: no record."""
     lam_path, reply_path = folder.parent / f"lam-check-{model}.json", folder.parent / f"reply-check-{model}.json"
     short_lam = json.loads(lam_path.read_text(encoding="utf-8"))["short_lam"] if lam_path.is_file() else None
     reply = None
@@ -87,19 +94,23 @@ def checked_glass(model: str, folder: Path = FIDELITY) -> tuple[float | None, bo
         if any(at):  # the records of glass before the reply schedule are glass's where both keep one density
             i = at.index(True)
             reply = bool(r["used"][i] or r["stored_used"][i])
-    return short_lam, reply
+    near_path = folder.parent / f"neighbours-check-{model}.json"
+    near = bool(json.loads(near_path.read_text(encoding="utf-8"))["used"]) if near_path.is_file() else None
+    return short_lam, reply, near
 
 
-def read_as(method: str, prompt_tokens: int, checks: tuple[float | None, bool | None]) -> list[str]:
+def read_as(method: str, prompt_tokens: int, checks: Checks) -> list[str]:
     """The names a record of ``method`` at this prompt length scores, itself first, on a model
     whose checks (``checked_glass``) found ``checks``."""
-    short_lam, reply = checks
+    short_lam, reply, near = checks
     names = [method]
     if short_lam is not None and (
             (method == "glass-fixed-lam" and (short_lam == 0.5 or prompt_tokens >= PROMPT_LAM_TOKENS[-1]))
             or (method == "glass-prompt-lam" and short_lam == PROMPT_LAMS[0])):
         names.append("glass-stored-schedule")
     if method == "glass-reply-schedule" or ("glass-stored-schedule" in names and reply is False):
+        names.append("glass-one-prior")
+    if ("glass-one-prior" in names and near is False) or (method == "glass-neighbours" and near is True):
         names.append("glass")
     return names
 
@@ -110,7 +121,9 @@ def _recorded_as(method: str, results: list[dict]) -> str:
         return method
     if not any("prior_short_lam" in r for r in results):
         return "glass-fixed-lam"
-    return "glass" if any("prior_reply_schedule" in r for r in results) else "glass-stored-schedule"
+    if not any("prior_reply_schedule" in r for r in results):
+        return "glass-stored-schedule"
+    return "glass" if any("prior_neighbours" in r for r in results) else "glass-one-prior"
 
 
 def _reads_prior(method: str, lam: float) -> bool:

@@ -1,10 +1,10 @@
 """The checks stored with a model's cached default prior, written as records.
 
     python benchmarks/prior_checks.py --model smollm2-135m
-    # writes results/lam-check-smollm2-135m.json and results/reply-check-smollm2-135m.json
+    # writes results/{lam,reply,neighbours}-check-smollm2-135m.json
 
 Loads the model's default prior through ``get_or_build_prior`` (which adds what a cached prior of
-an older format lacks) and writes what its two checks measured on text the model writes itself:
+an older format lacks) and writes what its three checks measured on text the model writes itself:
 
 * the short-prompt lam check (``glass_llm.lam_choice``): per candidate lam, the KL of
   ``glass-fixed-lam`` at that lam over its KL at 0.5 on 8-token prompts (geometric mean over rows,
@@ -13,9 +13,12 @@ an older format lacks) and writes what its two checks measured on text the model
 * the schedule of greedy replies (``glass_llm.reply_schedule``): each block's loss at density 0.5
   on greedy replies, and per checked density the KL of ``glass`` with the schedule of those losses
   over its KL at one density for all, whether ``glass`` allocates from it there, and whether the
-  stored schedule's check passed there (``stored_used``: what ``glass`` did before).
+  stored schedule's check passed there (``stored_used``: what ``glass`` did before);
+* the nearest-replies check (``glass_llm.neighbours_check``): the KL of ``glass-neighbours`` over
+  that of ``glass-one-prior`` and the upper end of its interval, and whether ``glass`` takes the
+  nearest replies.
 
-``goals.py`` reads both to know which committed runs score the current ``glass``. Each record
+``goals.py`` reads them to know which committed runs score the current ``glass``. Each record
 carries the prior's fingerprint (``Prior.fingerprint``): a prior built on another machine differs
 in its last bits, and so may its checks.
 """
@@ -65,8 +68,19 @@ def reply_markdown(paths: list[Path]) -> str:
     return "\n".join(lines)
 
 
+def neighbours_markdown(paths: list[Path]) -> str:
+    """Per model: the nearest-replies check's ratio, its upper end and whether ``glass`` takes the replies."""
+    lines = ["| model | rows of the model's own text | KL of `glass-neighbours` / `glass-one-prior` (geometric mean) | "
+             "95% upper end | `glass` takes the nearest replies |", "|---|---:|---:|---:|---|"]
+    for path in paths:
+        r = json.loads(path.read_text(encoding="utf-8"))
+        lines.append(f"| {r['model']} | {r['rows_used']} | {r['ratio']:.3f} | {r['upper']:.3f} | "
+                     f"{'yes' if r['used'] else 'no: the one prior'} |")
+    return "\n".join(lines)
+
+
 def records(model_name: str, prior, threads: int) -> dict[str, dict]:
-    """The two records of ``prior``'s calibration, by kind."""
+    """The three records of ``prior``'s calibration, by kind."""
     cal = prior.calibration
     common = {"prior_fingerprint": prior.fingerprint,
               "command": f"python benchmarks/prior_checks.py --model {model_name}", "threads": threads}
@@ -79,6 +93,9 @@ def records(model_name: str, prior, threads: int) -> dict[str, dict]:
                         "upper": cal.reply_check_upper.tolist(), "used": [cal.use_reply_schedule(d) for d in densities],
                         "stored_used": [cal.use_schedule(d) for d in densities], "loss": cal.reply_loss.tolist(),
                         **cal.meta["reply_schedule"], **common},
+        "neighbours-check": {"model": model_name, "ratio": float(cal.neighbours_check[0]),
+                             "upper": float(cal.neighbours_check[1]), "used": cal.use_neighbours,
+                             **cal.meta["neighbours_check"], **common},
     }
 
 

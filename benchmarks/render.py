@@ -264,6 +264,7 @@ RENDERERS: dict[str, Callable[[str | None], str]] = {
     "goals": render_goals, "loop-guard": render_loop_guard, "lam-check": per_model_records("lam-check", "prior_checks", "lam_markdown"),
     "greedy-gain": per_model_records("greedy-gain", "greedy_gain"),
     "reply-check": per_model_records("reply-check", "prior_checks", "reply_markdown"),
+    "neighbours-check": per_model_records("neighbours-check", "prior_checks", "neighbours_markdown"),
 }
 
 

@@ -78,7 +78,7 @@ def test_cached_prior_carries_the_check_and_it_round_trips(smollm, smollm_prior,
     """``get_or_build_prior`` (the session fixture) stores the check (format 6; 7 with the schedule of
     greedy replies, ``test_reply_schedule``): the candidates' ratios against lam 0.5 on the rows the model wrote, and the choice in ``glass prior --show``."""
     cal = smollm_prior.calibration
-    assert cal.format_version == 8 and smollm_prior.meta["format_version"] == 8  # 8: with the bank of replies
+    assert cal.format_version == 9 and smollm_prior.meta["format_version"] == 9  # 9: with the bank of replies, checked
     assert cal.lam_check_lams.tolist() == list(CANDIDATES)
     assert 2 <= cal.meta["lam_check"]["rows_used"] <= cal.meta["lam_check"]["rows"]
     assert bool((cal.lam_check_upper >= cal.lam_check_ratio).all()) and cal.short_lam in CANDIDATES + (NEUTRAL_LAM,)
@@ -164,12 +164,15 @@ def test_check_teacher_forces_glass_on_the_models_own_replies(smollm, smollm_pri
 
 
 def test_a_cached_prior_without_the_check_gets_it_once(smollm, smollm_prior, tmp_path, monkeypatch, capsys):
-    from glass_llm import lam_choice, reply_schedule
+    from glass_llm import lam_choice, neighbours_check, reply_schedule
     from glass_llm.build import get_or_build_prior
     from glass_llm.prior_cache import default_prior_path
 
     monkeypatch.setenv("GLASS_LLM_CACHE", str(tmp_path))
     monkeypatch.setitem(lam_choice.DEFAULTS, "rows", 4)
+    monkeypatch.setitem(neighbours_check.DEFAULTS, "rows", 4)
+    monkeypatch.setitem(neighbours_check.DEFAULTS, "gen_tokens", 16)
+    monkeypatch.setitem(neighbours_check.DEFAULTS, "extra_rows", 4)
     monkeypatch.setitem(lam_choice.DEFAULTS, "gen_tokens", 16)
     for key, value in (("gain_rows", 3), ("check_rows", 3), ("gen_tokens", 16)):
         monkeypatch.setitem(reply_schedule.DEFAULTS, key, value)
@@ -180,7 +183,8 @@ def test_a_cached_prior_without_the_check_gets_it_once(smollm, smollm_prior, tmp
     got = get_or_build_prior(model, tok, "smollm2-135m", n_tokens=smollm_prior.n_tokens, progress=False)
     err = capsys.readouterr().err
     assert "short-prompt lam" in err and "greedy replies" in err  # the reply schedule follows a new lam check
-    assert got.calibration.short_lam is not None and load_prior(path).meta["format_version"] == 8
+    assert "nearest greedy replies" in err  # and so does the check of the nearest replies, which measures glass
+    assert got.calibration.short_lam is not None and load_prior(path).meta["format_version"] == 9
     assert torch.equal(got.calibration.greedy_sums, smollm_prior.calibration.greedy_sums)
     again = get_or_build_prior(model, tok, "smollm2-135m", n_tokens=smollm_prior.n_tokens, progress=False)
     assert "short-prompt lam" not in capsys.readouterr().err

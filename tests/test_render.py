@@ -187,10 +187,12 @@ def test_demo_text_and_decode_overhead_tables_read_their_records(tmp_path):
 
 
 def _goal_run(folder: Path, kls: dict[str, list[float]], split: str = "test", short_lam: float | None = 0.5,
-              prompt_tokens: int = 8, reply: bool | None = True, build: str | None = None) -> None:
+              prompt_tokens: int = 8, reply: bool | None = True, build: str | None = None,
+              near: bool | None = True) -> None:
     """A run's files; ``short_lam`` None: written before the short-prompt lam check (no ``prior_short_lam``);
-    ``reply`` None: before the schedule of greedy replies (no ``prior_reply_schedule``); ``build``: the
-    prior's fingerprint (None: before it was recorded)."""
+    ``reply`` None: before the schedule of greedy replies (no ``prior_reply_schedule``); ``near`` None: before
+    the nearest-replies check (no ``prior_neighbours``); ``build``: the prior's fingerprint (None: before it
+    was recorded)."""
     from glass_llm.evaluation.report import records_csv
 
     folder.mkdir(parents=True)
@@ -203,6 +205,8 @@ def _goal_run(folder: Path, kls: dict[str, list[float]], split: str = "test", sh
     extra = {} if short_lam is None else {"prior_short_lam": short_lam}
     if short_lam is not None and reply is not None:
         extra["prior_reply_schedule"] = [reply]
+        if near is not None:
+            extra["prior_neighbours"] = near
     if build is not None:
         extra["prior_fingerprint"] = build
     (folder / "results.json").write_text(json.dumps([{"method": m, **extra} for m in kls]), encoding="utf-8")
@@ -245,11 +249,12 @@ def test_goal_table_reads_glass_of_runs_before_its_changes(tmp_path, short_lam, 
     records score ``glass-stored-schedule``: ``glass-fixed-lam``'s where it kept 0.5 (and from 32 prompt
     tokens), ``glass-prompt-lam``'s where it chose 0.25; its reply check record whether those are today's
     ``glass`` (where it and the stored schedule's check keep one density at 0.5). ``glass-reply-schedule``'s
-    records are ``glass``'s."""
+    records are ``glass``'s (on a model whose nearest-replies check failed: the next test)."""
     spec = importlib.util.spec_from_file_location("goals", ROOT / "benchmarks" / "goals.py")
     goals = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(goals)
     folder = tmp_path / "fidelity"
+    (tmp_path / "neighbours-check-m.json").write_text(json.dumps({"used": False}), encoding="utf-8")
     if short_lam is not None:
         (tmp_path / "lam-check-m.json").write_text(json.dumps({"short_lam": short_lam}), encoding="utf-8")
     if reply is not None:
@@ -283,6 +288,40 @@ def test_goal_table_reads_glass_of_runs_before_its_changes(tmp_path, short_lam, 
     _goal_run(folder / "new", {"glass": [x * 0.9 for x in base]}, short_lam=short_lam or 0.5, reply=bool(reply))
     with pytest.raises(ValueError, match="disagree on glass at P = 8"):
         goals.pools(folder)
+
+
+@pytest.mark.parametrize("near", [None, False, True])
+def test_goal_table_reads_glass_of_runs_before_the_nearest_replies(tmp_path, near):
+    """A run with ``prior_reply_schedule`` but without ``prior_neighbours`` scored ``glass-one-prior`` under
+    the name ``glass``. The model's nearest-replies check record says which records score today's ``glass``:
+    ``glass-one-prior``'s where the check failed, ``glass-neighbours``'s where it passed."""
+    spec = importlib.util.spec_from_file_location("goals", ROOT / "benchmarks" / "goals.py")
+    goals = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(goals)
+    folder = tmp_path / "fidelity"
+    (tmp_path / "lam-check-m.json").write_text(json.dumps({"short_lam": 0.25}), encoding="utf-8")
+    (tmp_path / "reply-check-m.json").write_text(json.dumps({"densities": [0.5], "used": [True], "stored_used": [True]}),
+                                                 encoding="utf-8")
+    if near is not None:
+        (tmp_path / "neighbours-check-m.json").write_text(json.dumps({"used": near}), encoding="utf-8")
+    base = [float(i) for i in range(1, 9)]
+    one = {(8, i): x * 0.7 for i, x in enumerate(base)}
+    nearest = {(8, i): x * 0.6 for i, x in enumerate(base)}
+    _goal_run(folder / "before", {"glass-a": base, "glass": list(one.values()), "glass-neighbours": list(nearest.values())},
+              near=None)
+    pool = goals.pools(folder)[("m", "c", 64, "earlier")]
+    assert pool["glass-one-prior"] == one and pool["glass-neighbours"] == nearest
+    assert pool.get("glass") == {None: None, False: one, True: nearest}[near]
+    table = goals.markdown(folder)
+    shown = {None: ("glass-one-prior", "glass-neighbours"), False: ("glass", "glass-neighbours"),
+             True: ("glass-one-prior", "glass")}[near]
+    assert [f"`{m}`" in table for m in ("glass", "glass-one-prior", "glass-neighbours")] == [
+        m in shown for m in ("glass", "glass-one-prior", "glass-neighbours")]
+    # a run written with the check scored today's glass and must agree with the records read as it
+    if near is not None:
+        _goal_run(folder / "after", {"glass": [x * 0.9 for x in base]}, near=near)
+        with pytest.raises(ValueError, match="disagree on glass at P = 8"):
+            goals.pools(folder)
 
 
 def test_goal_pools_keep_prior_builds_apart_and_share_what_reads_no_prior(tmp_path):

@@ -14,7 +14,7 @@ from glass_llm.calibration_data import REPLY_DENSITY
 from glass_llm.engine import GlassConfig
 from glass_llm.lam_choice import reply_kl, self_written
 from glass_llm.prior import load_prior, save_prior
-from glass_llm.reply_schedule import CHECK_DENSITIES, CHECK_OFFSET, GAIN_OFFSET, check_reply_schedule
+from glass_llm.reply_schedule import CHECK_DENSITIES, CHECK_OFFSET, GAIN_OFFSET, MEASURE_METHOD, check_reply_schedule
 from glass_llm.schedule import allocate, budget
 from glass_llm.selection import build_selector
 
@@ -81,7 +81,7 @@ def test_glass_allocates_from_the_reply_profile_where_checked(smollm, smollm_pri
 
 def test_cached_prior_carries_the_reply_schedule_and_it_round_trips(smollm_prior, tmp_path):
     cal = smollm_prior.calibration
-    assert cal.format_version == 8 and smollm_prior.meta["format_version"] == 8  # 8: with the bank of replies
+    assert cal.format_version == 9 and smollm_prior.meta["format_version"] == 9  # 9: with the bank of replies, checked
     assert cal.reply_loss.shape == (cal.n_blocks,) and bool((cal.reply_loss > 0).all())
     assert cal.reply_check_densities.tolist() == pytest.approx(list(CHECK_DENSITIES))
     assert any("schedule of greedy replies" in line for line in cal.summary())
@@ -103,7 +103,7 @@ def test_losses_are_the_one_block_kl_on_the_models_own_replies(smollm, smollm_pr
     prompts, mask, replies = self_written(model, tok, 8, 16, 3, offset=GAIN_OFFSET)
     n = cal.n_blocks
     for i in (0, n - 1):
-        one = GlassConfig(method="glass", density=tuple(0.5 if j == i else 1.0 for j in range(n)))
+        one = GlassConfig(method=MEASURE_METHOD, density=tuple(0.5 if j == i else 1.0 for j in range(n)))
         kl = reply_kl(model, prompts, mask, replies, [one], smollm_prior, chunk=3)
         assert abs(float(kl.mean()) - float(cal.reply_loss[i])) < 1e-4 and float(kl.mean()) > 0
     assert bool((cal.reply_check_upper >= cal.reply_check_ratio).all())
@@ -113,8 +113,8 @@ def test_losses_are_the_one_block_kl_on_the_models_own_replies(smollm, smollm_pr
     d_ff = [b.d_ff for b in find_ffn_blocks(model)]
     c = CHECK_DENSITIES.index(0.5)
     k = allocate(cal.reply_profile, cal.grid, d_ff, 0.5)
-    configs = [GlassConfig(method="glass", density=tuple(a / f for a, f in zip(k, d_ff))),
-               GlassConfig(method="glass", density=(0.5,) * n)]
+    configs = [GlassConfig(method=MEASURE_METHOD, density=tuple(a / f for a, f in zip(k, d_ff))),
+               GlassConfig(method=MEASURE_METHOD, density=(0.5,) * n)]
     kl = reply_kl(model, prompts, mask, replies, configs, smollm_prior, chunk=3).clamp_min(1e-9)
     ratio = float((kl[0] / kl[1]).log().mean().exp())
     assert abs(ratio - float(cal.reply_check_ratio[c])) < 1e-4

@@ -236,12 +236,13 @@ def get_or_build_prior(model: nn.Module, tokenizer, model_name: str, source: str
         prior.check_matches(model)
         cal = prior.calibration
         if calibrate and (cal is None or not cal.complete or cal.short_lam is None or cal.reply_loss is None
-                          or cal.bank_sums is None):
+                          or cal.bank_sums is None or cal.neighbours_check is None):
             if cal is None:
                 prior = calibrated(model, tokenizer, prior, seed, progress and rank == 0)
-            else:  # formats 2-7: greedy text's statistic, the short-prompt lam, the reply schedule or bank is missing
+            else:  # formats 2-8: greedy text's statistic, the short-prompt lam, the reply schedule, bank or check is missing
                 from .calibration import ensure_calibrated, with_bank
                 from .lam_choice import check_short_lam
+                from .neighbours_check import check_neighbours
                 from .reply_schedule import check_reply_schedule
 
                 stream = sys.stderr if rank == 0 else io.StringIO()
@@ -259,6 +260,10 @@ def get_or_build_prior(model: nn.Module, tokenizer, model_name: str, source: str
                     print("writing greedy replies kept one by one, the global view of glass-neighbours (once per "
                           "prior) ...", file=stream, flush=True)
                     prior = with_bank(model, tokenizer, prior)
+                if prior.calibration.neighbours_check is None:
+                    print("checking the glass method's nearest greedy replies on the model's own text (once per prior) "
+                          "...", file=stream, flush=True)
+                    prior = check_neighbours(model, tokenizer, prior)
             if rank == 0:
                 save_prior(prior, found)
         return prior
@@ -278,14 +283,16 @@ def get_or_build_prior(model: nn.Module, tokenizer, model_name: str, source: str
 
 
 def calibrated(model: nn.Module, tokenizer, prior: Prior, seed: int = 0, progress: bool = True) -> Prior:
-    """``prior`` with the ``glass`` method's selection calibration, its short-prompt lam check and
-    the schedule of greedy replies and the bank of greedy replies included (the same on every process)."""
+    """``prior`` with the ``glass`` method's selection calibration, its short-prompt lam check, the
+    schedule of greedy replies, the bank of greedy replies and its check included (the same on every process)."""
     from .calibration import calibrate_prior, with_bank
     from .lam_choice import check_short_lam
+    from .neighbours_check import check_neighbours
     from .reply_schedule import check_reply_schedule
 
     if progress:
         print("calibrating the glass selection on the model's own samples (once per prior) ...", file=sys.stderr,
               flush=True)
     prior = check_short_lam(model, tokenizer, calibrate_prior(model, tokenizer, prior, seed=seed, progress=progress))
-    return with_bank(model, tokenizer, check_reply_schedule(model, tokenizer, prior))
+    prior = with_bank(model, tokenizer, check_reply_schedule(model, tokenizer, prior))
+    return check_neighbours(model, tokenizer, prior)

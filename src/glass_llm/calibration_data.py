@@ -40,10 +40,16 @@ how it is written into, and read back from, the prior's safetensors file.
   the ``glass-neighbours`` method takes the global view of the replies nearest to the prompt
   (``neighbours``). Older files have none: it is sampled when such a method is applied (a
   cached prior keeps it; a named file with ``--recalibrate``).
+* ``neighbours_check`` (2,) (format version 9): the nearest-replies check (``neighbours_check``),
+  the KL of ``glass-neighbours`` over that of ``glass`` with the one prior on 8-token prompts of
+  the model's own text (geometric mean over rows) and the upper end of its 95% t interval;
+  ``glass`` takes its global view from the nearest replies where that upper end is below 1
+  (``use_neighbours``). Older files have no check: ``glass`` then fuses with the one prior.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -52,13 +58,14 @@ import torch
 from .dispersion import check_table
 from .schedule import check_profile, checked_ratio
 
-FORMAT_VERSION = 8
+FORMAT_VERSION = 9
 _KEYS = ("grid", "profile", "windows", "lam", "score_lam")
 _CHECK_KEYS = ("check_densities", "check_ratio", "check_upper")  # format 3; absent in format-2 files
 _GREEDY_KEYS = ("greedy_sums", "greedy_mean")  # formats 4 and 5
 _LAM_KEYS = ("lam_check_lams", "lam_check_ratio", "lam_check_upper")  # format 6
 _REPLY_KEYS = ("reply_loss", "reply_check_densities", "reply_check_ratio", "reply_check_upper")  # format 7
 _BANK_KEYS = ("bank_sums", "bank_tokens")  # format 8
+_NEIGHBOURS_KEYS = ("neighbours_check",)  # format 9
 REPLY_DENSITY = 0.5  # the density at which each block's loss on greedy replies is measured
 NEUTRAL_LAM = 0.5  # the short-prompt lam without a check, or when no candidate beat it
 _PREFIX = "calibration."
@@ -86,12 +93,14 @@ class Calibration:
     reply_check_upper: torch.Tensor | None = None
     bank_sums: torch.Tensor | None = None
     bank_tokens: torch.Tensor | None = None
+    neighbours_check: torch.Tensor | None = None
 
     @property
     def format_version(self) -> int:
-        """8 with each greedy reply's own statistic, 7 with the schedule measured on greedy replies, 6 with the short-prompt lam check, 5 with
-        the greedy statistic and mean activation, 4 with the statistic alone, 3 with the schedule
-        check only, 2 without either."""
+        """9 with the nearest-replies check, 8 with each greedy reply's own statistic, 7 with the
+        schedule measured on greedy replies, 6 with the short-prompt lam check, 5 with the greedy
+        statistic and mean activation, 4 with the statistic alone, 3 with the schedule check only,
+        2 without either."""
         if self.check_ratio is None:
             return 2
         if self.greedy_sums is None:
@@ -102,7 +111,15 @@ class Calibration:
             return 5
         if self.reply_loss is None:
             return 6
-        return FORMAT_VERSION if self.bank_sums is not None else 7
+        if self.bank_sums is None:
+            return 7
+        return FORMAT_VERSION if self.neighbours_check is not None else 8
+
+    @property
+    def use_neighbours(self) -> bool:
+        """Whether ``glass`` takes its global view from the greedy replies nearest to the prompt: only
+        where its check measured that better than the one prior with 95% confidence (format 9)."""
+        return self.neighbours_check is not None and float(self.neighbours_check[1]) < 1.0
 
     @property
     def reply_profile(self) -> torch.Tensor | None:
@@ -204,6 +221,11 @@ class Calibration:
             if not bool(torch.isfinite(b).all() & (b >= 0).all() & (t > 0).all()):
                 raise ValueError("the bank of greedy replies holds invalid values; rebuild it with "
                                  "`glass prior MODEL --recalibrate`")
+        c = self.neighbours_check
+        if c is not None and (c.shape != (2,) or self.bank_sums is None or not math.isfinite(float(c[0]))
+                              or float(c[0]) <= 0 or float(c[1]) < float(c[0])):
+            raise ValueError("the nearest-replies check holds invalid values or has no bank of replies; rebuild it "
+                             "with `glass prior MODEL --recalibrate`")
         m = self.greedy_mean
         if m is not None:
             if g is None or m.shape != g.shape:
@@ -228,7 +250,8 @@ class Calibration:
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         keys = _KEYS + (_CHECK_KEYS if self.check_ratio is not None else ())
-        keys += tuple(k for k in _GREEDY_KEYS + _LAM_KEYS + _REPLY_KEYS + _BANK_KEYS if getattr(self, k) is not None)
+        keys += tuple(k for k in _GREEDY_KEYS + _LAM_KEYS + _REPLY_KEYS + _BANK_KEYS + _NEIGHBOURS_KEYS
+                      if getattr(self, k) is not None)
         # the bank is the one large table (R rows of the statistic's size): half precision, which the ranks need
         return {_PREFIX + k: (getattr(self, k).half() if k == "bank_sums" else getattr(self, k).float()).contiguous()
                 for k in keys}
@@ -244,7 +267,7 @@ class Calibration:
             missing = sorted(set(_KEYS) - set(present))
             raise ValueError(f"the prior's selection calibration is incomplete (missing {', '.join(missing)})")
         checks = {k: tensors[_PREFIX + k].float() for k in _CHECK_KEYS + _GREEDY_KEYS + _LAM_KEYS
-                  + _REPLY_KEYS + _BANK_KEYS if _PREFIX + k in tensors}
+                  + _REPLY_KEYS + _BANK_KEYS + _NEIGHBOURS_KEYS if _PREFIX + k in tensors}
         cal = cls(**{k: tensors[_PREFIX + k].float() for k in _KEYS}, **checks, meta=dict(meta or {}))
         cal.check(cal.n_blocks)
         return cal
@@ -296,6 +319,11 @@ class Calibration:
                      + ("none (format 7 or older): sampled when glass-neighbours is applied; `glass prior MODEL "
                         "--recalibrate` stores them" if self.bank_sums is None else
                         f"{self.bank_sums.shape[0]} replies, {int(self.bank_tokens.sum())} tokens"))
+        if self.neighbours_check is not None:
+            r, u = self.neighbours_check.tolist()
+            lines.append(f"nearest-replies check, KL of glass-neighbours / glass with the one prior on 8-token prompts "
+                         f"of the model's own text: {r:.3f} (<= {u:.3f}); glass fuses with "
+                         + ("the nearest replies" if self.use_neighbours else "the one prior"))
         for i in range(self.n_blocks):
             lam = " ".join(f"{v:.2f}" for v in self.lam[i].tolist())
             score = " ".join(f"{v:.2f}" for v in self.score_lam[i].tolist())

@@ -122,6 +122,6 @@ def check_short_lam(model: nn.Module, tokenizer, prior: Prior, **settings) -> Pr
     meta = {**cal.meta, "lam_check": {**opts, "rows_used": int(prompts.shape[0]), "offset": LAM_OFFSET,
                                       "density": CHECK_DENSITY, "seconds": round(time.perf_counter() - t0, 1)}}
     cal = replace(cal, lam_check_lams=torch.tensor(CANDIDATES), lam_check_ratio=torch.tensor(ratios),
-                  lam_check_upper=torch.tensor(uppers), meta=meta)
+                  lam_check_upper=torch.tensor(uppers), neighbours_check=None, meta=meta)  # measured with glass: anew
     cal.check(len(find_ffn_blocks(model)))
     return replace(prior, calibration=cal, meta={**prior.meta, "format_version": cal.format_version})

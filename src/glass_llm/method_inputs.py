@@ -6,6 +6,7 @@ for a compensated method, the mean activation it adds back. ``apply_glass`` call
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 from torch import nn
@@ -38,9 +39,8 @@ def _prior_for(model: nn.Module, blocks: list[FFNBlock], config: GlassConfig, sp
         from .calibration import ensure_calibrated  # an older prior: calibrate it now, once per process
 
         prior.calibration = ensure_calibrated(model, None, prior).calibration
-    if spec.neighbours and 0 < lam < 1 and prior.calibration is not None and prior.calibration.bank_sums is None:
-        import sys
-
+    if (spec.neighbours and not spec.neighbours_checked and 0 < lam < 1 and prior.calibration is not None
+            and prior.calibration.bank_sums is None):  # glass uses a bank only where a check of it passed
         from .calibration import BANK_ROWS, with_bank
 
         print(f"this prior keeps no greedy replies one by one (format 7 or older), which {spec.name!r} reads: writing "

@@ -3,7 +3,9 @@
 Every method selects neurons by ``ranking.select(local, global, lam, density)``; a
 method only fixes which local statistic it uses, where its global scores come from
 and which ``lam`` it uses. The default ``glass`` goes beyond the paper: its prior is the
-statistic of text the model writes greedily, its per-layer ``schedule`` is allocated from
+statistic of the greedy replies the model writes that are nearest to the prompt (``neighbours``,
+where the prior's check finds them better than the one prior of all such text, which
+``glass-one-prior`` always uses), its per-layer ``schedule`` is allocated from
 each block's loss on greedy replies the model writes (``reply_schedule``), and it
 ``compensate``s for the neurons it leaves out (their mean output, added back as a bias);
 ``glass-stored-schedule`` is the same with the schedule of the prior's stored profile (the
@@ -44,6 +46,10 @@ SCHEDULE_HALFLIFE_TOKENS = 64
 # that its prior's check chose for the model (``lam_choice``).
 PROMPT_LAM_TOKENS = (8, 32)
 PROMPT_LAMS = (0.25, 0.5)
+# Greedy replies, of the prior's bank, nearest to the prompt whose statistic is the global view of ``glass``
+# where the prior's check passes (BENCHMARKS.md, "The nearest greedy replies"): a quarter of the bank, the
+# share that scored best on the calibration split.
+NEIGHBOURS = 64
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,9 @@ class MethodSpec:
     # the global view from the prompt's nearest greedy replies: the summed statistic of this many of the
     # replies kept one by one in the prior (``neighbours``; 0: the global source's one ranking for every prompt)
     neighbours: int = 0
+    # with neighbours: only where the prior's check measured them better than the one prior (``neighbours_check``;
+    # ``Calibration.use_neighbours``), the one prior of greedy text elsewhere
+    neighbours_checked: bool = False
 
     @property
     def tilts_lam(self) -> bool:
@@ -126,6 +135,9 @@ def register_method(spec: MethodSpec) -> MethodSpec:
     if spec.neighbours and spec.global_source != "greedy":
         raise ValueError(f"method {spec.name!r}: the nearest replies (neighbours) replace the prior of greedy text; "
                          "set global_source='greedy'")
+    if spec.neighbours_checked and not spec.neighbours:
+        raise ValueError(f"method {spec.name!r}: neighbours_checked decides whether to use the nearest replies; "
+                         "set neighbours > 0")
     if spec.neighbours < 0:
         raise ValueError(f"method {spec.name!r}: neighbours is a number of greedy replies >= 0, got {spec.neighbours}")
     if spec.adaptive and spec.prompt_lam:
@@ -146,10 +158,15 @@ for _spec in (
     MethodSpec("dense", "the unmodified model (no sparsity)", lam=1.0, global_source=None, dense=True),
     MethodSpec("griffin", "prompt-only selection by activation (GRIFFIN, lam=1)", lam=1.0, global_source=None),
     MethodSpec("global", "static selection by the global prior alone (lam=0)", lam=0.0),
-    MethodSpec("glass", "GLASS, calibrated: prompt merged with a prior of text the model writes greedily, "
-               "per-layer density from each block's loss on greedy replies and a lower lam for short prompts where "
-               "the prior's checks show them better, and the mean output of the neurons left out added back",
-               schedule=True, global_source="greedy", compensate=True, prompt_lam="checked", reply_schedule=True),
+    MethodSpec("glass", "GLASS, calibrated: prompt merged with the statistic of the greedy replies the model writes "
+               f"that are nearest to it ({NEIGHBOURS} of a bank kept in the prior; the one prior of greedy text where "
+               "the prior's check finds no gain), per-layer density from each block's loss on greedy replies and a "
+               "lower lam for short prompts where the prior's checks show them better, and the mean output of the "
+               "neurons left out added back", schedule=True, global_source="greedy", compensate=True,
+               prompt_lam="checked", reply_schedule=True, neighbours=NEIGHBOURS, neighbours_checked=True),
+    MethodSpec("glass-one-prior", "ablation: glass fusing every prompt with the one prior of greedy text (glass "
+               "before the nearest replies)", schedule=True, global_source="greedy", compensate=True,
+               prompt_lam="checked", reply_schedule=True),
     MethodSpec("glass-stored-schedule", "ablation: glass with the per-layer schedule of the prior's sensitivity "
                "profile (temperature-1 text; glass before the schedule of greedy replies)", schedule=True,
                global_source="greedy", compensate=True, prompt_lam="checked"),
@@ -209,8 +226,8 @@ for _base in ("glass-schedule", "glass-a", "griffin", "glass-refresh-start-fade"
 register_method(replace(METHODS["glass-stored-schedule"], name="glass-prompt-lam", prompt_lam="rule",
                         description="glass-stored-schedule whose lam grows with the prompt's length, 0.25 up to 8 "
                                     "tokens to 0.5 from 32 for every model (chosen on text SmolLM2 writes itself)"))
-# The name ``glass`` had while its schedule of greedy replies was opt-in (runs and commands of that time).
-register_method(replace(METHODS["glass"], name="glass-reply-schedule",
+# The name ``glass-one-prior`` had while its schedule of greedy replies was opt-in (runs and commands of that time).
+register_method(replace(METHODS["glass-one-prior"], name="glass-reply-schedule",
                         description="glass (its name while the schedule of greedy replies was opt-in)"))
 # The best re-selecting method: compensation whose mean follows the reply (the generated tokens' own
 # mean activation, the prior's mean counting as one refresh interval of tokens; BENCHMARKS.md,
@@ -232,10 +249,8 @@ register_method(replace(_running, name="glass-refresh-reply-fade", reply_schedul
                         description="glass-refresh-reply whose per-layer density fades to one density as the reply "
                                     f"grows (halfway every {SCHEDULE_HALFLIFE_TOKENS} generated tokens)"))
 
-# glass whose global view is that of the greedy replies nearest to the prompt (BENCHMARKS.md, "The nearest
-# greedy replies"): a quarter of the prior's bank of replies, the share that scored best on the calibration split.
-NEIGHBOURS = 64
-register_method(replace(METHODS["glass"], name="glass-neighbours", neighbours=NEIGHBOURS,
+# glass taking the nearest replies whatever the prior's check says (the check's own method).
+register_method(replace(METHODS["glass"], name="glass-neighbours", neighbours_checked=False,
                         description=f"glass whose global view is the statistic of the {NEIGHBOURS} greedy replies of "
                                     "the model's own (of those kept in the prior) most similar to the prompt"))
 

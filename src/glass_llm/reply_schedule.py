@@ -45,7 +45,7 @@ from .schedule import allocate
 GAIN_OFFSET = 4 << 20
 CHECK_OFFSET = 5 << 20
 CHECK_DENSITIES = (0.3, 0.5, 0.7)
-MEASURE_METHOD = "glass"
+MEASURE_METHOD = "glass-one-prior"  # glass before the nearest-replies check, which comes after
 DEFAULTS = {"gain_rows": 12, "check_rows": 32, "prompt_tokens": 8, "gen_tokens": 64, "chunk": 8}
 
 
@@ -94,6 +94,7 @@ def check_reply_schedule(model: nn.Module, tokenizer, prior: Prior, **settings) 
                                            "gain_offset": GAIN_OFFSET, "check_offset": CHECK_OFFSET,
                                            "seconds": round(time.perf_counter() - t0, 1)}}
     cal = replace(with_loss, reply_check_densities=torch.tensor(CHECK_DENSITIES),
-                  reply_check_ratio=torch.tensor(ratios), reply_check_upper=torch.tensor(uppers), meta=meta)
+                  reply_check_ratio=torch.tensor(ratios), reply_check_upper=torch.tensor(uppers),
+                  neighbours_check=None, meta=meta)  # the nearest-replies check measures glass: anew
     cal.check(len(d_ff))
     return replace(prior, calibration=cal, meta={**prior.meta, "format_version": cal.format_version})

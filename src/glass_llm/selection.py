@@ -247,6 +247,13 @@ def build_selector(blocks: list[FFNBlock], config, spec, lam: float, statistic: 
     by_length = spec.prompt_lam and not spec.dense and 0 < lam < 1
     near = spec.neighbours and not spec.dense and 0 < lam < 1
     cal = _calibration_of(prior, len(blocks)) if (use_schedule or use_adaptive or by_length or near) else None
+    if near and spec.neighbours_checked and not cal.use_neighbours:
+        if cal.neighbours_check is None:
+            warnings.warn(f"this prior predates the nearest-replies check (format 8 or older), so {spec.name!r} fuses "
+                          "every prompt with the one prior of greedy text; the cached default prior gets the check "
+                          "when a command next loads it, a file you named with `glass prior MODEL --recalibrate FILE`",
+                          stacklevel=2)
+        near = False  # the check found no gain over the one prior on this model
     if near and cal.bank_sums is None:
         raise ValueError(f"{spec.name!r} reads the greedy replies kept one by one in the prior, and this prior has none "
                          "(format 7 or older): add them with `glass prior MODEL --recalibrate FILE`")

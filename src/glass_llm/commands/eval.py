@@ -103,6 +103,8 @@ def _run(args, ctx) -> int:
             prior_info["prior_short_lam"] = prior.calibration.short_lam  # what glass fuses at up to 8 tokens
         if prior.calibration is not None and prior.calibration.reply_loss is not None:  # glass's per-layer density
             prior_info["prior_reply_schedule"] = [prior.calibration.use_reply_schedule(d) for d in settings.densities]
+        if prior.calibration is not None and prior.calibration.neighbours_check is not None:  # glass's global view
+            prior_info["prior_neighbours"] = prior.calibration.use_neighbours
     result = run_eval(model, tok, settings, prior=prior, out_dir=args.out, docs=docs, plots=not args.no_plots,
                       extra=prior_info, rank=ctx.rank, world=ctx.world, gather=ctx.all_gather_lists,
                       max_items=args.max_items, write_partial=args.write_partial)
