@@ -62,11 +62,12 @@ CANDIDATES = ("glass", "glass-neighbours", "glass-one-prior", "glass-stored-sche
               "glass-greedy", "glass-schedule",
               "glass-schedule-comp", "glass-refresh", "glass-refresh-start",
               "glass-refresh-start-fade", "glass-refresh-start-fade-comp", "glass-refresh-start-fade-comp-running",
-              "glass-refresh-reply", "glass-refresh-reply-fade")
+              "glass-refresh-reply", "glass-refresh-reply-fade", "glass-refresh-reply-greedy", "glass-refresh-neighbours")
 GOALS = (("glass-a", 0.8), ("global", 0.85), ("griffin", 0.5), ("oracle", 1.0))
 REFRESHING = ("glass-refresh", "glass-refresh-start", "glass-refresh-start-fade",
               "glass-refresh-start-fade-comp", "glass-refresh-start-fade-comp-running", "glass-refresh-reply",
-              "glass-refresh-reply-fade")  # the oracle goal is theirs
+              "glass-refresh-reply-fade", "glass-refresh-reply-greedy",
+              "glass-refresh-neighbours")  # the oracle goal is theirs
 MIN_PROMPTS = 8
 TOLERANCE = 1e-4
 # for the methods that read no prior, pooled across machines: a near-tie at the cut of a ranking may

@@ -23,6 +23,8 @@ def test_self_prior_is_complete_and_round_trips(smollm, smollm_prior, tmp_path):
     path = save_prior(p, tmp_path / "p.safetensors")
     q = load_prior(path)
     assert torch.equal(q.sums, p.sums) and q.meta == p.meta
+    # the calibration's metadata is the calibration's, whether the prior was just built or loaded
+    assert "calibration" not in q.meta and q.calibration.meta == p.calibration.meta
     assert torch.allclose(q.scores_for("impact"), p.scores_for("activation") * p.down_norms)
     q.check_matches(model)
     assert [f.name for f in tmp_path.iterdir()] == ["p.safetensors"]  # no temporary left behind

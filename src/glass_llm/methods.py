@@ -249,6 +249,15 @@ register_method(replace(_running, name="glass-refresh-reply-fade", reply_schedul
                         description="glass-refresh-reply whose per-layer density fades to one density as the reply "
                                     f"grows (halfway every {SCHEDULE_HALFLIFE_TOKENS} generated tokens)"))
 
+# glass-refresh-reply fused with the prior of greedy text (the one prior, then the nearest replies, met again
+# at each re-selection by the prompt plus the tokens so far; BENCHMARKS.md, "Re-selection with the nearest
+# greedy replies").
+register_method(replace(METHODS["glass-refresh-reply"], name="glass-refresh-reply-greedy", global_source="greedy",
+                        description="glass-refresh-reply fused with the prior of greedy text"))
+register_method(replace(METHODS["glass-refresh-reply-greedy"], name="glass-refresh-neighbours", neighbours=NEIGHBOURS,
+                        description=f"glass-refresh-reply fused with the statistic of the {NEIGHBOURS} greedy replies "
+                                    "nearest to the prompt and the tokens so far, met again at each re-selection"))
+
 # glass taking the nearest replies whatever the prior's check says (the check's own method).
 register_method(replace(METHODS["glass"], name="glass-neighbours", neighbours_checked=False,
                         description=f"glass whose global view is the statistic of the {NEIGHBOURS} greedy replies of "

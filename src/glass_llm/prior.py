@@ -156,7 +156,8 @@ def load_prior(path: str | os.PathLike) -> Prior:
     if sums.shape != norms.shape or sums.dim() != 2 or not torch.isfinite(sums).all():
         raise PriorError(f"prior file {path} holds inconsistent tables; rebuild it with `glass prior`")
     try:
-        calibration = Calibration.from_tensors(tensors, meta.get("calibration"))
+        # the calibration's own metadata lives on ``prior.calibration.meta``, as in a prior just built
+        calibration = Calibration.from_tensors(tensors, meta.pop("calibration", None))
     except ValueError as err:
         raise PriorError(f"prior file {path}: {err}; rebuild it with `glass prior`") from None
     return Prior(sums=sums, down_norms=norms, meta=meta, calibration=calibration)
