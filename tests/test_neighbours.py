@@ -77,7 +77,8 @@ def test_bank_round_trips_in_half_precision_and_older_files_load(smollm_bank, tm
     path = save_prior(smollm_bank, tmp_path / "p.safetensors")
     back = load_prior(path)
     assert back.meta["format_version"] == 8
-    assert torch.allclose(back.calibration.bank_sums, cal.bank_sums, rtol=1e-3, atol=1e-5)  # half precision
+    # stored in half precision, and rounded so when written: a prior just built selects exactly as its file
+    assert torch.equal(back.calibration.bank_sums, cal.bank_sums)
     assert "greedy replies kept one by one" in "\n".join(back.calibration.summary())
     # a format-7 file (no bank) still loads, and the method that needs one says how to add it
     old = replace(smollm_bank, calibration=replace(cal, bank_sums=None, bank_tokens=None))

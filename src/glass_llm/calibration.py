@@ -334,7 +334,8 @@ def with_bank(model: nn.Module, tokenizer, prior: Prior, rows: int = BANK_ROWS, 
     tokenizer = tokenizer if tokenizer is not None else token_ids_of(model)
     seed = int(prior.calibration.meta.get("seed", 0))
     sums, tokens = greedy_bank(model, tokenizer, blocks, seed, rows, opts["greedy_prefix"], opts["greedy_len"])
-    cal = replace(prior.calibration, bank_sums=sums, bank_tokens=tokens.float(), neighbours_check=None,  # checked anew
+    # the file keeps the bank in half precision: rounded here too, so a prior just built selects as its file will
+    cal = replace(prior.calibration, bank_sums=sums.half().float(), bank_tokens=tokens.float(), neighbours_check=None,  # checked anew
                   meta={**prior.calibration.meta, "bank_rows": rows})
     cal.check(len(blocks))
     return replace(prior, calibration=cal, meta={**prior.meta, "format_version": cal.format_version})
