@@ -113,7 +113,7 @@ def test_generate_and_prior(smollm_prior, tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() and "glass, density 0.5" in out.stderr
     # a prompt whose continuation repeats itself by copying, whichever build of the prior selects
-    out = _run("generate", "smollm2-135m", "one two three four, " * 4, "--raw", "--prior", str(prior),
+    out = _run("generate", "smollm2-135m", "red blue green, " * 4, "--raw", "--prior", str(prior),
                "--method", "glass-a", "--max-new-tokens", "40", "--loop-guard", "3")
     assert out.returncode == 0, out.stderr
     found = re.search(r"loop guard: (\d+) of 39 decode steps dense \((\d+) repeated 4-grams\)", out.stderr)

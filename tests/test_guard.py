@@ -50,11 +50,11 @@ def test_stop_ids_come_from_the_generation_config(smollm):
 
 @pytest.mark.parametrize("method,refresh", [("glass-a", 0), ("glass-a", 4)])
 def test_teacher_forced_guard_equals_stepwise_generation(smollm, smollm_prior, method, refresh):
-    """A prompt on which glass-a at 0.5 soon repeats itself: the guard runs dense steps, and
-    teacher-forced evaluation of the reply reproduces generation's logits."""
+    """A prompt whose continuation soon repeats itself by copying (whichever build of the prior
+    selects): the guard runs dense steps, and teacher-forced evaluation of the reply reproduces
+    generation's logits."""
     model, tok = smollm
-    enc = tok.apply_chat_template([{"role": "user", "content": "Explain how a computer stores numbers."}],
-                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    enc = tok("red blue green, " * 4, return_tensors="pt")
     P = enc["input_ids"].shape[1]
     n = 40
     cfg = GlassConfig(method=method, density=0.5, prior=smollm_prior, loop_guard=3, refresh=refresh or None,
