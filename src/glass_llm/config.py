@@ -34,7 +34,7 @@ def equal_work_density(density: float, dense_start: int, gen_tokens: int) -> flo
 
 
 def _halflife(h, name: str, zero: str) -> float:
-    """A half-life in generated tokens: a finite number >= 0, where 0 means ``zero``."""
+    """A half-life in tokens: a finite number >= 0, where 0 means ``zero``."""
     if isinstance(h, bool) or not isinstance(h, (int, float)) or not h >= 0 or h == float("inf"):
         raise ValueError(f"{name} must be a finite number of tokens > 0 (or 0: {zero}), got {h!r}")
     return float(h)
@@ -61,6 +61,9 @@ class GlassConfig:
     refresh_halflife: at a re-selection, a token's share of the local statistic halves every
     this many generated tokens after it (recent text counts more; ``stats.recency_weights``);
     0 sums every token seen with equal weight; None keeps the method's.
+    prompt_halflife: a prompt token's weight in the local statistic halves every this many
+    tokens before the prompt's last one (the prompt's end counts more; ``stats.recency_weights``);
+    0 weighs every prompt token the same; None keeps the method's.
     dense_start: the first ``dense_start`` generated tokens go through the dense model, and
     their statistic joins the prompt's before the first selection (as if the prompt were
     that much longer); 0 selects right after the prefill; None keeps the method's.
@@ -91,6 +94,7 @@ class GlassConfig:
     refresh_growth: float | None = None
     refresh_halflife: float | None = None
     dense_start: int | None = None
+    prompt_halflife: float | None = None
     schedule_halflife: float | None = None
     comp_tokens: float | None = None
     weights: str = "float"
@@ -117,6 +121,11 @@ class GlassConfig:
         """Generated tokens over which a token's weight in a re-selection halves (0: equal weights)."""
         h = spec.refresh_halflife if self.refresh_halflife is None else self.refresh_halflife
         return _halflife(h, "refresh_halflife", "every token weighs the same")
+
+    def prompt_halflife_of(self, spec: MethodSpec) -> float:
+        """Prompt tokens over which a prompt token's weight in the local statistic halves (0: equal weights)."""
+        h = spec.prompt_halflife if self.prompt_halflife is None else self.prompt_halflife
+        return _halflife(h, "prompt_halflife", "every prompt token weighs the same")
 
     def dense_start_of(self, spec: MethodSpec) -> int:
         """Generated tokens decoded densely before the first selection (0: select after the prefill)."""
@@ -176,6 +185,7 @@ class GlassConfig:
         self.refresh_growth_of(spec)
         self.refresh_halflife_of(spec)
         self.dense_start_of(spec)
+        self.prompt_halflife_of(spec)
         self.schedule_halflife_of(spec)
         self.comp_tokens_of(spec)
         check_weights(self.weights)

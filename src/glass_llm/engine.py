@@ -70,6 +70,7 @@ class GlassHandle:
         self.refresh_halflife = config.refresh_halflife_of(spec)
         self.schedule_halflife = config.schedule_halflife_of(spec)
         self.dense_start = config.dense_start_of(spec)
+        self.prompt_halflife = config.prompt_halflife_of(spec)
         self._dense_left = 0  # generated tokens still to decode densely before the first selection
         self.guard: LoopGuard | None = None  # with loop_guard: this request's repeated 4-grams (guard.py)
         # tokens behind the local statistic, each weighted by its recency (B,); the adaptive lam reads it
@@ -189,6 +190,8 @@ class GlassHandle:
         else:
             token_mask = torch.ones(batch, length, device=device)
         self.prompt_tokens = token_mask.sum(1).float()
+        if self.prompt_halflife:  # prompts are left-padded: the last position is every row's last token
+            token_mask = token_mask * recency_weights(length, self.prompt_halflife)[0].to(token_mask.device)
         if self.selector.uses_prompt:
             for st, mask in zip(self.states, self._per_device(lambda dev: token_mask.to(dev, torch.float32))):
                 st.mode, st.token_mask = "record", mask

@@ -68,6 +68,7 @@ class MethodSpec:
     refresh_growth: float = 1.0  # each interval between re-selections this many times the previous one
     refresh_halflife: float = 0.0  # a token's weight in a re-selection halves every this many tokens (0: equal)
     dense_start: int = 0  # generated tokens decoded densely, their statistic joining the prompt's, before selecting
+    prompt_halflife: float = 0.0  # a prompt token's weight in the local statistic halves every this many tokens back (0: equal)
     # with schedule and refresh: the per-layer density's pull away from one density for all halves
     # every this many generated tokens (0: the schedule at every re-selection)
     schedule_halflife: float = 0.0
