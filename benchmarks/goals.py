@@ -58,7 +58,7 @@ HERE = Path(__file__).resolve().parent
 FIDELITY = HERE / "results" / "fidelity"
 
 DENSITY = 0.5
-CANDIDATES = ("glass", "glass-neighbours", "glass-one-prior", "glass-stored-schedule", "glass-fixed-lam", "glass-prompt-lam",
+CANDIDATES = ("glass", "glass-linear", "glass-neighbours", "glass-one-prior", "glass-stored-schedule", "glass-fixed-lam", "glass-prompt-lam",
               "glass-greedy", "glass-schedule",
               "glass-schedule-comp", "glass-refresh", "glass-refresh-start",
               "glass-refresh-start-fade", "glass-refresh-start-fade-comp", "glass-refresh-start-fade-comp-running",

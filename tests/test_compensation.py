@@ -15,7 +15,7 @@ from glass_llm.metrics import kl_per_token
 from glass_llm.methods import get_method
 from glass_llm.teacher import continuation_logits
 
-from tiny import ARCHS, tiny_model
+from tiny import ARCHS, tiny_model, tiny_prior_with_mean
 
 PROMPTS = ["The river Thames flows through London and",
            "Photosynthesis is the process by which green plants",
@@ -105,36 +105,13 @@ def test_compensated_methods_need_a_prior_with_its_mean():
         apply_glass(tiny_model("llama"), GlassConfig(method="griffin-comp"))
 
 
-def _tiny_prior_with_mean(model):
-    """A prior of the tiny model's own random text, with a calibration that holds only what
-    compensation reads (a made-up mean activation): a structural test of every layout."""
-    from glass_llm.calibrate import ActivationRecorder
-    from glass_llm.calibration import GRID
-    from glass_llm.calibration_data import Calibration
-    from glass_llm.dispersion import WINDOWS
-    from glass_llm.prior import prior_from_sums
-
-    ids = torch.randint(3, 96, (4, 16), generator=torch.Generator().manual_seed(5))
-    with ActivationRecorder(model) as rec:
-        rec.run(model, ids)
-    prior = prior_from_sums(model, rec.sums, rec.tokens, {"kind": "test"})
-    L, d_ff = prior.sums.shape
-    g = torch.Generator().manual_seed(2)
-    prior.calibration = Calibration(
-        grid=torch.tensor(GRID), profile=torch.ones(L, len(GRID)), windows=torch.tensor(WINDOWS, dtype=torch.float32),
-        lam=torch.full((L, len(WINDOWS)), 0.5), score_lam=torch.full((L, len(WINDOWS)), 0.5),
-        greedy_sums=torch.rand(L, d_ff, generator=g), greedy_mean=torch.randn(L, d_ff, generator=g),
-        meta={"greedy_tokens": 64})
-    return prior
-
-
 @pytest.mark.parametrize("kind", ARCHS)
 def test_compensation_on_every_layout_sliced_equals_masked(kind):
     """Every supported FFN layout (fused gate/up, Conv1D, biased projections): the sliced path
     with the mean output merged into the bias equals the masked path that adds it per row,
     for one set per row and one set for the batch, and it differs from no compensation."""
     model = tiny_model(kind)
-    prior = _tiny_prior_with_mean(model)
+    prior = tiny_prior_with_mean(model)
     g = torch.Generator().manual_seed(1)
     prompt = torch.randint(3, 96, (2, 7), generator=g)
     cont = torch.randint(3, 96, (2, 9), generator=g)

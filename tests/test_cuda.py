@@ -16,7 +16,7 @@ from tiny import ARCHS, tiny_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-METHODS = ["griffin", "glass", "glass-a", "glass-i", "global", "magnitude", "random", "glass-schedule"]
+METHODS = ["griffin", "glass", "glass-a", "glass-i", "global", "magnitude", "random", "glass-schedule", "glass-linear"]
 
 
 def _prior_for(model):

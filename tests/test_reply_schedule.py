@@ -81,7 +81,8 @@ def test_glass_allocates_from_the_reply_profile_where_checked(smollm, smollm_pri
 
 def test_cached_prior_carries_the_reply_schedule_and_it_round_trips(smollm_prior, tmp_path):
     cal = smollm_prior.calibration
-    assert cal.format_version == 9 and smollm_prior.meta["format_version"] == 9  # 9: with the bank of replies, checked
+    # 9: with the bank of replies, checked; 10 also with the activation covariance (a prior built since)
+    assert cal.format_version == smollm_prior.meta["format_version"] >= 9
     assert cal.reply_loss.shape == (cal.n_blocks,) and bool((cal.reply_loss > 0).all())
     assert cal.reply_check_densities.tolist() == pytest.approx(list(CHECK_DENSITIES))
     assert any("schedule of greedy replies" in line for line in cal.summary())

@@ -44,3 +44,26 @@ def tiny_model(kind: str):
             for mod in block.input_modules:
                 mod.weight.mul_(torch.rand_like(mod.weight) * 4)
     return model
+
+
+def tiny_prior_with_mean(model):
+    """A prior of the tiny model's own random text, with a calibration that holds only what
+    compensation reads (a made-up mean activation): a structural test of every layout."""
+    from glass_llm.calibrate import ActivationRecorder
+    from glass_llm.calibration import GRID
+    from glass_llm.calibration_data import Calibration
+    from glass_llm.dispersion import WINDOWS
+    from glass_llm.prior import prior_from_sums
+
+    ids = torch.randint(3, 96, (4, 16), generator=torch.Generator().manual_seed(5))
+    with ActivationRecorder(model) as rec:
+        rec.run(model, ids)
+    prior = prior_from_sums(model, rec.sums, rec.tokens, {"kind": "test"})
+    L, d_ff = prior.sums.shape
+    g = torch.Generator().manual_seed(2)
+    prior.calibration = Calibration(
+        grid=torch.tensor(GRID), profile=torch.ones(L, len(GRID)), windows=torch.tensor(WINDOWS, dtype=torch.float32),
+        lam=torch.full((L, len(WINDOWS)), 0.5), score_lam=torch.full((L, len(WINDOWS)), 0.5),
+        greedy_sums=torch.rand(L, d_ff, generator=g), greedy_mean=torch.randn(L, d_ff, generator=g),
+        meta={"greedy_tokens": 64})
+    return prior

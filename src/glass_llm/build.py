@@ -284,8 +284,9 @@ def get_or_build_prior(model: nn.Module, tokenizer, model_name: str, source: str
 
 def calibrated(model: nn.Module, tokenizer, prior: Prior, seed: int = 0, progress: bool = True) -> Prior:
     """``prior`` with the ``glass`` method's selection calibration, its short-prompt lam check, the
-    schedule of greedy replies, the bank of greedy replies and its check included (the same on every process)."""
-    from .calibration import calibrate_prior, with_bank
+    schedule of greedy replies, the bank of greedy replies and its check, and the activation covariance of
+    greedy replies (``glass-linear``) included (the same on every process)."""
+    from .calibration import calibrate_prior, with_bank, with_covariance
     from .lam_choice import check_short_lam
     from .neighbours_check import check_neighbours
     from .reply_schedule import check_reply_schedule
@@ -295,4 +296,4 @@ def calibrated(model: nn.Module, tokenizer, prior: Prior, seed: int = 0, progres
               flush=True)
     prior = check_short_lam(model, tokenizer, calibrate_prior(model, tokenizer, prior, seed=seed, progress=progress))
     prior = with_bank(model, tokenizer, check_reply_schedule(model, tokenizer, prior))
-    return check_neighbours(model, tokenizer, prior)
+    return with_covariance(model, tokenizer, check_neighbours(model, tokenizer, prior))

@@ -75,6 +75,9 @@ class GlassConfig:
     neurons left out follows the generated tokens (the dense start's, then at each re-selection
     the reply's so far, weighted as in the local statistic), with the prior's mean counted as
     this many more tokens; 0 keeps the prior's mean; None keeps the method's.
+    ridge: for a method that predicts the neurons it leaves out from those it keeps (``glass-linear``,
+    ``lincomp``), the ridge added to the kept neurons' covariance, in units of their mean variance
+    (larger shrinks the prediction toward their mean); None keeps the default.
     weights: "float" (the model's own) or "int8": every linear projection in int8 with one
     scale per output channel (``quant``), the compact FFN weights sliced from the int8 ones;
     undone exactly by ``remove()``. The prior and the selection still read the float model.
@@ -97,6 +100,7 @@ class GlassConfig:
     prompt_halflife: float | None = None
     schedule_halflife: float | None = None
     comp_tokens: float | None = None
+    ridge: float | None = None
     weights: str = "float"
     loop_guard: int = 0
 
@@ -151,6 +155,18 @@ class GlassConfig:
                              "adds none; use a compensated method (glass, or a *-comp method) or drop comp_tokens")
         return 0.0 if spec.dense else float(n)
 
+    def ridge_of(self, spec: MethodSpec) -> float:
+        """The ridge of a method's linear compensation (``lincomp``)."""
+        from .lincomp import DEFAULT_RIDGE
+
+        r = DEFAULT_RIDGE if self.ridge is None else self.ridge
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < float("inf"):
+            raise ValueError(f"ridge must be a finite number > 0, got {r!r}")
+        if self.ridge is not None and not spec.comp_linear:
+            raise ValueError(f"ridge sets how a method predicts the neurons it leaves out, and method {spec.name!r} "
+                             "predicts none; use glass-linear or drop ridge")
+        return float(r)
+
     def densities(self) -> tuple[float, ...]:
         if isinstance(self.density, (list, tuple)):
             if not self.density:
@@ -188,6 +204,7 @@ class GlassConfig:
         self.prompt_halflife_of(spec)
         self.schedule_halflife_of(spec)
         self.comp_tokens_of(spec)
+        self.ridge_of(spec)
         check_weights(self.weights)
         check_loop_guard(self.loop_guard)
         if self.path not in PATHS:

@@ -27,7 +27,9 @@ from .method_inputs import method_inputs
 from .methods import MethodSpec
 from .quant import Int8Linear, quantize_linears
 from .selection import Selector, build_selector
-from .sliced import BlockState, NeuronInput, NeuronOutput, compact_block, set_compensation, update_compact
+from .lincomp import output_covariance
+from .sliced import (BlockState, NeuronInput, NeuronOutput, compact_block, dense_weight, set_compensation,
+                     set_linear_compensation, update_compact)
 from .stats import accumulate_activation, accumulate_signed, recency_weights, shrunk_mean
 
 
@@ -49,9 +51,13 @@ class GlassHandle:
         self.states = [BlockState(d_ff=b.d_ff) for b in blocks]
         self.devices = selector.devices
         # compensation: each block's mean activation on its own device; the mean output of the
-        # neurons a selection leaves out is added back (sliced.set_compensation)
-        self.comp_means = (None if comp_means is None else
+        # neurons a selection leaves out is added back (sliced.set_compensation). With comp_linear,
+        # each block's (covariance, mean) instead, from which they are predicted (set_linear_compensation)
+        self.comp_linear = comp_means is not None and spec.comp_linear
+        self.comp_means = (None if comp_means is None or self.comp_linear else
                            [m.to(device=dev, dtype=torch.float32) for m, dev in zip(comp_means, self.devices)])
+        self._linear_inputs = comp_means if self.comp_linear else None
+        self.ridge = config.ridge_of(spec)
         # with comp_tokens > 0 that mean follows the generated tokens, the prior's counted as comp_tokens
         # tokens; signed_tokens: the generated tokens behind the signed sums, weighted by recency
         self.comp_tokens = config.comp_tokens_of(spec) if comp_means is not None and selector.uses_prompt else 0.0
@@ -80,6 +86,19 @@ class GlassHandle:
         self._quantized: list[tuple[nn.Module, str, nn.Module]] = []
         if config.weights == "int8":  # every projection, also for the dense method
             self._quantized = quantize_linears(model)
+        self.comp_cov: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+        if self.comp_linear:
+            if self.refresh_every or self.comp_tokens:
+                raise GlassError(f"method {spec.name!r} predicts the neurons it leaves out from a static covariance, "
+                                 "which a re-selection during decoding or a running compensation mean would not "
+                                 "follow; drop refresh / comp_tokens, or use a method without comp_linear")
+            # per block on its device: covariance, mean, and W_out @ covariance (once; lincomp)
+            self.comp_cov = []
+            for (cov, mean), dev, block in zip(self._linear_inputs, self.devices, blocks):
+                cov = cov.to(device=dev, dtype=torch.float32)
+                self.comp_cov.append((cov, mean.to(device=dev, dtype=torch.float32),
+                                      output_covariance(dense_weight(block.output_module), cov)))
+            self._linear_inputs = None
         if self.active:
             self._install()
 
@@ -253,7 +272,10 @@ class GlassHandle:
             mask = torch.zeros(chosen.shape[0], self.blocks[i].d_ff, dtype=dtype, device=chosen.device)
             st.neuron_mask = mask.scatter_(1, chosen, 1.0)
             st.mode = "masked"
-        if self.comp_means is not None:
+        if self.comp_cov is not None:
+            set_linear_compensation(st, self._outputs[i].original, chosen, *self.comp_cov[i], self.ridge,
+                                    merge=self.config.path == "sliced")
+        elif self.comp_means is not None:
             set_compensation(st, self._outputs[i].original, chosen, self._comp_mean(i, chosen.shape[0]),
                              merge=self.config.path == "sliced")
 

@@ -47,14 +47,22 @@ def _prior_for(model: nn.Module, blocks: list[FFNBlock], config: GlassConfig, sp
               f"{BANK_ROWS} of them now (about two minutes for a 135M model on 2 CPU cores; a cached prior keeps them; "
               "for a file you named, `glass prior MODEL --recalibrate FILE`)", file=sys.stderr, flush=True)
         prior.calibration = with_bank(model, None, prior).calibration
+    if spec.comp_linear and prior.calibration is not None and prior.calibration.lin_cov is None:
+        from .calibration import BANK_ROWS, with_covariance
+
+        print(f"this prior keeps no activation covariance (format 9 or older), which {spec.name!r} reads: measuring it "
+              f"on {BANK_ROWS} greedy replies now, in this process only (a few minutes for a 135M model on 2 CPU "
+              "cores); `glass prior MODEL --recalibrate [FILE]` stores it in the file", file=sys.stderr, flush=True)
+        prior.calibration = with_covariance(model, None, prior).calibration
     return prior
 
 
 def method_inputs(model: nn.Module, blocks: list[FFNBlock], config: GlassConfig, spec: MethodSpec, lam: float,
-                  statistic: str) -> tuple[object, list[torch.Tensor] | None, list[torch.Tensor] | None]:
-    """``(prior, global_scores, comp_means)`` for ``spec`` at ``lam``: the global scores one
+                  statistic: str) -> tuple[object, list[torch.Tensor] | None, list | None]:
+    """``(prior, global_scores, comp)`` for ``spec`` at ``lam``: the global scores one
     (d_ff,) vector per block (``None`` for a method that ranks by the prompt alone), the
-    compensation means one (d_ff,) mean activation per block (``None`` without compensation)."""
+    compensation one (d_ff,) mean activation per block, or for ``comp_linear`` one
+    (covariance, mean) pair per block (``None`` without compensation)."""
     prior = _prior_for(model, blocks, config, spec, lam)
     global_scores = None
     if not spec.dense and lam < 1 and spec.global_source is not None:
@@ -65,5 +73,9 @@ def method_inputs(model: nn.Module, blocks: list[FFNBlock], config: GlassConfig,
             raise GlassError(f"method {spec.name!r} needs a global prior: it adds back the mean output of the neurons "
                              "it leaves out, read from the prior (the mean activation of greedy text); build one with "
                              "`glass prior MODEL -o prior.safetensors` and pass prior=... (or --prior FILE)")
-        comp_means = [prior.calibration.greedy_mean[b.index] for b in blocks]
+        if spec.comp_linear:
+            cal = prior.calibration
+            comp_means = [(cal.lin_cov[b.index], cal.lin_mean[b.index]) for b in blocks]
+        else:
+            comp_means = [prior.calibration.greedy_mean[b.index] for b in blocks]
     return prior, global_scores, comp_means

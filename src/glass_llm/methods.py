@@ -79,6 +79,9 @@ class MethodSpec:
     # start's, then at each re-selection the reply's, weighted as in the local statistic; never the
     # prompt's), with the prior's mean counted as this many tokens (0: the prior's mean alone)
     comp_tokens: float = 0.0
+    # with compensate: the neurons left out predicted from the kept ones by least squares on the prior's
+    # activation covariance of greedy replies (``lincomp``), instead of their mean alone
+    comp_linear: bool = False
     # lam by the prompt's token count, the same for every block (exclusive with ``adaptive``): "rule" the
     # lams PROMPT_LAMS at PROMPT_LAM_TOKENS; "checked" the prior's checked short-prompt lam up to 8 tokens
     # and 0.5 from 32 (``Calibration.short_lam``; one lam where it is 0.5). ``lam`` then tilts it as it tilts
@@ -227,6 +230,10 @@ for _base in ("glass-schedule", "glass-a", "griffin", "glass-refresh-start-fade"
 register_method(replace(METHODS["glass-stored-schedule"], name="glass-prompt-lam", prompt_lam="rule",
                         description="glass-stored-schedule whose lam grows with the prompt's length, 0.25 up to 8 "
                                     "tokens to 0.5 from 32 for every model (chosen on text SmolLM2 writes itself)"))
+register_method(replace(
+    METHODS["glass"], name="glass-linear", comp_linear=True,
+    description="glass whose neurons left out are predicted from those it keeps, by least squares on the "
+                "activation covariance of greedy replies kept with the prior (lincomp), instead of their mean"))
 # The name ``glass-one-prior`` had while its schedule of greedy replies was opt-in (runs and commands of that time).
 register_method(replace(METHODS["glass-one-prior"], name="glass-reply-schedule",
                         description="glass (its name while the schedule of greedy replies was opt-in)"))

@@ -87,6 +87,10 @@ class BlockState:
     shift_bias: torch.Tensor | None = None
     shift_rows: torch.Tensor | None = None
     slots: torch.Tensor | None = None  # (k,) the neuron held in each compact slot (one set for the batch)
+    union: torch.Tensor | None = None  # ("union") the neurons of the union, in the order of the compact weights
+    # linear compensation (``set_linear_compensation``) where it is not folded into the compact weights:
+    # the output gains z @ lin_delta (S, n, d_out), z as the output projection sees it
+    lin_delta: torch.Tensor | None = None
     extra: dict = field(default_factory=dict)
 
     def compact_tensors(self) -> list[torch.Tensor]:
@@ -98,6 +102,7 @@ class BlockState:
         self.weight_in = self.bias_in = self.weight_out = self.bias_out = self.row_mask = self.slots = None
         self.shift_bias = self.shift_rows = None
         self.scale_in = self.scale_out = None
+        self.union = self.lin_delta = None
         self.part_sizes, self.part_weights, self.part_biases, self.part_scales = (), (), (), ()
 
 
@@ -180,6 +185,8 @@ class NeuronOutput(nn.Module):
                 if b is not None:
                     y = y + b
                 y = y if z.dim() == 3 else y.reshape(-1, y.shape[-1])
+            if st.lin_delta is not None:
+                y = y + _linear_term(z, st.lin_delta)
             return y if st.shift_rows is None else _row_add(y, st.shift_rows)
         if mode == "record":
             z3 = z if z.dim() == 3 else z.view(*st.token_mask.shape, z.shape[-1])
@@ -187,7 +194,10 @@ class NeuronOutput(nn.Module):
             if st.keep_signed:  # the dense start's tokens, for a compensation mean that follows the reply
                 st.signed_sums = accumulate_signed(z3, st.token_mask) + (0 if st.signed_sums is None else st.signed_sums)
         elif mode == "masked":
-            y = self.original(_row_scale(z, st.neuron_mask.to(z.dtype)))
+            z = _row_scale(z, st.neuron_mask.to(z.dtype))
+            y = self.original(z)
+            if st.lin_delta is not None:
+                y = y + _linear_term(z, st.lin_delta)
             return y if st.shift_rows is None else _row_add(y, st.shift_rows)
         return self.original(z)
 
@@ -281,7 +291,7 @@ def compact_block(state: BlockState, inputs: list[NeuronInput], output: NeuronOu
         row_mask = mask[:, union].contiguous()
         selected = union.unsqueeze(0)
     else:
-        row_mask = None
+        row_mask = union = None
     S, k = selected.shape
     sizes = [f * k for f in fused]
     w0, scale0 = pieces[0][0], pieces[0][3]
@@ -306,7 +316,7 @@ def compact_block(state: BlockState, inputs: list[NeuronInput], output: NeuronOu
                              else tuple(None for _ in sizes))
         state.part_scales = (tuple(scale_in.split(sizes)) if scale_in is not None else tuple(None for _ in sizes))
     state.weight_in, state.bias_in, state.scale_in, state.part_sizes = weight_in, bias_in, scale_in, tuple(sizes)
-    state.row_mask = row_mask
+    state.row_mask, state.union = row_mask, union
     w_out, state.scale_out = _stored_weight(output.original)  # (d_out, d_ff); int8 scales stay whole
     b_out = getattr(output.original, "bias", None)
     state.bias_out = None if b_out is None else b_out.detach()
@@ -339,7 +349,13 @@ def set_compensation(state: BlockState, output: nn.Module, selected: torch.Tenso
     """Add the left-out neurons' mean output (``left_out_output``) to the block's output from
     now on: merged into the output bias (``merge``: the sliced path with one set for the
     batch, a buffer reused across requests), else added per row after the projection."""
-    shift = left_out_output(output, selected, mean).to(compute_dtype(output))
+    _set_shift(state, output, left_out_output(output, selected, mean), merge)
+
+
+def _set_shift(state: BlockState, output: nn.Module, shift: torch.Tensor, merge: bool) -> None:
+    """Add ``shift`` (S, d_out) to the block's output from now on: merged into the output bias
+    (``merge``, one set for the batch), else added per row after the projection."""
+    shift = shift.to(compute_dtype(output))
     if merge and shift.shape[0] == 1:
         bias = getattr(output, "bias", None)
         buf = _buffer(state.shift_bias, shift, (shift.shape[1],))
@@ -347,3 +363,46 @@ def set_compensation(state: BlockState, output: nn.Module, selected: torch.Tenso
         state.shift_bias, state.shift_rows = buf, None
     else:
         state.shift_bias, state.shift_rows = None, shift
+
+
+def dense_weight(module: nn.Module) -> torch.Tensor:
+    """A projection's weight (out, in) in float32, int8 weights dequantized."""
+    w, scale = _stored_weight(module)
+    return w.float() if scale is None else w.float() * scale.float().unsqueeze(1)
+
+
+@torch.no_grad()
+def set_linear_compensation(state: BlockState, output: nn.Module, selected: torch.Tensor, cov: torch.Tensor,
+                            mean: torch.Tensor, p: torch.Tensor, ridge: float, merge: bool) -> None:
+    """Predict the neurons ``selected`` (S, k) leaves out from those it keeps, by least squares
+    (``lincomp.corrected_weight``), from now on. The constant joins the output's bias as mean
+    compensation does. The kept columns' change is written into the compact output weight where
+    there is one float matrix for the batch (no work per decode step); else it is kept as
+    ``lin_delta`` (S, n, d_out), over the neurons the output projection sees on this path, and
+    added as ``z @ lin_delta`` after the projection."""
+    from .lincomp import corrected_weight
+
+    w = dense_weight(output)
+    w_new, shift = corrected_weight(w, cov, mean, selected, ridge, p)
+    _set_shift(state, output, shift, merge)
+    state.lin_delta = None
+    if state.mode == "sliced" and state.row_mask is None and state.scale_out is None:  # float compact weights
+        if state.weight_out.dim() == 2:  # (d_out, k), columns in the order of selected[0]
+            state.weight_out.copy_(w_new[0].to(state.weight_out.dtype))
+        else:  # "bmm": (S, k, d_out)
+            state.weight_out.copy_(w_new.transpose(1, 2).to(state.weight_out.dtype))
+        return
+    delta = (w_new - w.t()[selected].transpose(1, 2)).transpose(1, 2)  # (S, k, d_out)
+    if state.mode == "masked" or state.row_mask is not None:  # every neuron, or the union: zero outside a row's set
+        full = delta.new_zeros(selected.shape[0], state.d_ff, delta.shape[-1])
+        full.scatter_(1, selected.unsqueeze(-1).expand(-1, -1, delta.shape[-1]), delta)
+        delta = full if state.mode == "masked" else full[:, state.union]
+    state.lin_delta = delta.to(compute_dtype(output)).contiguous()
+
+
+def _linear_term(z: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``z @ delta`` per batch row of ``z`` (B, T, n) or (B*T, n); one (1, n, d_out) serves every row."""
+    if delta.shape[0] == 1:
+        return z @ delta[0]
+    y = torch.bmm(_by_row(z, delta.shape[0]), delta)
+    return y if z.dim() == 3 else y.reshape(-1, y.shape[-1])
