@@ -322,17 +322,22 @@ def with_greedy(model: nn.Module, tokenizer, prior: Prior, **settings) -> Prior:
     return replace(prior, calibration=cal, meta={**prior.meta, "format_version": cal.format_version})
 
 
-@torch.no_grad()
-def with_bank(model: nn.Module, tokenizer, prior: Prior, rows: int = BANK_ROWS, **settings) -> Prior:
-    """``prior`` with each of ``rows`` greedy replies' own statistic in its calibration (the global
-    view of ``glass-neighbours``; ``greedy_text.greedy_bank``), the rest unchanged."""
-    opts = {**DEFAULTS, **settings}
+def _extension(model: nn.Module, tokenizer, prior: Prior, settings: dict):
+    """What a stage added to a calibrated prior reads: ``(options, blocks, tokenizer, seed)``, the
+    prior checked against the model and the seed its calibration sampled with."""
     blocks = find_ffn_blocks(model)
     prior.check_matches(model, blocks)
     if prior.calibration is None:
         raise ValueError("this prior has no selection calibration (an older file): rebuild it with `glass prior MODEL`")
     tokenizer = tokenizer if tokenizer is not None else token_ids_of(model)
-    seed = int(prior.calibration.meta.get("seed", 0))
+    return {**DEFAULTS, **settings}, blocks, tokenizer, int(prior.calibration.meta.get("seed", 0))
+
+
+@torch.no_grad()
+def with_bank(model: nn.Module, tokenizer, prior: Prior, rows: int = BANK_ROWS, **settings) -> Prior:
+    """``prior`` with each of ``rows`` greedy replies' own statistic in its calibration (the global
+    view of ``glass-neighbours``; ``greedy_text.greedy_bank``), the rest unchanged."""
+    opts, blocks, tokenizer, seed = _extension(model, tokenizer, prior, settings)
     sums, tokens = greedy_bank(model, tokenizer, blocks, seed, rows, opts["greedy_prefix"], opts["greedy_len"])
     # the file keeps the bank in half precision: rounded here too, so a prior just built selects as its file will
     cal = replace(prior.calibration, bank_sums=sums.half().float(), bank_tokens=tokens.float(), neighbours_check=None,  # checked anew
@@ -345,13 +350,7 @@ def with_bank(model: nn.Module, tokenizer, prior: Prior, rows: int = BANK_ROWS, 
 def with_covariance(model: nn.Module, tokenizer, prior: Prior, rows: int = BANK_ROWS, **settings) -> Prior:
     """``prior`` with each block's activation covariance and mean on ``rows`` greedy replies (the bank's)
     in its calibration (what ``glass-linear`` predicts the neurons it leaves out from), the rest unchanged."""
-    opts = {**DEFAULTS, **settings}
-    blocks = find_ffn_blocks(model)
-    prior.check_matches(model, blocks)
-    if prior.calibration is None:
-        raise ValueError("this prior has no selection calibration (an older file): rebuild it with `glass prior MODEL`")
-    tokenizer = tokenizer if tokenizer is not None else token_ids_of(model)
-    seed = int(prior.calibration.meta.get("seed", 0))
+    opts, blocks, tokenizer, seed = _extension(model, tokenizer, prior, settings)
     mean, cov, n = greedy_moments(model, tokenizer, blocks, seed, rows, opts["greedy_prefix"], opts["greedy_len"])
     # rounded as the file keeps it, so a prior just built compensates as its file will
     cal = replace(prior.calibration, lin_cov=round_covariance(cov), lin_mean=mean,

@@ -53,10 +53,9 @@ class GlassHandle:
         # compensation: each block's mean activation on its own device; the mean output of the
         # neurons a selection leaves out is added back (sliced.set_compensation). With comp_linear,
         # each block's (covariance, mean) instead, from which they are predicted (set_linear_compensation)
-        self.comp_linear = comp_means is not None and spec.comp_linear
-        self.comp_means = (None if comp_means is None or self.comp_linear else
+        linear = comp_means is not None and spec.comp_linear
+        self.comp_means = (None if comp_means is None or linear else
                            [m.to(device=dev, dtype=torch.float32) for m, dev in zip(comp_means, self.devices)])
-        self._linear_inputs = comp_means if self.comp_linear else None
         self.ridge = config.ridge_of(spec)
         # with comp_tokens > 0 that mean follows the generated tokens, the prior's counted as comp_tokens
         # tokens; signed_tokens: the generated tokens behind the signed sums, weighted by recency
@@ -87,18 +86,17 @@ class GlassHandle:
         if config.weights == "int8":  # every projection, also for the dense method
             self._quantized = quantize_linears(model)
         self.comp_cov: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
-        if self.comp_linear:
+        if linear:
             if self.refresh_every or self.comp_tokens:
                 raise GlassError(f"method {spec.name!r} predicts the neurons it leaves out from a static covariance, "
                                  "which a re-selection during decoding or a running compensation mean would not "
                                  "follow; drop refresh / comp_tokens, or use a method without comp_linear")
             # per block on its device: covariance, mean, and W_out @ covariance (once; lincomp)
             self.comp_cov = []
-            for (cov, mean), dev, block in zip(self._linear_inputs, self.devices, blocks):
+            for (cov, mean), dev, block in zip(comp_means, self.devices, blocks):
                 cov = cov.to(device=dev, dtype=torch.float32)
                 self.comp_cov.append((cov, mean.to(device=dev, dtype=torch.float32),
                                       output_covariance(dense_weight(block.output_module), cov)))
-            self._linear_inputs = None
         if self.active:
             self._install()
 
