@@ -20,7 +20,7 @@ from dataclasses import replace
 import torch
 
 from calib_case import load_calib_case
-from glass_llm.calibration import with_covariance
+from glass_llm.covariance import with_covariance
 from glass_llm.engine import GlassConfig
 from glass_llm.intervals import mean_ci
 from glass_llm.lincomp import DEFAULT_RIDGE

@@ -83,7 +83,7 @@ def test_a_large_ridge_tends_to_mean_compensation_and_bad_ridges_are_refused():
 @pytest.fixture(scope="module")
 def smollm_linear(smollm, smollm_prior):
     """The test prior with the activation covariance of 6 greedy replies (the default uses 256)."""
-    from glass_llm.calibration import with_covariance
+    from glass_llm.covariance import with_covariance
 
     model, tok = smollm
     return with_covariance(model, tok, smollm_prior, rows=6)

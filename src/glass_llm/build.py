@@ -286,7 +286,8 @@ def calibrated(model: nn.Module, tokenizer, prior: Prior, seed: int = 0, progres
     """``prior`` with the ``glass`` method's selection calibration, its short-prompt lam check, the
     schedule of greedy replies, the bank of greedy replies and its check, and the activation covariance of
     greedy replies (``glass-linear``) included (the same on every process)."""
-    from .calibration import calibrate_prior, with_bank, with_covariance
+    from .calibration import calibrate_prior, with_bank
+    from .covariance import with_covariance
     from .lam_choice import check_short_lam
     from .neighbours_check import check_neighbours
     from .reply_schedule import check_reply_schedule

@@ -50,9 +50,9 @@ import torch
 from torch import nn
 
 from .adapters import FFNBlock, find_ffn_blocks, weight_out_in
-from .calibration_data import Calibration, round_covariance
+from .calibration_data import Calibration
 from .dispersion import WINDOWS, fill_missing, window_lams, window_score_lams
-from .greedy_text import GREEDY_OFFSET, greedy_bank, greedy_moments, greedy_statistic
+from .greedy_text import GREEDY_OFFSET, greedy_bank, greedy_statistic
 from .intervals import mean_ci
 from .prior import Prior
 from .ranking import keep_count
@@ -342,18 +342,5 @@ def with_bank(model: nn.Module, tokenizer, prior: Prior, rows: int = BANK_ROWS, 
     # the file keeps the bank in half precision: rounded here too, so a prior just built selects as its file will
     cal = replace(prior.calibration, bank_sums=sums.half().float(), bank_tokens=tokens.float(), neighbours_check=None,  # checked anew
                   meta={**prior.calibration.meta, "bank_rows": rows})
-    cal.check(len(blocks))
-    return replace(prior, calibration=cal, meta={**prior.meta, "format_version": cal.format_version})
-
-
-@torch.no_grad()
-def with_covariance(model: nn.Module, tokenizer, prior: Prior, rows: int = BANK_ROWS, **settings) -> Prior:
-    """``prior`` with each block's activation covariance and mean on ``rows`` greedy replies (the bank's)
-    in its calibration (what ``glass-linear`` predicts the neurons it leaves out from), the rest unchanged."""
-    opts, blocks, tokenizer, seed = _extension(model, tokenizer, prior, settings)
-    mean, cov, n = greedy_moments(model, tokenizer, blocks, seed, rows, opts["greedy_prefix"], opts["greedy_len"])
-    # rounded as the file keeps it, so a prior just built compensates as its file will
-    cal = replace(prior.calibration, lin_cov=round_covariance(cov), lin_mean=mean,
-                  meta={**prior.calibration.meta, "lin_rows": rows, "lin_tokens": n})
     cal.check(len(blocks))
     return replace(prior, calibration=cal, meta={**prior.meta, "format_version": cal.format_version})

@@ -45,11 +45,9 @@ how it is written into, and read back from, the prior's safetensors file.
   the model's own text (geometric mean over rows) and the upper end of its 95% t interval;
   ``glass`` takes its global view from the nearest replies where that upper end is below 1
   (``use_neighbours``). Older files have no check: ``glass`` then fuses with the one prior.
-* ``lin_cov`` (L, d_ff, d_ff) and ``lin_mean`` (L, d_ff) (format version 10; the covariance stored as
-  the correlation in float16 and the standard deviations ``lin_std``, ``round_covariance``): each
-  block's activation covariance and mean on the bank's greedy replies, from which ``glass-linear``
-  predicts the neurons it leaves out from those it keeps (``lincomp``). Older files have none: they
-  are measured when such a method is applied (``--recalibrate`` stores them).
+* ``lin_cov`` (L, d_ff, d_ff) and ``lin_mean`` (L, d_ff) (format version 10; stored as ``lincomp.split_covariance``):
+  each block's activation covariance and mean on the bank's greedy replies, what ``glass-linear`` predicts
+  the neurons it leaves out from. Older files have none: they are measured when that method is applied.
 """
 
 from __future__ import annotations
@@ -61,6 +59,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .dispersion import check_table
+from .lincomp import check_covariance, join_covariance, split_covariance
 from .schedule import check_profile, checked_ratio
 
 FORMAT_VERSION = 10
@@ -71,31 +70,9 @@ _LAM_KEYS = ("lam_check_lams", "lam_check_ratio", "lam_check_upper")  # format 6
 _REPLY_KEYS = ("reply_loss", "reply_check_densities", "reply_check_ratio", "reply_check_upper")  # format 7
 _BANK_KEYS = ("bank_sums", "bank_tokens")  # format 8
 _NEIGHBOURS_KEYS = ("neighbours_check",)  # format 9
-_LINEAR_KEYS = ("lin_cov", "lin_mean")  # format 10
-_HALF = ("bank_sums",)  # stored in half precision
 REPLY_DENSITY = 0.5  # the density at which each block's loss on greedy replies is measured
 NEUTRAL_LAM = 0.5  # the short-prompt lam without a check, or when no candidate beat it
 _PREFIX = "calibration."
-
-
-def _split_covariance(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L, d, d) covariances as float16 correlations and float32 standard deviations (L, d): half
-    precision keeps every entry to about 1e-3 of its two neurons' scale, where it would lose the
-    small neurons' covariances outright."""
-    std = cov.float().diagonal(dim1=1, dim2=2).clamp_min(0).sqrt()
-    inv = torch.where(std > 0, 1.0 / std.clamp_min(1e-30), torch.zeros_like(std))
-    corr = (cov.float() * inv.unsqueeze(2) * inv.unsqueeze(1)).clamp(-1, 1)
-    return corr.half().contiguous(), std.contiguous()
-
-
-def _join_covariance(corr: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    std = std.float()
-    return corr.float() * std.unsqueeze(2) * std.unsqueeze(1)
-
-
-def round_covariance(cov: torch.Tensor) -> torch.Tensor:
-    """``cov`` as the prior file stores it and reads it back."""
-    return _join_covariance(*_split_covariance(cov))
 
 
 @dataclass
@@ -257,21 +234,8 @@ class Calibration:
                               or float(c[0]) <= 0 or float(c[1]) < float(c[0])):
             raise ValueError("the nearest-replies check holds invalid values or has no bank of replies; rebuild it "
                              "with `glass prior MODEL --recalibrate`")
-        present = [getattr(self, k) is not None for k in _LINEAR_KEYS]
-        if any(present) and not all(present):
-            raise ValueError("the activation covariance needs its mean stored with it")
-        if self.lin_cov is not None:
-            c, mu = self.lin_cov, self.lin_mean
-            if (c.dim() != 3 or c.shape[0] != n_blocks or c.shape[1] != c.shape[2] or mu.shape != c.shape[:2]
-                    or (g is not None and c.shape[1] != g.shape[1])):
-                raise ValueError(f"the activation covariance has shape {tuple(c.shape)} with a mean of shape "
-                                 f"{tuple(mu.shape)}, which does not fit a model of {n_blocks} FFN blocks: it was "
-                                 "measured on another model, or the file is damaged; rebuild it with "
-                                 "`glass prior MODEL --recalibrate`")
-            if not bool(torch.isfinite(c).all() & torch.isfinite(mu).all()
-                        & (c.diagonal(dim1=1, dim2=2) >= 0).all()):
-                raise ValueError("the activation covariance holds invalid values; rebuild it with "
-                                 "`glass prior MODEL --recalibrate`")
+        if self.lin_cov is not None or self.lin_mean is not None:
+            check_covariance(self.lin_cov, self.lin_mean, n_blocks, None if g is None else g.shape[1])
         m = self.greedy_mean
         if m is not None:
             if g is None or m.shape != g.shape:
@@ -297,12 +261,12 @@ class Calibration:
     def to_tensors(self) -> dict[str, torch.Tensor]:
         keys = _KEYS + (_CHECK_KEYS if self.check_ratio is not None else ())
         keys += tuple(k for k in _GREEDY_KEYS + _LAM_KEYS + _REPLY_KEYS + _BANK_KEYS + _NEIGHBOURS_KEYS
-                      + _LINEAR_KEYS if getattr(self, k) is not None)
-        # the bank and the covariance's basis are the large tables: half precision, which they need
-        out = {_PREFIX + k: (getattr(self, k).half() if k in _HALF else getattr(self, k).float()).contiguous()
-               for k in keys if k != "lin_cov"}
+                      + ("lin_mean",) if getattr(self, k) is not None)
+        # the bank in half precision, which its ranks need; the covariance as lincomp.split_covariance
+        out = {_PREFIX + k: (getattr(self, k).half() if k == "bank_sums" else getattr(self, k).float()).contiguous()
+               for k in keys}
         if self.lin_cov is not None:
-            out[_PREFIX + "lin_corr"], out[_PREFIX + "lin_std"] = _split_covariance(self.lin_cov)
+            out[_PREFIX + "lin_corr"], out[_PREFIX + "lin_std"] = split_covariance(self.lin_cov)
         return out
 
     @classmethod
@@ -318,10 +282,7 @@ class Calibration:
         checks = {k: tensors[_PREFIX + k].float() for k in _CHECK_KEYS + _GREEDY_KEYS + _LAM_KEYS
                   + _REPLY_KEYS + _BANK_KEYS + _NEIGHBOURS_KEYS + ("lin_mean",) if _PREFIX + k in tensors}
         if _PREFIX + "lin_corr" in tensors:
-            if _PREFIX + "lin_std" not in tensors:
-                raise ValueError("the prior's activation covariance has no standard deviations; rebuild it with "
-                                 "`glass prior MODEL --recalibrate`")
-            checks["lin_cov"] = _join_covariance(tensors[_PREFIX + "lin_corr"], tensors[_PREFIX + "lin_std"])
+            checks["lin_cov"] = join_covariance(tensors[_PREFIX + "lin_corr"], tensors.get(_PREFIX + "lin_std"))
         cal = cls(**{k: tensors[_PREFIX + k].float() for k in _KEYS}, **checks, meta=dict(meta or {}))
         cal.check(cal.n_blocks)
         return cal
@@ -378,10 +339,9 @@ class Calibration:
             lines.append(f"nearest-replies check, KL of glass-neighbours / glass with the one prior on 8-token prompts "
                          f"of the model's own text: {r:.3f} (<= {u:.3f}); glass fuses with "
                          + ("the nearest replies" if self.use_neighbours else "the one prior"))
-        lines.append("activation covariance of greedy replies (what glass-linear predicts the neurons it leaves out "
-                     "from): " + ("none (format 9 or older): measured when glass-linear is applied; `glass prior MODEL "
-                                  "--recalibrate` stores it" if self.lin_cov is None else
-                                  f"{int(self.meta.get('lin_tokens', 0))} tokens"))
+        lines.append("activation covariance of greedy replies (read by glass-linear): " + (
+            "none (format 9 or older): measured when glass-linear is applied" if self.lin_cov is None
+            else f"{int(self.meta.get('lin_tokens', 0))} tokens"))
         for i in range(self.n_blocks):
             lam = " ".join(f"{v:.2f}" for v in self.lam[i].tolist())
             score = " ".join(f"{v:.2f}" for v in self.score_lam[i].tolist())

@@ -27,10 +27,9 @@ from .method_inputs import method_inputs
 from .methods import MethodSpec
 from .quant import Int8Linear, quantize_linears
 from .selection import Selector, build_selector
-from .lincomp import output_covariance
-from .sliced import (BlockState, NeuronInput, NeuronOutput, compact_block, dense_weight, set_compensation,
-                     set_linear_compensation, update_compact)
-from .stats import accumulate_activation, accumulate_signed, recency_weights, shrunk_mean
+from .compensation import linear_inputs, running_mean, set_compensation, set_linear_compensation
+from .sliced import BlockState, NeuronInput, NeuronOutput, compact_block, update_compact
+from .stats import accumulate_activation, accumulate_signed, recency_weights
 
 
 class GlassHandle:
@@ -50,9 +49,7 @@ class GlassHandle:
         self.active = not spec.dense and any(k < b.d_ff for k, b in zip(self.k, blocks))
         self.states = [BlockState(d_ff=b.d_ff) for b in blocks]
         self.devices = selector.devices
-        # compensation: each block's mean activation on its own device; the mean output of the
-        # neurons a selection leaves out is added back (sliced.set_compensation). With comp_linear,
-        # each block's (covariance, mean) instead, from which they are predicted (set_linear_compensation)
+        # compensation: each block's mean activation on its own device (none with comp_linear: below)
         linear = comp_means is not None and spec.comp_linear
         self.comp_means = (None if comp_means is None or linear else
                            [m.to(device=dev, dtype=torch.float32) for m, dev in zip(comp_means, self.devices)])
@@ -85,18 +82,12 @@ class GlassHandle:
         self._quantized: list[tuple[nn.Module, str, nn.Module]] = []
         if config.weights == "int8":  # every projection, also for the dense method
             self._quantized = quantize_linears(model)
-        self.comp_cov: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
-        if linear:
-            if self.refresh_every or self.comp_tokens:
-                raise GlassError(f"method {spec.name!r} predicts the neurons it leaves out from a static covariance, "
-                                 "which a re-selection during decoding or a running compensation mean would not "
-                                 "follow; drop refresh / comp_tokens, or use a method without comp_linear")
-            # per block on its device: covariance, mean, and W_out @ covariance (once; lincomp)
-            self.comp_cov = []
-            for (cov, mean), dev, block in zip(comp_means, self.devices, blocks):
-                cov = cov.to(device=dev, dtype=torch.float32)
-                self.comp_cov.append((cov, mean.to(device=dev, dtype=torch.float32),
-                                      output_covariance(dense_weight(block.output_module), cov)))
+        if linear and (self.refresh_every or self.comp_tokens):
+            raise GlassError(f"method {spec.name!r} predicts the neurons it leaves out from a static covariance, which a "
+                             "re-selection during decoding or a running compensation mean would not follow; drop "
+                             "refresh / comp_tokens, or use a method without comp_linear")
+        # with comp_linear: per block (covariance, mean, W_out @ covariance), on its device
+        self.comp_cov = linear_inputs(comp_means, self.devices, blocks) if linear else None
         if self.active:
             self._install()
 
@@ -274,20 +265,8 @@ class GlassHandle:
             set_linear_compensation(st, self._outputs[i].original, chosen, *self.comp_cov[i], self.ridge,
                                     merge=self.config.path == "sliced")
         elif self.comp_means is not None:
-            set_compensation(st, self._outputs[i].original, chosen, self._comp_mean(i, chosen.shape[0]),
-                             merge=self.config.path == "sliced")
-
-    def _comp_mean(self, i: int, sets: int) -> torch.Tensor:
-        """Block ``i``'s mean activation for compensation: the prior's (d_ff,), or with
-        ``comp_tokens`` the mean of the generated tokens so far (weighted by recency as in the
-        local statistic; the prompt's are left out, its first token's activations are outliers)
-        with the prior's mean counted as ``comp_tokens`` more tokens, one row per set (S, d_ff)."""
-        prior_mean, signed = self.comp_means[i], self.states[i].signed_sums
-        if not self.comp_tokens or signed is None:
-            return prior_mean
-        if sets == 1 and signed.shape[0] > 1:  # one set for the batch: the batch's mean
-            signed = signed.mean(0, keepdim=True)
-        return shrunk_mean(signed, self.signed_tokens, prior_mean, self.comp_tokens)
+            mean = running_mean(self.comp_means[i], st.signed_sums, chosen.shape[0], self.signed_tokens, self.comp_tokens)
+            set_compensation(st, self._outputs[i].original, chosen, mean, merge=self.config.path == "sliced")
 
     # mask refresh ------------------------------------------------------------------
     def refresh_interval(self, n: int) -> int:

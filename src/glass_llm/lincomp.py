@@ -1,6 +1,6 @@
 """Linear compensation: the neurons a selection leaves out, predicted from those it keeps.
 
-Mean compensation (``sliced.set_compensation``) adds back ``W_out[:, left] @ m[left]``, the left-out
+Mean compensation (``compensation.set_compensation``) adds back ``W_out[:, left] @ m[left]``, the left-out
 neurons' mean output. Their activations are correlated with the kept ones', so a better guess of
 ``z_left`` for the token at hand is the least-squares one given ``z_kept``:
 
@@ -56,3 +56,41 @@ def corrected_weight(w_out: torch.Tensor, cov: torch.Tensor, mean: torch.Tensor,
     w_new = torch.cholesky_solve(rhs, chol).transpose(1, 2)  # (S, d_out, k); S_kk + rho I is symmetric
     shift = w @ mean - (w_new @ mean[kept].unsqueeze(-1)).squeeze(-1)
     return w_new, shift
+
+
+def split_covariance(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L, d, d) covariances as float16 correlations and float32 standard deviations (L, d): half
+    precision keeps every entry to about 1e-3 of its two neurons' scale, where it would lose the
+    small neurons' covariances outright."""
+    std = cov.float().diagonal(dim1=1, dim2=2).clamp_min(0).sqrt()
+    inv = torch.where(std > 0, 1.0 / std.clamp_min(1e-30), torch.zeros_like(std))
+    corr = (cov.float() * inv.unsqueeze(2) * inv.unsqueeze(1)).clamp(-1, 1)
+    return corr.half().contiguous(), std.contiguous()
+
+
+def join_covariance(corr: torch.Tensor, std: torch.Tensor | None) -> torch.Tensor:
+    if std is None:
+        raise ValueError("the prior's activation covariance has no standard deviations; rebuild it with "
+                         "`glass prior MODEL --recalibrate`")
+    std = std.float()
+    return corr.float() * std.unsqueeze(2) * std.unsqueeze(1)
+
+
+def round_covariance(cov: torch.Tensor) -> torch.Tensor:
+    """``cov`` as the prior file stores it and reads it back."""
+    return join_covariance(*split_covariance(cov))
+
+
+def check_covariance(cov: torch.Tensor | None, mean: torch.Tensor | None, n_blocks: int, d_ff: int | None) -> None:
+    """Raise ``ValueError`` when (L, d, d) covariances and their (L, d) means are not both there, do not
+    fit a model of ``n_blocks`` FFN blocks of ``d_ff`` neurons (None: any), or hold invalid values."""
+    if cov is None or mean is None:
+        raise ValueError("the activation covariance needs its mean stored with it")
+    if (cov.dim() != 3 or cov.shape[0] != n_blocks or cov.shape[1] != cov.shape[2] or mean.shape != cov.shape[:2]
+            or (d_ff is not None and cov.shape[1] != d_ff)):
+        raise ValueError(f"the activation covariance has shape {tuple(cov.shape)} with a mean of shape "
+                         f"{tuple(mean.shape)}, which does not fit a model of {n_blocks} FFN blocks: it was measured "
+                         "on another model, or the file is damaged; rebuild it with `glass prior MODEL --recalibrate`")
+    if not bool(torch.isfinite(cov).all() & torch.isfinite(mean).all() & (cov.diagonal(dim1=1, dim2=2) >= 0).all()):
+        raise ValueError("the activation covariance holds invalid values; rebuild it with "
+                         "`glass prior MODEL --recalibrate`")

@@ -48,7 +48,8 @@ def _prior_for(model: nn.Module, blocks: list[FFNBlock], config: GlassConfig, sp
               "for a file you named, `glass prior MODEL --recalibrate FILE`)", file=sys.stderr, flush=True)
         prior.calibration = with_bank(model, None, prior).calibration
     if spec.comp_linear and prior.calibration is not None and prior.calibration.lin_cov is None:
-        from .calibration import BANK_ROWS, with_covariance
+        from .calibration import BANK_ROWS
+        from .covariance import with_covariance
 
         print(f"this prior keeps no activation covariance (format 9 or older), which {spec.name!r} reads: measuring it "
               f"on {BANK_ROWS} greedy replies now, in this process only (a few minutes for a 135M model on 2 CPU "

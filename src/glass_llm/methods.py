@@ -73,7 +73,7 @@ class MethodSpec:
     # every this many generated tokens (0: the schedule at every re-selection)
     schedule_halflife: float = 0.0
     # add back the mean output of the neurons left out (the prior's mean activation of greedy text;
-    # sliced.set_compensation): a bias per selection, no work per decode step
+    # compensation.set_compensation): a bias per selection, no work per decode step
     compensate: bool = False
     # with compensate: the mean activation added back is that of the generated tokens so far (the dense
     # start's, then at each re-selection the reply's, weighted as in the local statistic; never the
