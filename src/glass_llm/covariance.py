@@ -11,10 +11,9 @@ from torch import nn
 
 from .adapters import FFNBlock
 from .calibration import BANK_ROWS, _extension
-from .greedy_text import GREEDY_OFFSET, _padded_chunks
+from .greedy_text import _padded_chunks, greedy_replies
 from .lincomp import round_covariance
 from .prior import Prior
-from .self_sample import sample_and_record
 
 
 @torch.no_grad()
@@ -24,11 +23,8 @@ def greedy_moments(model: nn.Module, tokenizer, blocks: list[FFNBlock], seed: in
     of ``greedy_bank`` (the same sequences): (n_blocks, d_ff) mean, (n_blocks, d_ff, d_ff)
     covariance, and the token count (float32 sums on the model's device: n_blocks x d_ff^2 of
     memory). What ``glass-linear`` predicts the neurons it leaves out from (``lincomp``)."""
-    if rows < 1 or prefix < 1 or length < 1:
-        raise ValueError(f"the activation covariance needs rows, prefix and length >= 1, got {rows}, {prefix}, {length}")
-    indices = list(range(GREEDY_OFFSET, GREEDY_OFFSET + rows))
-    _, counts, tokens = sample_and_record(model, tokenizer, blocks, indices, prefix + length, seed,
-                                          greedy_after=prefix)
+    indices, _, counts, tokens = greedy_replies(model, tokenizer, blocks, seed, rows, prefix, length,
+                                                "the activation covariance")
     n = int(counts.sum())
     if n < 2:
         raise ValueError("the greedy replies hold fewer than 2 tokens, too few for a covariance; raise the rows")

@@ -25,17 +25,25 @@ def greedy_statistic(model: nn.Module, tokenizer, blocks: list[FFNBlock], seed: 
     the (n_blocks, d_ff) mean raw activation ``z`` over the same tokens (one teacher-forced
     pass over the written text; the mean output of the neurons a selection leaves out,
     ``compensation``, is computed from it)."""
-    if rows < 1 or prefix < 1 or length < 1:
-        raise ValueError(f"the greedy statistic needs rows, prefix and length >= 1, got {rows}, {prefix}, {length}")
-    indices = list(range(GREEDY_OFFSET, GREEDY_OFFSET + rows))
-    sums, counts, tokens = sample_and_record(model, tokenizer, blocks, indices, prefix + length, seed,
-                                             greedy_after=prefix)
+    indices, sums, counts, tokens = greedy_replies(model, tokenizer, blocks, seed, rows, prefix, length,
+                                                   "the greedy statistic")
     n = int(counts.sum())
     if n == 0:
         raise ValueError("every greedy sequence wrote EOS within its sampled start, so no greedy text was "
                          "recorded; raise greedy_rows")
     signed = _signed_sums(model, tokenizer, blocks, indices, tokens, counts, prefix)
     return torch.stack([s.sum(0) for s in sums]), n, signed / n
+
+
+def greedy_replies(model: nn.Module, tokenizer, blocks: list[FFNBlock], seed: int, rows: int, prefix: int,
+                   length: int, what: str) -> tuple[list[int], list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The ``rows`` greedy replies of the bank (``prefix`` sampled tokens, then ``length`` greedy ones):
+    their self-prompt indices and ``sample_and_record``'s (sums, counts, tokens); ``what`` names the
+    stage in the error for bad settings."""
+    if rows < 1 or prefix < 1 or length < 1:
+        raise ValueError(f"{what} needs rows, prefix and length >= 1, got {rows}, {prefix}, {length}")
+    indices = list(range(GREEDY_OFFSET, GREEDY_OFFSET + rows))
+    return (indices, *sample_and_record(model, tokenizer, blocks, indices, prefix + length, seed, greedy_after=prefix))
 
 
 def _padded_chunks(tokenizer, indices: list[int], tokens: torch.Tensor, counts: torch.Tensor, prefix: int,
@@ -85,10 +93,8 @@ def greedy_bank(model: nn.Module, tokenizer, blocks: list[FFNBlock], seed: int =
     indices, so its rows come first), one batch. Returns the (R, n_blocks, d_ff) sums of
     ``u^2`` over each row's greedy tokens and the (R,) token counts, rows that wrote EOS within
     their sampled start left out."""
-    if rows < 1 or prefix < 1 or length < 1:
-        raise ValueError(f"the bank of greedy replies needs rows, prefix and length >= 1, got {rows}, {prefix}, {length}")
-    indices = list(range(GREEDY_OFFSET, GREEDY_OFFSET + rows))
-    sums, counts, _ = sample_and_record(model, tokenizer, blocks, indices, prefix + length, seed, greedy_after=prefix)
+    _, sums, counts, _ = greedy_replies(model, tokenizer, blocks, seed, rows, prefix, length,
+                                        "the bank of greedy replies")
     keep = counts > 0
     if not bool(keep.any()):
         raise ValueError("every greedy sequence wrote EOS within its sampled start; raise the bank's rows")
