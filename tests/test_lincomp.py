@@ -13,7 +13,6 @@ import torch.nn.functional as F
 
 from glass_llm import GlassConfig, apply_glass
 from glass_llm.adapters import find_ffn_blocks, weight_out_in
-from glass_llm.engine import GlassError
 from glass_llm.lincomp import corrected_weight, output_covariance
 from glass_llm.prior import load_prior, save_prior
 from glass_llm.teacher import continuation_logits
@@ -48,6 +47,16 @@ def test_corrected_weight_is_the_least_squares_prediction_written_out():
         a = cov[left][:, k] @ torch.linalg.inv(s_kk + rho * torch.eye(6, dtype=cov.dtype))
         assert torch.allclose(w_new[s].double(), w[:, k] + w[:, left] @ a, atol=1e-4)
         assert torch.allclose(shift[s].double(), w[:, left] @ (mean[left] - a @ mean[k]), atol=1e-4)
+    # one mean per set (a mean that follows the reply): each set centred on its own, the same W'
+    means = torch.stack([mean, mean + torch.linspace(-1, 1, 12, dtype=mean.dtype)])
+    w_two, shift_two = corrected_weight(w, cov, means, kept, ridge=0.3)
+    assert torch.equal(w_two, w_new)
+    for s in range(2):
+        k, m = kept[s], means[s]
+        assert torch.allclose(shift_two[s].double(), w @ m - w_new[s].double() @ m[k], atol=1e-4)
+    assert not torch.allclose(shift_two[1], shift[1])
+    with pytest.raises(ValueError, match="mean"):
+        corrected_weight(w, cov, torch.stack([mean] * 3), kept)
 
 
 def test_left_out_neurons_that_follow_the_kept_ones_are_recovered_exactly():
@@ -135,20 +144,25 @@ def test_every_path_computes_the_predicted_output(smollm, smollm_linear, path, b
             assert (got.double() - want).abs().max() <= 2e-3 * want.abs().max()
 
 
-def test_linear_teacher_forcing_equals_stepwise_decoding(smollm, smollm_linear):
+@pytest.mark.parametrize("method,other", [("glass-linear", "glass"), ("glass-refresh-linear", "glass-refresh-neighbours")])
+def test_linear_teacher_forcing_equals_stepwise_decoding(smollm, smollm_linear, method, other):
+    """Static, and re-selecting every 3 tokens (the prediction solved again for each new set,
+    centred on the mean that follows the reply): teacher forcing reproduces sliced decoding."""
     model, tok = smollm
     enc = tok.apply_chat_template([{"role": "user", "content": "What is a prime number?"}],
                                   add_generation_prompt=True, return_tensors="pt", return_dict=True)
     P = enc["input_ids"].shape[1]
-    config = GlassConfig(method="glass-linear", density=0.5, prior=smollm_linear)
-    with apply_glass(model, config):
+    extra = {} if method == "glass-linear" else {"refresh": 3, "dense_start": 2}
+    config = GlassConfig(method=method, density=0.5, prior=smollm_linear, **extra)
+    with apply_glass(model, config) as h:
         out = model.generate(**enc, max_new_tokens=10, do_sample=False, output_logits=True,
                              return_dict_in_generate=True)
+        assert h.refreshes == (0 if method == "glass-linear" else 2)
     step = torch.stack(out.logits, 1)
     tf, _ = continuation_logits(model, enc["input_ids"], out.sequences[:, P:], replace(config, path="masked"))
     assert (tf - step).abs().max() <= 1e-4
     plain, _ = continuation_logits(model, enc["input_ids"], out.sequences[:, P:],
-                                   GlassConfig(method="glass", density=0.5, prior=smollm_linear))
+                                   replace(config, method=other))
     assert (plain - step).abs().max() > 1e-2  # the prediction really changes the output
 
 
@@ -171,10 +185,7 @@ def test_prior_file_keeps_the_covariance_and_older_files_load(smollm_linear, tmp
         replace(cal, lin_cov=cal.lin_cov[:, :-1]).check(n_blocks)
 
 
-def test_linear_compensation_refuses_what_it_cannot_follow(smollm, smollm_linear):
-    model, _ = smollm
-    with pytest.raises(GlassError, match="static covariance"):
-        apply_glass(model, GlassConfig(method="glass-linear", density=0.5, prior=smollm_linear, refresh=8))
+def test_linear_compensation_refuses_bad_options():
     with pytest.raises(ValueError, match="predicts none"):
         GlassConfig(method="glass", density=0.5, ridge=0.5).resolved()
     for bad in (0, -1.0, float("inf"), True):

@@ -82,10 +82,6 @@ class GlassHandle:
         self._quantized: list[tuple[nn.Module, str, nn.Module]] = []
         if config.weights == "int8":  # every projection, also for the dense method
             self._quantized = quantize_linears(model)
-        if linear and (self.refresh_every or self.comp_tokens):
-            raise GlassError(f"method {spec.name!r} predicts the neurons it leaves out from a static covariance, which a "
-                             "re-selection during decoding or a running compensation mean would not follow; drop "
-                             "refresh / comp_tokens, or use a method without comp_linear")
         # with comp_linear: per block (covariance, mean, W_out @ covariance), on its device
         self.comp_cov = linear_inputs(comp_means, self.devices, blocks) if linear else None
         if self.active:
@@ -253,6 +249,8 @@ class GlassHandle:
         st = self.states[i]
         st.selected = chosen
         if self.config.path == "sliced":
+            # a linear prediction rewrites every kept column of the output weight (in the order of chosen)
+            incremental = incremental and self.comp_cov is None
             if not (incremental and update_compact(st, self._inputs[i], self._outputs[i], chosen)):
                 compact_block(st, self._inputs[i], self._outputs[i], chosen)
             st.mode = "sliced"
@@ -261,12 +259,14 @@ class GlassHandle:
             mask = torch.zeros(chosen.shape[0], self.blocks[i].d_ff, dtype=dtype, device=chosen.device)
             st.neuron_mask = mask.scatter_(1, chosen, 1.0)
             st.mode = "masked"
+        merge = self.config.path == "sliced"
         if self.comp_cov is not None:
-            set_linear_compensation(st, self._outputs[i].original, chosen, *self.comp_cov[i], self.ridge,
-                                    merge=self.config.path == "sliced")
+            cov, prior_mean, p = self.comp_cov[i]
+            mean = running_mean(prior_mean, st.signed_sums, chosen.shape[0], self.signed_tokens, self.comp_tokens)
+            set_linear_compensation(st, self._outputs[i].original, chosen, cov, mean, p, self.ridge, merge=merge)
         elif self.comp_means is not None:
             mean = running_mean(self.comp_means[i], st.signed_sums, chosen.shape[0], self.signed_tokens, self.comp_tokens)
-            set_compensation(st, self._outputs[i].original, chosen, mean, merge=self.config.path == "sliced")
+            set_compensation(st, self._outputs[i].original, chosen, mean, merge=merge)
 
     # mask refresh ------------------------------------------------------------------
     def refresh_interval(self, n: int) -> int:

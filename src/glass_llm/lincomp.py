@@ -38,12 +38,14 @@ def corrected_weight(w_out: torch.Tensor, cov: torch.Tensor, mean: torch.Tensor,
     """``(W', shift)`` for the sets ``kept`` (S, k) of a block with output weight ``w_out`` (d_out, d_ff),
     activation covariance ``cov`` (d_ff, d_ff) and mean ``mean`` (d_ff,): the block's output with the
     other neurons predicted is ``z_kept @ W'[s].T + shift[s]``, W' (S, d_out, k) with its columns in
-    the order of ``kept[s]``, shift (S, d_out); float32. ``p`` is ``output_covariance(w_out, cov)``."""
+    the order of ``kept[s]``, shift (S, d_out); float32. ``p`` is ``output_covariance(w_out, cov)``.
+    ``mean`` may also be (S, d_ff), one per set (a mean that follows the reply): the prediction then
+    centres each set's neurons on its own mean, with the one covariance."""
     if not ridge > 0:
         raise ValueError(f"ridge must be > 0 (it keeps the kept neurons' covariance invertible), got {ridge}")
     d = cov.shape[0]
-    if cov.shape != (d, d) or mean.shape != (d,) or w_out.shape[1] != d:
-        raise ValueError(f"need a (d_ff, d_ff) covariance, a (d_ff,) mean and a (d_out, d_ff) weight, got "
+    if cov.shape != (d, d) or mean.shape not in ((d,), (kept.shape[0], d)) or w_out.shape[1] != d:
+        raise ValueError(f"need a (d_ff, d_ff) covariance, a (d_ff,) mean (or one per set) and a (d_out, d_ff) weight, got "
                          f"{tuple(cov.shape)}, {tuple(mean.shape)} and {tuple(w_out.shape)}")
     w, cov, mean = w_out.float(), cov.float(), mean.float()
     p = output_covariance(w, cov) if p is None else p.float()
@@ -54,7 +56,8 @@ def corrected_weight(w_out: torch.Tensor, cov: torch.Tensor, mean: torch.Tensor,
     chol = torch.linalg.cholesky(s_kk + rho[:, None, None] * eye)
     rhs = (p.t()[kept] + rho[:, None, None] * w.t()[kept])  # (S, k, d_out): (P_k + rho W_k)^T
     w_new = torch.cholesky_solve(rhs, chol).transpose(1, 2)  # (S, d_out, k); S_kk + rho I is symmetric
-    shift = w @ mean - (w_new @ mean[kept].unsqueeze(-1)).squeeze(-1)
+    means = mean.expand(kept.shape[0], d)
+    shift = means @ w.t() - (w_new @ means.gather(1, kept).unsqueeze(-1)).squeeze(-1)
     return w_new, shift
 
 

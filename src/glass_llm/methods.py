@@ -266,6 +266,12 @@ register_method(replace(METHODS["glass-refresh-reply-greedy"], name="glass-refre
                         description=f"glass-refresh-reply fused with the statistic of the {NEIGHBOURS} greedy replies "
                                     "nearest to the prompt and the tokens so far, met again at each re-selection"))
 
+# glass-refresh-neighbours predicting the neurons it leaves out from those it keeps (glass-linear's
+# prediction, centred on the mean that follows the reply), solved again at each re-selection.
+register_method(replace(METHODS["glass-refresh-neighbours"], name="glass-refresh-linear", comp_linear=True,
+                        description="glass-refresh-neighbours whose neurons left out are predicted from those it keeps "
+                                    "by least squares (as glass-linear), solved again at each re-selection"))
+
 # glass taking the nearest replies whatever the prior's check says (the check's own method).
 register_method(replace(METHODS["glass"], name="glass-neighbours", neighbours_checked=False,
                         description=f"glass whose global view is the statistic of the {NEIGHBOURS} greedy replies of "
