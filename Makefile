@@ -22,7 +22,7 @@ prior: $(STAMP)
 	$(VENV)/bin/glass prior
 
 test: $(STAMP)
-	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra --durations=15 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV)

@@ -62,12 +62,13 @@ CANDIDATES = ("glass", "glass-linear", "glass-neighbours", "glass-one-prior", "g
               "glass-greedy", "glass-schedule",
               "glass-schedule-comp", "glass-refresh", "glass-refresh-start",
               "glass-refresh-start-fade", "glass-refresh-start-fade-comp", "glass-refresh-start-fade-comp-running",
-              "glass-refresh-reply", "glass-refresh-reply-fade", "glass-refresh-reply-greedy", "glass-refresh-neighbours")
+              "glass-refresh-reply", "glass-refresh-reply-fade", "glass-refresh-reply-greedy", "glass-refresh-neighbours",
+              "glass-refresh-linear")
 GOALS = (("glass-a", 0.8), ("global", 0.85), ("griffin", 0.5), ("oracle", 1.0))
 REFRESHING = ("glass-refresh", "glass-refresh-start", "glass-refresh-start-fade",
               "glass-refresh-start-fade-comp", "glass-refresh-start-fade-comp-running", "glass-refresh-reply",
               "glass-refresh-reply-fade", "glass-refresh-reply-greedy",
-              "glass-refresh-neighbours")  # the oracle goal is theirs
+              "glass-refresh-neighbours", "glass-refresh-linear")  # the oracle goal is theirs
 MIN_PROMPTS = 8
 # Two runs of one prompt agree within this (absolute, relative above a KL of 1): runs are pooled across
 # machines, where a near-tie at the cut of a ranking may flip a neuron between two CPUs' floating-point
