@@ -45,8 +45,8 @@ def corrected_weight(w_out: torch.Tensor, cov: torch.Tensor, mean: torch.Tensor,
         raise ValueError(f"ridge must be > 0 (it keeps the kept neurons' covariance invertible), got {ridge}")
     d = cov.shape[0]
     if cov.shape != (d, d) or mean.shape not in ((d,), (kept.shape[0], d)) or w_out.shape[1] != d:
-        raise ValueError(f"need a (d_ff, d_ff) covariance, a (d_ff,) mean (or one per set) and a (d_out, d_ff) weight, got "
-                         f"{tuple(cov.shape)}, {tuple(mean.shape)} and {tuple(w_out.shape)}")
+        raise ValueError(f"need a (d_ff, d_ff) covariance, a (d_ff,) mean (or one per set) and a (d_out, d_ff) "
+                         f"weight, got {tuple(cov.shape)}, {tuple(mean.shape)} and {tuple(w_out.shape)}")
     w, cov, mean = w_out.float(), cov.float(), mean.float()
     p = output_covariance(w, cov) if p is None else p.float()
     rows = kept.unsqueeze(-1)
