@@ -172,10 +172,10 @@ def test_a_cached_prior_without_the_check_gets_it_once(smollm, smollm_prior, tmp
     monkeypatch.setenv("GLASS_LLM_CACHE", str(tmp_path))
     monkeypatch.setitem(lam_choice.DEFAULTS, "rows", 4)
     monkeypatch.setitem(neighbours_check.DEFAULTS, "rows", 4)
-    monkeypatch.setitem(neighbours_check.DEFAULTS, "gen_tokens", 16)
+    monkeypatch.setitem(neighbours_check.DEFAULTS, "gen_tokens", 8)
     monkeypatch.setitem(neighbours_check.DEFAULTS, "extra_rows", 4)
-    monkeypatch.setitem(lam_choice.DEFAULTS, "gen_tokens", 16)
-    for key, value in (("gain_rows", 3), ("check_rows", 3), ("gen_tokens", 16)):
+    monkeypatch.setitem(lam_choice.DEFAULTS, "gen_tokens", 8)
+    for key, value in (("gain_rows", 3), ("check_rows", 3), ("gen_tokens", 8)):
         monkeypatch.setitem(reply_schedule.DEFAULTS, key, value)
     model, tok = smollm
     cal = replace(smollm_prior.calibration, lam_check_lams=None, lam_check_ratio=None, lam_check_upper=None)

@@ -97,11 +97,11 @@ def test_losses_are_the_one_block_kl_on_the_models_own_replies(smollm, smollm_pr
     """Block ``i``'s stored loss is the KL of ``glass`` with only block ``i`` at 0.5 on the model's
     greedy replies; the stored check ratio is the schedule's KL over one density's on other replies."""
     model, tok = smollm
-    checked = check_reply_schedule(model, tok, smollm_prior, gain_rows=3, check_rows=3, gen_tokens=16, chunk=3)
+    checked = check_reply_schedule(model, tok, smollm_prior, gain_rows=3, check_rows=3, gen_tokens=8, chunk=3)
     cal = checked.calibration
     meta = cal.meta["reply_schedule"]
     assert 1 <= meta["gain_rows_used"] <= 3 and meta["check_rows_used"] <= 3
-    prompts, mask, replies = self_written(model, tok, 8, 16, 3, offset=GAIN_OFFSET)
+    prompts, mask, replies = self_written(model, tok, 8, 8, 3, offset=GAIN_OFFSET)
     n = cal.n_blocks
     for i in (0, n - 1):
         one = GlassConfig(method=MEASURE_METHOD, density=tuple(0.5 if j == i else 1.0 for j in range(n)))
@@ -109,7 +109,7 @@ def test_losses_are_the_one_block_kl_on_the_models_own_replies(smollm, smollm_pr
         assert abs(float(kl.mean()) - float(cal.reply_loss[i])) < 1e-4 and float(kl.mean()) > 0
     assert bool((cal.reply_check_upper >= cal.reply_check_ratio).all())
     # the check: the schedule of the losses against one density for every block, on other replies
-    prompts, mask, replies = self_written(model, tok, 8, 16, 3, offset=CHECK_OFFSET)
+    prompts, mask, replies = self_written(model, tok, 8, 8, 3, offset=CHECK_OFFSET)
     assert prompts.shape[0] == meta["check_rows_used"] >= 2
     d_ff = [b.d_ff for b in find_ffn_blocks(model)]
     c = CHECK_DENSITIES.index(0.5)

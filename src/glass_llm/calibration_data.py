@@ -1,54 +1,48 @@
-"""The selection calibration stored with a prior (format version 2): what it holds and
-how it is written into, and read back from, the prior's safetensors file.
+"""The selection calibration stored with a prior: what it holds and how it is written into, and read back from, the
+prior's safetensors file.
 
-* ``grid`` (G,) and ``profile`` (L, G): the sensitivity profile, the KL to the dense model
-  per token when only block ``i`` keeps the fraction ``grid[g]`` of its neurons; the
-  per-layer densities for any requested density are derived from it (``schedule``);
-* ``windows`` (W,) and ``lam`` (L, W): the lam of each block for a prompt of ``windows[w]``
-  tokens (``dispersion``), for rank fusion; ``score_lam`` (L, W) the same for score fusion;
-* ``check_densities`` (C,), ``check_ratio`` (C,) and ``check_upper`` (C,) (format version 3):
-  the schedule check, the KL of the allocated schedule over the KL of the uniform density
-  (geometric mean over sampled rows, and the upper end of its 95% t interval), both with
-  the full ``glass`` selection on samples of the model's own text; the schedule is used at
-  a density only where the upper end is below 1 (``use_schedule``). Files of version 2 have
-  no check: the schedule is then not used (a warning says to rebuild the prior);
-* ``greedy_sums`` (L, d_ff) (format version 4): the statistic summed over text the model
-  writes greedily after a short sampled start, ``meta["greedy_tokens"]`` tokens of it: the
-  global view of ``glass`` and ``glass-greedy``, for replies decoded greedily (the
-  ``greedy`` global source). Older files have none; it is computed when they are loaded
+* ``grid`` (G,) and ``profile`` (L, G): the sensitivity profile, the KL to the dense model per token when only block
+  ``i`` keeps the fraction ``grid[g]`` of its neurons; the per-layer densities for any requested density are derived
+  from it (``schedule``);
+* ``windows`` (W,) and ``lam`` (L, W): the lam of each block for a prompt of ``windows[w]`` tokens (``dispersion``),
+  for rank fusion; ``score_lam`` (L, W) the same for score fusion;
+* ``check_densities`` (C,), ``check_ratio`` (C,) and ``check_upper`` (C,) (format version 3): the schedule check, the
+  KL of the allocated schedule over the KL of the uniform density (geometric mean over sampled rows, and the upper end
+  of its 95% t interval), both with the full ``glass`` selection on samples of the model's own text; the schedule is
+  used at a density only where the upper end is below 1 (``use_schedule``). Files of version 2 have no check: the
+  schedule is then not used (a warning says to rebuild the prior);
+* ``greedy_sums`` (L, d_ff) (format version 4): the statistic summed over text the model writes greedily after a short
+  sampled start, ``meta["greedy_tokens"]`` tokens of it: the global view of ``glass`` and ``glass-greedy``, for
+  replies decoded greedily (the ``greedy`` global source). Older files have none; it is computed when they are loaded
   for such a method (``calibration.ensure_calibrated``);
-* ``greedy_mean`` (L, d_ff) (format version 5): the mean raw activation ``z`` of every
-  neuron over the same greedy tokens, from which the compensated methods add back the mean
-  output of the neurons they leave out (``compensation``). Format-4 files get it, with the
-  greedy statistic recomputed, when a compensated method is applied.
-* ``lam_check_lams`` (C,), ``lam_check_ratio`` (C,) and ``lam_check_upper`` (C,) (format version 6):
-  the short-prompt lam check (``lam_choice``), the KL of ``glass`` at each candidate lam over its
-  KL at lam 0.5 for 8-token prompts of the model's own text (geometric mean over rows, and the
-  upper end of its 95% t interval). ``short_lam`` is the candidate with the lowest ratio among
-  those whose upper end is below 1, else 0.5: ``glass`` fuses at that lam up to 8 prompt tokens
-  and at 0.5 from 32. Older files have no check: ``glass`` then fuses at 0.5 for every length
-  (a cached prior gets the check when it is next loaded; a named file with ``--recalibrate``).
-* ``reply_loss`` (L,), ``reply_check_densities`` (C,), ``reply_check_ratio`` (C,) and
-  ``reply_check_upper`` (C,) (format version 7): the schedule measured on greedy replies
-  (``reply_schedule``): per block, the KL to the dense model when only that block runs at
-  density 0.5 on replies the model wrote greedily; ``reply_profile`` is ``profile`` with each
-  block's row rescaled to it. The check: KL of ``glass`` with the schedule of ``reply_profile``
-  over its KL at one density for all, per density; ``glass`` uses that schedule
-  where the upper end of the interval is below 1 (``use_reply_schedule``).
-* ``bank_sums`` (R, L, d_ff, stored as float16) and ``bank_tokens`` (R,) (format version 8): each
-  greedy reply's own sums of ``u^2`` and token count (``greedy_text.greedy_bank``), from which
-  the ``glass-neighbours`` method takes the global view of the replies nearest to the prompt
-  (``neighbours``). Older files have none: it is sampled when such a method is applied (a
-  cached prior keeps it; a named file with ``--recalibrate``).
-* ``neighbours_check`` (2,) (format version 9): the nearest-replies check (``neighbours_check``),
-  the KL of ``glass-neighbours`` over that of ``glass`` with the one prior on 8-token prompts of
-  the model's own text (geometric mean over rows) and the upper end of its 95% t interval;
-  ``glass`` takes its global view from the nearest replies where that upper end is below 1
-  (``use_neighbours``). Older files have no check: ``glass`` then fuses with the one prior.
+* ``greedy_mean`` (L, d_ff) (format version 5): the mean raw activation ``z`` of every neuron over the same greedy
+  tokens, from which the compensated methods add back the mean output of the neurons they leave out
+  (``compensation``). Format-4 files get it, with the greedy statistic recomputed, when a compensated method is
+  applied.
+* ``lam_check_lams`` (C,), ``lam_check_ratio`` (C,) and ``lam_check_upper`` (C,) (format version 6): the short-prompt
+  lam check (``lam_choice``), the KL of ``glass`` at each candidate lam over its KL at lam 0.5 for 8-token prompts of
+  the model's own text (geometric mean over rows, and the upper end of its 95% t interval). ``short_lam`` is the
+  candidate with the lowest ratio among those whose upper end is below 1, else 0.5: ``glass`` fuses at that lam up to
+  8 prompt tokens and at 0.5 from 32. Older files have no check: ``glass`` then fuses at 0.5 for every length (a
+  cached prior gets the check when it is next loaded; a named file with ``--recalibrate``).
+* ``reply_loss`` (L,), ``reply_check_densities`` (C,), ``reply_check_ratio`` (C,) and ``reply_check_upper`` (C,)
+  (format version 7): the schedule measured on greedy replies (``reply_schedule``): per block, the KL to the dense
+  model when only that block runs at density 0.5 on replies the model wrote greedily; ``reply_profile`` is ``profile``
+  with each block's row rescaled to it. The check: KL of ``glass`` with the schedule of ``reply_profile`` over its KL
+  at one density for all, per density; ``glass`` uses that schedule where the upper end of the interval is below 1
+  (``use_reply_schedule``).
+* ``bank_sums`` (R, L, d_ff, stored as float16) and ``bank_tokens`` (R,) (format version 8): each greedy reply's own
+  sums of ``u^2`` and token count (``greedy_text.greedy_bank``), from which the ``glass-neighbours`` method takes the
+  global view of the replies nearest to the prompt (``neighbours``). Older files have none: it is sampled when such a
+  method is applied (a cached prior keeps it; a named file with ``--recalibrate``).
+* ``neighbours_check`` (2,) (format version 9): the nearest-replies check (``neighbours_check``), the KL of
+  ``glass-neighbours`` over that of ``glass`` with the one prior on 8-token prompts of the model's own text (geometric
+  mean over rows) and the upper end of its 95% t interval; ``glass`` takes its global view from the nearest replies
+  where that upper end is below 1 (``use_neighbours``). Older files have no check: ``glass`` then fuses with the one
+  prior.
 * ``lin_cov`` (L, d_ff, d_ff) and ``lin_mean`` (L, d_ff) (format version 10; stored as ``lincomp.split_covariance``):
-  each block's activation covariance and mean on the bank's greedy replies, what ``glass-linear`` predicts
-  the neurons it leaves out from. Older files have none: they are measured when that method is applied.
-"""
+  each block's activation covariance and mean on the bank's greedy replies, what ``glass-linear`` predicts the neurons
+  it leaves out from. Older files have none: they are measured when that method is applied."""
 
 from __future__ import annotations
 
@@ -100,6 +94,8 @@ class Calibration:
     neighbours_check: torch.Tensor | None = None
     lin_cov: torch.Tensor | None = None
     lin_mean: torch.Tensor | None = None
+    # block counts ``check`` passed, as every apply_glass checks (``replace`` gives a new, unchecked calibration)
+    _checked: set = field(default_factory=set, init=False, repr=False, compare=False)
 
     @property
     def format_version(self) -> int:
@@ -173,6 +169,8 @@ class Calibration:
 
     def check(self, n_blocks: int) -> None:
         """Raise ``ValueError`` when the tables do not fit a model of ``n_blocks`` FFN blocks."""
+        if n_blocks in self._checked:
+            return
         check_profile(self.profile, self.grid, n_blocks)
         check_table(self.lam, self.windows, n_blocks)
         check_table(self.score_lam, self.windows, n_blocks)
@@ -245,6 +243,7 @@ class Calibration:
             if not bool(torch.isfinite(m).all()):
                 raise ValueError("the mean activation of greedy text holds non-finite values; rebuild it with "
                                  "`glass prior MODEL --recalibrate`")
+        self._checked.add(n_blocks)
 
     def use_schedule(self, density: float) -> bool:
         """Whether the ``glass`` method allocates per-layer densities at ``density``: only where
