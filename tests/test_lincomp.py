@@ -166,6 +166,45 @@ def test_linear_teacher_forcing_equals_stepwise_decoding(smollm, smollm_linear, 
     assert (plain - step).abs().max() > 1e-2  # the prediction really changes the output
 
 
+def test_linear_blocks_predict_in_the_blocks_of_largest_loss_and_add_the_mean_elsewhere(smollm, smollm_linear):
+    """With ``linear_blocks`` n the n blocks of largest loss on greedy replies compute glass-linear's output and
+    the others glass's (the mean added back), on the same sets; n = every block is glass-linear itself; and
+    teacher forcing still reproduces step-by-step decoding."""
+    from glass_llm.method_inputs import linear_blocks
+
+    model, tok = smollm
+    blocks = find_ffn_blocks(model)
+    cal = smollm_linear.calibration
+    top = linear_blocks(cal, 3)
+    assert len(top) == 3 and min(cal.reply_loss[list(top)]) >= max(
+        cal.reply_loss[[i for i in range(len(blocks)) if i not in top]])
+    assert linear_blocks(cal, 0) == linear_blocks(cal, 99) == set(range(len(blocks)))
+    enc = tok(PROMPTS[:1], return_tensors="pt")
+    z = torch.randn(1, 3, blocks[0].d_ff, generator=torch.Generator().manual_seed(1))
+    outs, sets = {}, {}
+    for name, extra in (("glass", {}), ("glass-linear", {}), ("some", {"linear_blocks": 3}),
+                        ("all", {"linear_blocks": len(blocks)})):
+        method = "glass" if name == "glass" else "glass-linear"
+        with apply_glass(model, GlassConfig(method=method, density=0.5, prior=smollm_linear, **extra)) as h:
+            model.generate(**enc, max_new_tokens=2, do_sample=False)
+            sets[name] = h.selections
+            outs[name] = [h._outputs[i](z[..., h.selections[i][0]]) for i in range(len(blocks))]
+    assert all(all(torch.equal(a, b) for a, b in zip(sets["glass"], sets[n])) for n in sets)
+    for i in range(len(blocks)):
+        assert torch.equal(outs["all"][i], outs["glass-linear"][i])
+        assert torch.equal(outs["some"][i], outs["glass-linear" if i in top else "glass"][i])
+    assert sum(not torch.allclose(outs["glass"][i], outs["glass-linear"][i]) for i in top) == 3
+    config = GlassConfig(method="glass-refresh-linear", density=0.5, prior=smollm_linear, refresh=3, dense_start=2,
+                         linear_blocks=3)
+    with apply_glass(model, config) as h:
+        out = model.generate(**enc, max_new_tokens=10, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True)
+        assert h.refreshes == 2
+    P = enc["input_ids"].shape[1]
+    tf, _ = continuation_logits(model, enc["input_ids"], out.sequences[:, P:], replace(config, path="masked"))
+    assert (tf - torch.stack(out.logits, 1)).abs().max() <= 1e-4
+
+
 def test_prior_file_keeps_the_covariance_and_older_files_load(smollm_linear, tmp_path):
     cal = smollm_linear.calibration
     n_blocks, d_ff = cal.greedy_sums.shape
@@ -191,6 +230,11 @@ def test_linear_compensation_refuses_bad_options():
     for bad in (0, -1.0, float("inf"), True):
         with pytest.raises(ValueError, match="ridge must be"):
             GlassConfig(method="glass-linear", density=0.5, ridge=bad).resolved()
+    with pytest.raises(ValueError, match="predicts none"):
+        GlassConfig(method="glass", density=0.5, linear_blocks=4).resolved()
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="linear_blocks must be"):
+            GlassConfig(method="glass-linear", density=0.5, linear_blocks=bad).resolved()
 
 
 @pytest.mark.parametrize("kind", ARCHS)

@@ -105,11 +105,14 @@ def running_mean(prior_mean: torch.Tensor, signed: torch.Tensor | None, sets: in
     return shrunk_mean(signed, signed_tokens, prior_mean, comp_tokens)
 
 
-def linear_inputs(comp: list, devices: list, blocks: list) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def linear_inputs(comp: list, devices: list, blocks: list) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
     """Per block, on its device: the (covariance, mean) of ``comp`` in float32 and
-    ``W_out @ covariance`` (computed once per ``apply_glass``; ``lincomp``)."""
+    ``W_out @ covariance`` (computed once per ``apply_glass``; ``lincomp``); None for a block without a covariance."""
     out = []
     for (cov, mean), dev, block in zip(comp, devices, blocks):
+        if cov is None:
+            out.append(None)
+            continue
         cov = cov.to(device=dev, dtype=torch.float32)
         out.append((cov, mean.to(device=dev, dtype=torch.float32),
                     output_covariance(dense_weight(block.output_module), cov)))

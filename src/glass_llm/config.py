@@ -78,6 +78,9 @@ class GlassConfig:
     ridge: for a method that predicts the neurons it leaves out from those it keeps (``glass-linear``,
     ``lincomp``), the ridge added to the kept neurons' covariance, in units of their mean variance
     (larger shrinks the prediction toward their mean); None keeps the default.
+    linear_blocks: for such a method, predict in this many blocks only, those with the largest loss on greedy
+    replies stored with the prior, and add back the left-out neurons' mean in the others (each block's
+    prediction is one solve per selection); 0 predicts in every block; None keeps the method's.
     weights: "float" (the model's own) or "int8": every linear projection in int8 with one
     scale per output channel (``quant``), the compact FFN weights sliced from the int8 ones;
     undone exactly by ``remove()``. The prior and the selection still read the float model.
@@ -101,6 +104,7 @@ class GlassConfig:
     schedule_halflife: float | None = None
     comp_tokens: float | None = None
     ridge: float | None = None
+    linear_blocks: int | None = None
     weights: str = "float"
     loop_guard: int = 0
 
@@ -167,6 +171,16 @@ class GlassConfig:
                              "predicts none; use glass-linear or drop ridge")
         return float(r)
 
+    def linear_blocks_of(self, spec: MethodSpec) -> int:
+        """Blocks whose left-out neurons a linear-compensated method predicts (0: every block)."""
+        n = spec.linear_blocks if self.linear_blocks is None else self.linear_blocks
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"linear_blocks must be a whole number of FFN blocks >= 1 (or 0: every block), got {n!r}")
+        if self.linear_blocks is not None and not spec.comp_linear:
+            raise ValueError(f"linear_blocks sets where a method predicts the neurons it leaves out, and method "
+                             f"{spec.name!r} predicts none; use glass-linear or drop linear_blocks")
+        return n
+
     def densities(self) -> tuple[float, ...]:
         if isinstance(self.density, (list, tuple)):
             if not self.density:
@@ -205,6 +219,7 @@ class GlassConfig:
         self.schedule_halflife_of(spec)
         self.comp_tokens_of(spec)
         self.ridge_of(spec)
+        self.linear_blocks_of(spec)
         check_weights(self.weights)
         check_loop_guard(self.loop_guard)
         if self.path not in PATHS:

@@ -49,10 +49,10 @@ class GlassHandle:
         self.active = not spec.dense and any(k < b.d_ff for k, b in zip(self.k, blocks))
         self.states = [BlockState(d_ff=b.d_ff) for b in blocks]
         self.devices = selector.devices
-        # compensation: each block's mean activation on its own device (none with comp_linear: below)
+        # compensation: each block's mean activation on its own device (with comp_linear also a covariance: below)
         linear = comp_means is not None and spec.comp_linear
-        self.comp_means = (None if comp_means is None or linear else
-                           [m.to(device=dev, dtype=torch.float32) for m, dev in zip(comp_means, self.devices)])
+        self.comp_means = (None if comp_means is None else [(m[1] if linear else m).to(device=dev, dtype=torch.float32)
+                                                            for m, dev in zip(comp_means, self.devices)])
         self.ridge = config.ridge_of(spec)
         # with comp_tokens > 0 that mean follows the generated tokens, the prior's counted as comp_tokens
         # tokens; signed_tokens: the generated tokens behind the signed sums, weighted by recency
@@ -82,7 +82,7 @@ class GlassHandle:
         self._quantized: list[tuple[nn.Module, str, nn.Module]] = []
         if config.weights == "int8":  # every projection, also for the dense method
             self._quantized = quantize_linears(model)
-        # with comp_linear: per block (covariance, mean, W_out @ covariance), on its device
+        # with comp_linear: per block (covariance, mean, W_out @ covariance) on its device, None where the mean alone
         self.comp_cov = linear_inputs(comp_means, self.devices, blocks) if linear else None
         if self.active:
             self._install()
@@ -250,7 +250,7 @@ class GlassHandle:
         st.selected = chosen
         if self.config.path == "sliced":
             # a linear prediction rewrites every kept column of the output weight (in the order of chosen)
-            incremental = incremental and self.comp_cov is None
+            incremental = incremental and (self.comp_cov is None or self.comp_cov[i] is None)
             if not (incremental and update_compact(st, self._inputs[i], self._outputs[i], chosen)):
                 compact_block(st, self._inputs[i], self._outputs[i], chosen)
             st.mode = "sliced"
@@ -260,7 +260,7 @@ class GlassHandle:
             st.neuron_mask = mask.scatter_(1, chosen, 1.0)
             st.mode = "masked"
         merge = self.config.path == "sliced"
-        if self.comp_cov is not None:
+        if self.comp_cov is not None and self.comp_cov[i] is not None:
             cov, prior_mean, p = self.comp_cov[i]
             mean = running_mean(prior_mean, st.signed_sums, chosen.shape[0], self.signed_tokens, self.comp_tokens)
             set_linear_compensation(st, self._outputs[i].original, chosen, cov, mean, p, self.ridge, merge=merge)

@@ -58,12 +58,22 @@ def _prior_for(model: nn.Module, blocks: list[FFNBlock], config: GlassConfig, sp
     return prior
 
 
+def linear_blocks(cal, n: int) -> set[int]:
+    """The indices of the ``n`` blocks (0: all) with the largest loss on greedy replies (``cal.reply_loss``; for a
+    prior without it, the stored profile at the density nearest 0.5): where a linear prediction pays most."""
+    loss = cal.reply_loss if cal.reply_loss is not None else cal.profile[:, int((cal.grid - 0.5).abs().argmin())]
+    if not n or n >= loss.numel():
+        return set(range(loss.numel()))
+    return set(torch.argsort(loss, descending=True, stable=True)[:n].tolist())
+
+
 def method_inputs(model: nn.Module, blocks: list[FFNBlock], config: GlassConfig, spec: MethodSpec, lam: float,
                   statistic: str) -> tuple[object, list[torch.Tensor] | None, list | None]:
     """``(prior, global_scores, comp)`` for ``spec`` at ``lam``: the global scores one
     (d_ff,) vector per block (``None`` for a method that ranks by the prompt alone), the
     compensation one (d_ff,) mean activation per block, or for ``comp_linear`` one
-    (covariance, mean) pair per block (``None`` without compensation)."""
+    (covariance, mean) pair per block, where the method adds back the mean alone ``(None, the mean glass
+    adds back)`` (``None`` without compensation)."""
     prior = _prior_for(model, blocks, config, spec, lam)
     global_scores = None
     if not spec.dense and lam < 1 and spec.global_source is not None:
@@ -76,7 +86,9 @@ def method_inputs(model: nn.Module, blocks: list[FFNBlock], config: GlassConfig,
                              "`glass prior MODEL -o prior.safetensors` and pass prior=... (or --prior FILE)")
         if spec.comp_linear:
             cal = prior.calibration
-            comp_means = [(cal.lin_cov[b.index], cal.lin_mean[b.index]) for b in blocks]
+            where = linear_blocks(cal, config.linear_blocks_of(spec))
+            comp_means = [(cal.lin_cov[b.index], cal.lin_mean[b.index]) if b.index in where
+                          else (None, cal.greedy_mean[b.index]) for b in blocks]
         else:
             comp_means = [prior.calibration.greedy_mean[b.index] for b in blocks]
     return prior, global_scores, comp_means

@@ -82,6 +82,10 @@ class MethodSpec:
     # with compensate: the neurons left out predicted from the kept ones by least squares on the prior's
     # activation covariance of greedy replies (``lincomp``), instead of their mean alone
     comp_linear: bool = False
+    # with comp_linear: predict in this many blocks only, those with the largest loss on greedy replies (the
+    # prior's ``reply_loss``), and add back the mean elsewhere: each block's solve costs about a third of a dense
+    # decode step on 2 CPU cores (0: every block)
+    linear_blocks: int = 0
     # lam by the prompt's token count, the same for every block (exclusive with ``adaptive``): "rule" the
     # lams PROMPT_LAMS at PROMPT_LAM_TOKENS; "checked" the prior's checked short-prompt lam up to 8 tokens
     # and 0.5 from 32 (``Calibration.short_lam``; one lam where it is 0.5). ``lam`` then tilts it as it tilts
