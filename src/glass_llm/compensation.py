@@ -105,7 +105,8 @@ def running_mean(prior_mean: torch.Tensor, signed: torch.Tensor | None, sets: in
     return shrunk_mean(signed, signed_tokens, prior_mean, comp_tokens)
 
 
-def linear_inputs(comp: list, devices: list, blocks: list) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
+def linear_inputs(comp: list, devices: list,
+                  blocks: list) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
     """Per block, on its device: the (covariance, mean) of ``comp`` in float32 and
     ``W_out @ covariance`` (computed once per ``apply_glass``; ``lincomp``); None for a block without a covariance."""
     out = []
