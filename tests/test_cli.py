@@ -59,6 +59,9 @@ def test_help_lists_the_workflow():
     (["bench", "smollm2-135m", "--method", "glass", "--dense-start", "16", "--compile"],
      "a dense start (--dense-start, or a method with one) cannot be combined with --compile"),
     (["generate", "smollm2-135m", "hi", "--loop-guard", "-1"], "loop_guard must be a whole number"),
+    (["generate", "smollm2-135m", "hi", "--method", "glass-linear", "--linear-blocks", "-1"],
+     "linear_blocks must be a whole number"),
+    (["bench", "smollm2-135m", "--method", "glass", "--linear-blocks", "4"], "predicts none; use glass-linear"),
     (["generate", "smollm2-135m", "hi", "--loop-guard", "4", "--num-beams", "2"], "not with --compile or --num-beams"),
 ])
 def test_bad_input_is_a_clear_error(args, message, capsys):

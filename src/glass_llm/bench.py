@@ -279,6 +279,7 @@ def _variants(settings: BenchSettings) -> list[tuple[str, GlassConfig | None, bo
                                                                  schedule_halflife=settings.schedule_halflife,
                                                                  dense_start=settings.dense_start,
                                                                  comp_tokens=settings.comp_tokens,
+                                                                 linear_blocks=settings.linear_blocks,
                                                                  weights=settings.weights), False))
     return out
 

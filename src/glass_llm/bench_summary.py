@@ -71,6 +71,7 @@ class BenchSettings:
     schedule_halflife: float | None = None  # None: the method's own setting
     comp_tokens: float | None = None  # None: the method's own setting
     dense_start: int | None = None  # None: the method's own setting
+    linear_blocks: int | None = None  # None: the method's own setting
     methods: tuple[str, ...] = ()
     weights: str = "float"
 

@@ -70,6 +70,10 @@ def add_refresh_arg(p: argparse.ArgumentParser) -> None:
                    help="for a compensated method: the mean added back for the neurons left out follows the "
                         "generated tokens, the prior's mean counting as N more tokens (0: the prior's mean alone; "
                         "default: the method's own setting)")
+    p.add_argument("--linear-blocks", type=int, default=None, metavar="N",
+                   help="for glass-linear and glass-refresh-linear: predict the neurons left out in the N blocks of "
+                        "largest loss on greedy replies only, adding back their mean in the others (each block's "
+                        "prediction costs a solve per selection; 0: every block, the default)")
 
 
 def add_loop_guard_arg(p: argparse.ArgumentParser) -> None:
@@ -83,7 +87,7 @@ def decode_options(args) -> dict:
     """The ``GlassConfig`` (and ``BenchSettings``) fields that ``add_refresh_arg`` sets."""
     return {"refresh": args.refresh, "refresh_growth": args.refresh_growth, "refresh_halflife": args.refresh_halflife,
             "schedule_halflife": args.schedule_halflife, "dense_start": args.dense_start,
-            "comp_tokens": args.comp_tokens}
+            "comp_tokens": args.comp_tokens, "linear_blocks": args.linear_blocks}
 
 
 def check_refresh_compile(args, refresh_every: int, dense_start: int = 0) -> None:
