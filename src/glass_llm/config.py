@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from . import options
 from .guard import check_loop_guard
 from .methods import DEFAULT_LAM, MethodSpec, get_method
 from .quant import check_weights
@@ -31,13 +32,6 @@ def equal_work_density(density: float, dense_start: int, gen_tokens: int) -> flo
         raise ValueError(f"a dense start of {dense_start} tokens alone does more FFN work than density {density:g} "
                          f"over {gen_tokens} tokens; use a shorter dense start or a longer reply")
     return (density * steps - dense_start) / (steps - dense_start)
-
-
-def _halflife(h, name: str, zero: str) -> float:
-    """A half-life in tokens: a finite number >= 0, where 0 means ``zero``."""
-    if isinstance(h, bool) or not isinstance(h, (int, float)) or not h >= 0 or h == float("inf"):
-        raise ValueError(f"{name} must be a finite number of tokens > 0 (or 0: {zero}), got {h!r}")
-    return float(h)
 
 
 @dataclass(frozen=True)
@@ -114,46 +108,38 @@ class GlassConfig:
         r = spec.refresh if self.refresh is None else self.refresh
         if r is None:
             return 0
-        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
-            raise ValueError(f"refresh must be a whole number of generated tokens >= 1 (or 0 for off), got {r!r}")
+        options.whole(r, "refresh", "generated tokens", "off")
         return 0 if spec.dense else r
 
     def refresh_growth_of(self, spec: MethodSpec) -> float:
         """How much each interval between re-selections grows over the one before (>= 1)."""
-        g = spec.refresh_growth if self.refresh_growth is None else self.refresh_growth
-        if isinstance(g, bool) or not isinstance(g, (int, float)) or not g >= 1 or g == float("inf"):
-            raise ValueError(f"refresh_growth must be a finite number >= 1 (1: equal intervals), got {g!r}")
-        return float(g)
+        return options.growth(spec.refresh_growth if self.refresh_growth is None else self.refresh_growth)
 
     def refresh_halflife_of(self, spec: MethodSpec) -> float:
         """Generated tokens over which a token's weight in a re-selection halves (0: equal weights)."""
         h = spec.refresh_halflife if self.refresh_halflife is None else self.refresh_halflife
-        return _halflife(h, "refresh_halflife", "every token weighs the same")
+        return options.tokens(h, "refresh_halflife", "every token weighs the same")
 
     def prompt_halflife_of(self, spec: MethodSpec) -> float:
         """Prompt tokens over which a prompt token's weight in the local statistic halves (0: equal weights)."""
         h = spec.prompt_halflife if self.prompt_halflife is None else self.prompt_halflife
-        return _halflife(h, "prompt_halflife", "every prompt token weighs the same")
+        return options.tokens(h, "prompt_halflife", "every prompt token weighs the same")
 
     def dense_start_of(self, spec: MethodSpec) -> int:
         """Generated tokens decoded densely before the first selection (0: select after the prefill)."""
         n = spec.dense_start if self.dense_start is None else self.dense_start
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"dense_start must be a whole number of generated tokens >= 0 (0: select right "
-                             f"after the prompt), got {n!r}")
+        options.whole(n, "dense_start", "generated tokens", "select right after the prompt")
         return 0 if spec.dense else n
 
     def schedule_halflife_of(self, spec: MethodSpec) -> float:
         """Generated tokens over which a re-selection's schedule moves halfway to one density (0: never)."""
         h = spec.schedule_halflife if self.schedule_halflife is None else self.schedule_halflife
-        return _halflife(h, "schedule_halflife", "keep the per-layer schedule at every re-selection")
+        return options.tokens(h, "schedule_halflife", "keep the per-layer schedule at every re-selection")
 
     def comp_tokens_of(self, spec: MethodSpec) -> float:
         """Tokens the prior's mean counts as in a compensation mean that follows the reply (0: the prior's alone)."""
-        n = spec.comp_tokens if self.comp_tokens is None else self.comp_tokens
-        if isinstance(n, bool) or not isinstance(n, (int, float)) or not n >= 0 or n == float("inf"):
-            raise ValueError(f"comp_tokens must be a finite number of tokens > 0 (or 0: the prior's mean alone), "
-                             f"got {n!r}")
+        n = options.tokens(spec.comp_tokens if self.comp_tokens is None else self.comp_tokens, "comp_tokens",
+                           "the prior's mean alone")
         if n and not spec.compensate:
             raise ValueError(f"comp_tokens sets the mean a compensated method adds back, and method {spec.name!r} "
                              "adds none; use a compensated method (glass, or a *-comp method) or drop comp_tokens")
@@ -173,9 +159,8 @@ class GlassConfig:
 
     def linear_blocks_of(self, spec: MethodSpec) -> int:
         """Blocks whose left-out neurons a linear-compensated method predicts (0: every block)."""
-        n = spec.linear_blocks if self.linear_blocks is None else self.linear_blocks
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"linear_blocks must be a whole number of FFN blocks >= 1 (or 0: every block), got {n!r}")
+        n = options.whole(spec.linear_blocks if self.linear_blocks is None else self.linear_blocks, "linear_blocks",
+                          "FFN blocks", "every block")
         if self.linear_blocks is not None and not spec.comp_linear:
             raise ValueError(f"linear_blocks sets where a method predicts the neurons it leaves out, and method "
                              f"{spec.name!r} predicts none; use glass-linear or drop linear_blocks")

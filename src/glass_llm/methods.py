@@ -26,6 +26,7 @@ from typing import Callable
 
 import torch
 
+from . import variants
 from .adapters import FFNBlock, magnitude_scores
 
 # Default aggregation weight for GLASS. Chosen on a calibration split of prompts that
@@ -136,6 +137,8 @@ METHODS: dict[str, MethodSpec] = {}
 
 
 def register_method(spec: MethodSpec) -> MethodSpec:
+    if ":" in spec.name:
+        raise ValueError(f"method name {spec.name!r}: ':' starts a variant's options (BASE:option=value); rename it")
     if spec.name in METHODS:
         raise ValueError(f"method {spec.name!r} is already registered")
     if spec.prompt_lam not in (None, "rule", "checked"):
@@ -156,10 +159,17 @@ def register_method(spec: MethodSpec) -> MethodSpec:
 
 
 def get_method(name: str) -> MethodSpec:
+    """A registered method, or a variant of one with some decode settings changed
+    (``BASE:option=value``, ``variants``)."""
+    base, fields = variants.parse(name)
     try:
-        return METHODS[name]
+        spec = METHODS[base]
     except KeyError:
-        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(sorted(METHODS))}") from None
+        raise ValueError(f"unknown method {base!r}; choose one of {', '.join(sorted(METHODS))}") from None
+    if not fields:
+        return spec
+    variants.check(spec, fields)
+    return replace(spec, name=variants.name_of(base, fields), **fields)
 
 
 for _spec in (

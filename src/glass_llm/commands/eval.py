@@ -21,7 +21,9 @@ def register(sub) -> None:
     p = sub.add_parser("eval", help="measure how close each method stays to the dense model", description=__doc__)
     add_model_arg(p)
     p.add_argument("--methods", type=names, default=list(DEFAULT_METHODS),
-                   help="comma-separated methods (default: %(default)s); 'oracle' adds the oracle-set upper bound")
+                   help="comma-separated methods (default: %(default)s); 'oracle' adds the oracle-set upper bound; "
+                        "a variant changes a method's decode options, BASE:option=value[:option=value], e.g. "
+                        "glass-refresh:refresh=8 or glass-linear:linear-blocks=4; README, Command line)")
     p.add_argument("--density", type=floats, default=[0.5], help="comma-separated densities (default 0.5)")
     p.add_argument("--lam", type=floats, default=None,
                    help="comma-separated lam values for the tunable methods (default: the library default)")

@@ -13,7 +13,8 @@ def register(sub) -> None:
     p = sub.add_parser("generate", help="generate text with a sparsified model", description=__doc__)
     add_model_arg(p)
     p.add_argument("prompt", help="the prompt text ('-' reads standard input)")
-    p.add_argument("--method", default="glass", help="dense, griffin, glass, glass-a, glass-i, global, magnitude, random")
+    p.add_argument("--method", default="glass", help="dense, griffin, glass, glass-a, glass-i, global, magnitude, random, ..., "
+                                                        "or a variant: BASE:option=value; README, Command line)")
     p.add_argument("--density", type=float, default=0.5, help="fraction of FFN neurons kept while decoding")
     p.add_argument("--lam", type=float, default=None, help="weight of the prompt ranking (glass methods)")
     p.add_argument("--prior", default=None, help="prior file (built and cached on first use if omitted)")

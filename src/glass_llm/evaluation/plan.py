@@ -65,11 +65,9 @@ class EvalSettings:
     def validate(self) -> None:
         if not self.methods:
             raise EvalError("no methods given")
-        if len(set(self.methods)) != len(self.methods):
+        meant = [m if m == ORACLE else get_method(m).name for m in self.methods]  # a variant's options in one order
+        if len(set(meant)) != len(meant):
             raise EvalError(f"methods listed twice: {', '.join(self.methods)}")
-        for m in self.methods:
-            if m != ORACLE:
-                get_method(m)
         if not self.densities:
             raise EvalError("no densities given")
         for d in self.densities:
