@@ -64,7 +64,7 @@ def test_a_variant_decodes_as_its_base_with_the_same_options(smollm, smollm_prio
                         ("options", GlassConfig(method="glass-refresh", refresh=3, dense_start=2, prior=smollm_prior)),
                         ("base", GlassConfig(method="glass-refresh", prior=smollm_prior))):
         with apply_glass(model, config) as h:
-            out = model.generate(**enc, max_new_tokens=8, do_sample=False, output_logits=True,
+            out = model.generate(**enc, max_new_tokens=10, do_sample=False, output_logits=True,
                                  return_dict_in_generate=True)
             logits[key], counts[key] = torch.stack(out.logits, 1), h.refreshes
     assert counts["variant"] == counts["options"] == 2 and counts["base"] == 0
