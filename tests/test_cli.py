@@ -62,6 +62,10 @@ def test_help_lists_the_workflow():
     (["generate", "smollm2-135m", "hi", "--method", "glass-linear", "--linear-blocks", "-1"],
      "linear_blocks must be a whole number"),
     (["bench", "smollm2-135m", "--method", "glass", "--linear-blocks", "4"], "predicts none; use glass-linear"),
+    (["generate", "smollm2-135m", "hi", "--method", "glass:refresh-growth=2"], "re-selects during decoding"),
+    (["eval", "smollm2-135m", "--methods", "dense,glass-a:linear-blocks=2", "--out", "unused"],
+     "predicts the neurons it leaves out, and 'glass-a' does not"),
+    (["bench", "smollm2-135m", "--method", "glass-refresh:refreshh=8"], "unknown method option 'refreshh'"),
     (["generate", "smollm2-135m", "hi", "--loop-guard", "4", "--num-beams", "2"], "not with --compile or --num-beams"),
 ])
 def test_bad_input_is_a_clear_error(args, message, capsys):
