@@ -4,8 +4,8 @@
 # 1. the CUDA tests (tests/test_cuda.py; skipped on machines without CUDA);
 # 2. `glass generate` in bfloat16 on the GPU, eager and compiled (CUDA graphs);
 # 3. a short `glass eval` in bfloat16 (dense, griffin, glass);
-# 4. `glass bench` at density 0.5, eager (glass and glass-linear, whose selection solves one k x k
-#    system per block) and compiled, with the device name and peak memory;
+# 4. `glass bench` at density 0.5, eager (glass, and glass-linear and glass-refresh-linear, whose
+#    selections solve one k x k system per block) and compiled, with the device name and peak memory;
 # 5. a 2-process torchrun prior when two GPUs exist.
 # Every step's output lands in OUT_DIR (default gpu-check/); the bench records are JSON.
 set -euo pipefail
@@ -38,7 +38,8 @@ $GLASS eval "$model" --device cuda --dtype bfloat16 --methods dense,griffin,glas
     --prompts 8 --gen-tokens 64 --no-plots --out "$out/eval" 2>&1 | tail -n 30 | tee "$out/eval.txt"
 step "bench, density 0.5, eager and compiled"
 $GLASS bench "$model" --device cuda --dtype bfloat16 --density 0.5 --prompt-tokens 16 --gen-tokens 128 \
-    --repeats 3 --json --quiet --method glass,glass-linear > "$out/bench-eager.json"
+    --repeats 3 --json --quiet --method glass,glass-linear,glass-refresh-linear,glass-refresh-linear:refresh-growth=2 \
+    > "$out/bench-eager.json"
 $GLASS bench "$model" --device cuda --dtype bfloat16 --density 0.5 --prompt-tokens 16 --gen-tokens 128 \
     --repeats 3 --json --quiet --compile > "$out/bench-compiled.json"
 if [ "$($PY -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
