@@ -136,6 +136,32 @@ def test_a_cached_larger_prior_is_used_and_a_named_missing_one_is_an_error(smoll
     assert not (tmp_path / "missing.safetensors").exists()
 
 
+def test_the_build_notice_counts_the_calibration_not_just_the_sampling(tmp_path, monkeypatch):
+    """Sampling is the short part of a default build; the notice says so on a first build, and
+    quotes both times once a build has measured them (the rate file of an older version still reads)."""
+    import json
+
+    from glass_llm.prior_cache import _rates_path, build_notice, measured_build, record_rate
+
+    monkeypatch.setenv("GLASS_LLM_CACHE", str(tmp_path))
+    first = build_notice("smollm2-135m", "self", 8192)
+    assert "first build on this machine" in first and "calibration" in first and "much longer" in first
+    record_rate("smollm2-135m", 200.0)  # sampled, calibration not run (glass prior --no-calibration)
+    assert measured_build("smollm2-135m") == (200.0, None)
+    assert "about 41 s of sampling at 200 tokens/s" in build_notice("smollm2-135m", "self", 8192)
+    assert "then the selection calibration, which takes much longer" in build_notice("smollm2-135m", "self", 8192)
+    record_rate("smollm2-135m", 180.0, 1260.0)
+    record_rate("smollm2-135m", 160.0)  # a later build without calibration keeps the calibration time
+    assert measured_build("smollm2-135m") == (160.0, 1260.0)
+    assert "about 51 s of sampling at 160 tokens/s and 21 min of selection calibration" in build_notice(
+        "smollm2-135m", "self", 8192)
+    assert measured_build("gemma3-270m") == (None, None)
+    _rates_path().write_text(json.dumps({"smollm2-135m": 99.5, "gemma3-270m": {"tokens_per_s": "x"}}))
+    assert measured_build("smollm2-135m") == (99.5, None) and measured_build("gemma3-270m") == (None, None)
+    _rates_path().write_text("{not json")
+    assert measured_build("smollm2-135m") == (None, None)
+
+
 # --- self-sampling: batched, single-pass, the same tokens as a second pass would count ----------
 
 

@@ -272,13 +272,14 @@ def get_or_build_prior(model: nn.Module, tokenizer, model_name: str, source: str
     start = time.perf_counter()
     prior = build_prior(model, tokenizer, source=source, n_tokens=n_tokens, seed=seed, progress=progress and rank == 0,
                         rank=rank, world=world, all_sum=all_sum)
-    elapsed = time.perf_counter() - start
+    sampled = time.perf_counter()
     if calibrate:
         prior = calibrated(model, tokenizer, prior, seed, progress and rank == 0)
     if rank == 0:
         save_prior(prior, default_prior_path(model_name, source, n_tokens))
         if source == DEFAULT_PRIOR_SOURCE and world == 1:
-            record_rate(model_name, prior.n_tokens / max(elapsed, 1e-9))
+            record_rate(model_name, prior.n_tokens / max(sampled - start, 1e-9),
+                        time.perf_counter() - sampled if calibrate else None)
     return prior
 
 
@@ -292,9 +293,23 @@ def calibrated(model: nn.Module, tokenizer, prior: Prior, seed: int = 0, progres
     from .neighbours_check import check_neighbours
     from .reply_schedule import check_reply_schedule
 
+    steps = (("the selection statistics", lambda p: calibrate_prior(model, tokenizer, p, seed=seed, progress=progress)),
+             ("the short-prompt lam check", lambda p: check_short_lam(model, tokenizer, p)),
+             ("each block's loss on greedy replies", lambda p: check_reply_schedule(model, tokenizer, p)),
+             ("the bank of greedy replies", lambda p: with_bank(model, tokenizer, p)),
+             ("the nearest-replies check", lambda p: check_neighbours(model, tokenizer, p)),
+             ("the activation covariance of greedy replies", lambda p: with_covariance(model, tokenizer, p)))
     if progress:
-        print("calibrating the glass selection on the model's own samples (once per prior) ...", file=sys.stderr,
-              flush=True)
-    prior = check_short_lam(model, tokenizer, calibrate_prior(model, tokenizer, prior, seed=seed, progress=progress))
-    prior = with_bank(model, tokenizer, check_reply_schedule(model, tokenizer, prior))
-    return with_covariance(model, tokenizer, check_neighbours(model, tokenizer, prior))
+        print("calibrating the glass selection on the model's own samples (once per prior; "
+              f"{len(steps)} steps, the longest part of a build) ...", file=sys.stderr, flush=True)
+    took = []
+    for i, (what, step) in enumerate(steps, 1):
+        if progress:
+            print(f"calibration {i}/{len(steps)}: {what} ...", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        prior = step(prior)
+        took.append(time.perf_counter() - start)
+    if progress:
+        print(f"calibration took {sum(took):.0f} s ({', '.join(f'{t:.0f}' for t in took)} s by step)",
+              file=sys.stderr, flush=True)
+    return prior

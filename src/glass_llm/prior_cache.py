@@ -11,6 +11,7 @@ largest such file is used. Files live in ``$GLASS_LLM_CACHE/priors`` and are nam
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -129,18 +130,28 @@ def _rates_path() -> Path:
     return prior_dir() / _RATES_FILE
 
 
-def measured_rate(model_name: str) -> float | None:
-    """Prior tokens/s of the last build of ``model_name`` on this machine, if any."""
+def measured_build(model_name: str) -> tuple[float | None, float | None]:
+    """``(prior tokens sampled per s, seconds of selection calibration)`` of the last build of
+    ``model_name`` on this machine; None for what was not measured. An older file holds the rate alone."""
     try:
-        rates = json.loads(_rates_path().read_text(encoding="utf-8"))
-        rate = float(rates.get(_model_tag(model_name), 0))
+        entry = json.loads(_rates_path().read_text(encoding="utf-8")).get(_model_tag(model_name))
     except (OSError, ValueError, AttributeError):
-        return None
-    return rate if rate > 0 else None
+        return None, None
+    if not isinstance(entry, dict):
+        entry = {"tokens_per_s": entry}
+    out = []
+    for key in ("tokens_per_s", "calibration_s"):
+        try:
+            v = float(entry.get(key) or 0)
+        except (TypeError, ValueError):
+            v = 0.0
+        out.append(v if v > 0 and math.isfinite(v) else None)
+    return out[0], out[1]
 
 
-def record_rate(model_name: str, tokens_per_s: float) -> None:
-    """Remember the build rate (written atomically; best effort: never fails a build)."""
+def record_rate(model_name: str, tokens_per_s: float, calibration_s: float | None = None) -> None:
+    """Remember the sampling rate and, when it ran, the calibration time (written atomically; best
+    effort: never fails a build). A build without calibration keeps the last calibration time."""
     path = _rates_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +159,11 @@ def record_rate(model_name: str, tokens_per_s: float) -> None:
             rates = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             rates = {}
-        rates[_model_tag(model_name)] = round(float(tokens_per_s), 1)
+        previous = measured_build(model_name)[1]
+        entry = {"tokens_per_s": round(float(tokens_per_s), 1)}
+        if calibration_s is not None or previous is not None:
+            entry["calibration_s"] = round(float(previous if calibration_s is None else calibration_s), 1)
+        rates[_model_tag(model_name)] = entry
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(rates, fh, indent=1, sort_keys=True)
@@ -157,12 +172,22 @@ def record_rate(model_name: str, tokens_per_s: float) -> None:
         pass
 
 
+def _duration(seconds: float) -> str:
+    return f"{max(1, round(seconds))} s" if seconds < 90 else f"{round(seconds / 60)} min"
+
+
 def build_notice(model_name: str, source: str, n_tokens: int) -> str:
     """What is about to be built, how long it should take, and how to build it ahead of time."""
     what = "text the model samples itself" if source == DEFAULT_PRIOR_SOURCE else f"text from {source}"
-    rate = measured_rate(model_name)
-    eta = f"about {max(1, round(n_tokens / rate))} s at {rate:.0f} tokens/s (the last build here)" if rate else \
-        "the first build on this machine (no rate measured yet)"
+    rate, calibration_s = measured_build(model_name)
+    if rate is None:
+        eta = ("the first build on this machine: sampling takes a minute or two on a 2-core CPU, and the selection "
+               "calibration after it, once per prior, much longer (tens of minutes on a 2-core CPU)")
+    else:
+        sampling = f"about {_duration(n_tokens / rate)} of sampling at {rate:.0f} tokens/s"
+        eta = (f"{sampling} and {_duration(calibration_s)} of selection calibration (as the last build here)"
+               if calibration_s else f"{sampling} (as the last build here), then the selection calibration, "
+                                     "which takes much longer")
     src = "" if source == DEFAULT_PRIOR_SOURCE else f" --source {source}"
     size = "" if n_tokens == DEFAULT_PRIOR_TOKENS else f" --tokens {n_tokens}"
     return (f"no cached prior for {model_name} with >= {n_tokens} tokens from {source}: building one from "

@@ -76,12 +76,13 @@ def run(args) -> int:
                             batch_size=args.batch_size, seed=args.seed, progress=ctx.is_main(),
                             rank=ctx.rank, world=ctx.world, all_sum=ctx.all_sum)
         if ctx.is_main():
-            elapsed = time.perf_counter() - start
+            sampled = time.perf_counter()
             if not args.no_calibration:
                 prior = calibrated(model, tok, prior, seed=args.seed)
             save_prior(prior, output)
             if args.source == DEFAULT_PRIOR_SOURCE and ctx.world == 1:
-                record_rate(args.model, prior.n_tokens / max(elapsed, 1e-9))
+                record_rate(args.model, prior.n_tokens / max(sampled - start, 1e-9),
+                            None if args.no_calibration else time.perf_counter() - sampled)
             procs = f" on {ctx.world} processes" if ctx.world > 1 else ""
             print(f"wrote {output}: {prior.sums.shape[0]} layers x {prior.sums.shape[1]} neurons, "
                   f"{prior.n_tokens} tokens from {args.source}{procs}", file=sys.stderr)
