@@ -220,3 +220,30 @@ def test_glass_takes_the_nearest_replies_only_where_the_check_passed(smollm, smo
     assert same(sets(failed, "glass-neighbours"), near)  # the method of the check ignores it
     with pytest.warns(UserWarning, match="nearest-replies check"):  # a format-8 prior: the one prior, and why
         assert same(sets(with_check(None), "glass"), one)
+
+
+def test_shared_replies_write_the_bank_and_covariance_replies_once_and_change_nothing(smollm, smollm_prior,
+                                                                                     monkeypatch):
+    """A build's bank and covariance steps read the same greedy replies: inside ``shared_replies`` they
+    are written once, and both steps store exactly what they store when each writes its own; outside it
+    nothing is kept."""
+    from glass_llm import greedy_text
+    from glass_llm.covariance import with_covariance
+
+    model, tok = smollm
+    alone = (with_bank(model, tok, smollm_prior, rows=6).calibration,
+             with_covariance(model, tok, smollm_prior, rows=6).calibration)
+    written = []
+    real = greedy_text.sample_and_record
+    monkeypatch.setattr(greedy_text, "sample_and_record", lambda *a, **k: written.append(1) or real(*a, **k))
+    with greedy_text.shared_replies():
+        shared = (with_bank(model, tok, smollm_prior, rows=6).calibration,
+                  with_covariance(model, tok, smollm_prior, rows=6).calibration)
+        with_bank(model, tok, smollm_prior, rows=5)  # another set of replies is written on its own
+    assert len(written) == 2
+    assert torch.equal(shared[0].bank_sums, alone[0].bank_sums)
+    assert torch.equal(shared[0].bank_tokens, alone[0].bank_tokens)
+    assert torch.equal(shared[1].lin_cov, alone[1].lin_cov) and torch.equal(shared[1].lin_mean, alone[1].lin_mean)
+    assert greedy_text._SHARED is None
+    with_bank(model, tok, smollm_prior, rows=6)
+    assert len(written) == 3  # outside the block every call writes its replies

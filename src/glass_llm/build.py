@@ -289,6 +289,7 @@ def calibrated(model: nn.Module, tokenizer, prior: Prior, seed: int = 0, progres
     greedy replies (``glass-linear``) included (the same on every process)."""
     from .calibration import calibrate_prior, with_bank
     from .covariance import with_covariance
+    from .greedy_text import shared_replies
     from .lam_choice import check_short_lam
     from .neighbours_check import check_neighbours
     from .reply_schedule import check_reply_schedule
@@ -303,12 +304,13 @@ def calibrated(model: nn.Module, tokenizer, prior: Prior, seed: int = 0, progres
         print("calibrating the glass selection on the model's own samples (once per prior; "
               f"{len(steps)} steps, the longest part of a build) ...", file=sys.stderr, flush=True)
     took = []
-    for i, (what, step) in enumerate(steps, 1):
-        if progress:
-            print(f"calibration {i}/{len(steps)}: {what} ...", file=sys.stderr, flush=True)
-        start = time.perf_counter()
-        prior = step(prior)
-        took.append(time.perf_counter() - start)
+    with shared_replies():  # the bank and the covariance read the same greedy replies, written once
+        for i, (what, step) in enumerate(steps, 1):
+            if progress:
+                print(f"calibration {i}/{len(steps)}: {what} ...", file=sys.stderr, flush=True)
+            start = time.perf_counter()
+            prior = step(prior)
+            took.append(time.perf_counter() - start)
     if progress:
         print(f"calibration took {sum(took):.0f} s ({', '.join(f'{t:.0f}' for t in took)} s by step)",
               file=sys.stderr, flush=True)

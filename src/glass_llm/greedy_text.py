@@ -5,6 +5,9 @@ raw activation that the compensated methods add back for the neurons they leave 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 from torch import nn
 
@@ -13,6 +16,22 @@ from .calibrate import ActivationRecorder
 from .self_sample import sample_and_record, self_prompts
 
 GREEDY_OFFSET = 2 << 20  # sequence indices of the greedy statistic: other sequences than the calibration's
+# replies written once and reused inside ``shared_replies`` (None outside it): the bank and the covariance
+# steps of a build write the same 256 replies
+_SHARED: dict | None = None
+
+
+@contextmanager
+def shared_replies() -> Iterator[None]:
+    """Within this block, ``greedy_replies`` writes each set of replies (model, seed, rows, prefix,
+    length) once and returns the same tensors to later calls, which only read them; nothing is kept
+    after it."""
+    global _SHARED
+    outer, _SHARED = _SHARED, ({} if _SHARED is None else _SHARED)
+    try:
+        yield
+    finally:
+        _SHARED = outer
 
 
 @torch.no_grad()
@@ -42,8 +61,14 @@ def greedy_replies(model: nn.Module, tokenizer, blocks: list[FFNBlock], seed: in
     stage in the error for bad settings."""
     if rows < 1 or prefix < 1 or length < 1:
         raise ValueError(f"{what} needs rows, prefix and length >= 1, got {rows}, {prefix}, {length}")
+    key = (id(model), len(blocks), seed, rows, prefix, length)
+    if _SHARED is not None and key in _SHARED:
+        return _SHARED[key]
     indices = list(range(GREEDY_OFFSET, GREEDY_OFFSET + rows))
-    return (indices, *sample_and_record(model, tokenizer, blocks, indices, prefix + length, seed, greedy_after=prefix))
+    out = (indices, *sample_and_record(model, tokenizer, blocks, indices, prefix + length, seed, greedy_after=prefix))
+    if _SHARED is not None:
+        _SHARED[key] = out
+    return out
 
 
 def _padded_chunks(tokenizer, indices: list[int], tokens: torch.Tensor, counts: torch.Tensor, prefix: int,

@@ -182,7 +182,8 @@ def build_notice(model_name: str, source: str, n_tokens: int) -> str:
     rate, calibration_s = measured_build(model_name)
     if rate is None:
         eta = ("the first build on this machine: sampling takes a minute or two on a 2-core CPU, and the selection "
-               "calibration after it, once per prior, much longer (tens of minutes on a 2-core CPU)")
+               "calibration after it, once per prior, several times longer (minutes on an idle CPU; run nothing "
+               "else heavy meanwhile)")
     else:
         sampling = f"about {_duration(n_tokens / rate)} of sampling at {rate:.0f} tokens/s"
         eta = (f"{sampling} and {_duration(calibration_s)} of selection calibration (as the last build here)"
