@@ -102,6 +102,35 @@ def test_worker_batches_equal_settings_up_to_max_batch():
     loop.close()
 
 
+def test_kept_glass_reuses_one_handle_per_config_and_restores_the_model(smollm, smollm_prior):
+    """Batches of the same config share one handle (its compact buffers), yet each selects for its own
+    prompt exactly as a fresh handle does; another config applies anew; close() restores the model."""
+    from glass_llm import GlassConfig, apply_glass
+    from glass_llm.serve.decode import KeptGlass
+
+    model, tok = smollm
+    probe = tok([QUESTION], return_tensors="pt")
+    with torch.no_grad():
+        plain = model(**probe).logits
+        glass = GlassConfig(method="glass", density=0.5)
+        kept, outs, handles = KeptGlass(model, smollm_prior), [], []
+        for prompt in (PROMPT, QUESTION, PROMPT):
+            kept.use(glass)
+            handles.append(kept.handle)
+            outs.append(model.generate(**tok([prompt], return_tensors="pt"), max_new_tokens=8, do_sample=False))
+        assert handles[0] is handles[1] is handles[2]
+        kept.close()
+        with apply_glass(model, glass, prior=smollm_prior):
+            fresh = model.generate(**tok([QUESTION], return_tensors="pt"), max_new_tokens=8, do_sample=False)
+        assert torch.equal(outs[1], fresh) and torch.equal(outs[2], outs[0])
+        kept.use(glass)
+        first = kept.handle
+        kept.use(GlassConfig(method="griffin", density=0.5))
+        assert kept.handle is not first and kept.config.method == "griffin"
+        kept.close()
+        assert kept.handle is None and torch.equal(model(**probe).logits, plain)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -115,10 +115,36 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return ids, mask
 
 
+class KeptGlass:
+    """One GLASS handle kept on the model between batches of the same config, for a server. Each
+    batch still selects its own neurons; what is kept are the compact weight buffers, which a new
+    handle allocates afresh and then pays a page fault per 4 KB of on first write (about 36 ms a
+    request for SmolLM2-135M at density 0.5 on 2 CPU cores, BENCHMARKS.md). Another config removes
+    the handle and applies anew; ``close`` restores the model exactly."""
+
+    def __init__(self, model, prior=None):
+        self.model, self.prior = model, prior
+        self.handle, self.config = None, None
+
+    def use(self, config: GlassConfig) -> None:
+        if self.handle is not None and self.config == config:
+            return
+        self.close()
+        self.handle = apply_glass(self.model, config, prior=self.prior)
+        self.config = config
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+        self.handle = self.config = None
+
+
 @torch.no_grad()
 def run_batch(model, tokenizer, prompts: list[list[int]], rows: list[Row], sampling: Sampling,
-              config: GlassConfig, prior=None, eos_ids: set[int] | None = None) -> None:
-    """Generate every row (``rows[i]`` continues ``prompts[i]``); results go to the rows' ``emit``."""
+              config: GlassConfig, prior=None, eos_ids: set[int] | None = None, kept: KeptGlass | None = None) -> None:
+    """Generate every row (``rows[i]`` continues ``prompts[i]``); results go to the rows' ``emit``.
+    With ``kept`` the config is applied through it (and stays applied after the batch); a batch
+    that fails removes it, so the next one starts from the model as loaded."""
     device = model.get_input_embeddings().weight.device  # where inputs go, also for a sharded model
     ids, mask = left_pad(prompts, tokenizer.pad_token_id)
     monitor = RowMonitor(rows, tokenizer, eos_token_ids(model, tokenizer) if eos_ids is None else eos_ids)
@@ -128,6 +154,14 @@ def run_batch(model, tokenizer, prompts: list[list[int]], rows: list[Row], sampl
         gen.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
     if sampling.seed is not None:
         torch.manual_seed(sampling.seed)
-    with apply_glass(model, config, prior=prior):
-        model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **gen)
+    if kept is None:
+        with apply_glass(model, config, prior=prior):
+            model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **gen)
+    else:
+        try:
+            kept.use(config)
+            model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **gen)
+        except BaseException:
+            kept.close()
+            raise
     monitor.close()

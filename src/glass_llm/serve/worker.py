@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..runner import is_user_error
-from .decode import Row, eos_token_ids, run_batch
+from .decode import KeptGlass, Row, eos_token_ids, run_batch
 from .protocol import GenerationRequest
 
 log = logging.getLogger("glass.serve")
@@ -101,6 +101,7 @@ class Worker:
         try:
             self.loaded = self._load()
             self.eos_ids = eos_token_ids(self.loaded.model, self.loaded.tokenizer)
+            self._kept = KeptGlass(self.loaded.model, self.loaded.prior)  # compact buffers reused between batches
             self.state = "ready"
         except Exception as err:  # reported by /health and by the command
             self.error, self.state = f"loading the model failed: {err}", "failed"
@@ -114,6 +115,8 @@ class Worker:
                 break
             if batch:
                 self._execute(batch)
+        if self.loaded is not None and self.state == "ready":
+            self._kept.close()
         self.state = "stopped" if self.state == "ready" else self.state
 
     def _next_batch(self) -> list[Job] | None:
@@ -167,7 +170,8 @@ class Worker:
         req = batch[0].req
         try:
             run_batch(loaded.model, loaded.tokenizer, prompts, rows, req.sampling,
-                      req.glass.config(share_batch=self.share_batch), prior=loaded.prior, eos_ids=self.eos_ids)
+                      req.glass.config(share_batch=self.share_batch), prior=loaded.prior, eos_ids=self.eos_ids,
+                      kept=self._kept)
         except Exception as err:  # one bad batch must not take the server down
             log.exception("generation failed")
             for job in batch:
