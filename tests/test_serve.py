@@ -129,6 +129,18 @@ def test_kept_glass_reuses_one_handle_per_config_and_restores_the_model(smollm, 
         assert kept.handle is not first and kept.config.method == "griffin"
         kept.close()
         assert kept.handle is None and torch.equal(model(**probe).logits, plain)
+        # a handle that re-selects during decoding starts each batch afresh too
+        refresh = GlassConfig(method="glass-refresh:refresh=3:dense-start=2", density=0.5)
+        for prompt in (PROMPT, QUESTION):
+            kept.use(refresh)
+            again = model.generate(**tok([prompt], return_tensors="pt"), max_new_tokens=10, min_new_tokens=10,
+                                   do_sample=False)
+            assert kept.handle.refreshes == 2
+        kept.close()
+        with apply_glass(model, refresh, prior=smollm_prior):
+            fresh = model.generate(**tok([QUESTION], return_tensors="pt"), max_new_tokens=10, min_new_tokens=10,
+                                   do_sample=False)
+        assert torch.equal(again, fresh)
 
 
 def _free_port() -> int:
