@@ -10,6 +10,10 @@ for the request and removed after it, as every batch did before. Reports the
 wall time per request of each arm (median), the paired difference and ratio with their Student-t
 / Fieller intervals, the selection time the engine measured in each arm, and the minor page faults
 per request; writes ``benchmarks/results/kept-handle-MODEL.json``.
+
+It then does the same for the lm-evaluation-harness backend's multiple-choice scoring
+(``GlassLM._score_group``: one context, four 8-token continuations), one handle for 8 contexts
+against a handle per context, alternating, ``--rounds`` rounds.
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ def main() -> int:
             if arm == "kept":
                 select.append(sel)
     kept.close()
+    harness = _harness(model, tok, prior, config, args.rounds)
     diff = paired_diff(arms["fresh"], arms["kept"])
     ratio = paired_ratio(arms["kept"], arms["fresh"])
     out = {
@@ -91,6 +96,7 @@ def main() -> int:
         "ratio_kept_to_fresh": asdict(ratio),
         "kept_select_ms_median": 1e3 * statistics.median(select),
         "minor_faults_median": {k: statistics.median(v) for k, v in faults.items()},
+        "harness": harness,
     }
     path = Path(__file__).resolve().parent / "results" / f"kept-handle-{args.model}.json"
     atomic_write(path, json.dumps(out, indent=1) + "\n")
@@ -98,7 +104,46 @@ def main() -> int:
           f"{out['fresh_median_ms']:.0f} ms fresh (medians of {args.rounds}); fresh - kept "
           f"{1e3 * diff.mean:.1f} ms [{1e3 * diff.low:.1f}, {1e3 * diff.high:.1f}]; kept / fresh {ratio.mean:.3f} "
           f"[{ratio.low:.3f}, {ratio.high:.3f}]; minor faults {out['minor_faults_median']} -> {path}")
+    print(f"harness: {harness['kept_ms_per_context']:.0f} ms a context with one handle, "
+          f"{harness['fresh_ms_per_context']:.0f} ms with one per context; kept / fresh {harness['ratio']['mean']:.3f} "
+          f"[{harness['ratio']['low']:.3f}, {harness['ratio']['high']:.3f}]")
     return 0
+
+
+def _harness(model, tok, prior, config: GlassConfig, rounds: int, contexts: int = 8) -> dict:
+    """Seconds per context of ``GlassLM._score_group``, one handle for ``contexts`` contexts against one per
+    context, alternating per round; the ratio of the round totals with its Fieller interval."""
+    from glass_llm.engine import apply_glass
+    from glass_llm.lmeval import GlassLM
+
+    lm = GlassLM(pretrained=model, tokenizer=tok, prior=prior, device="cpu", method=config.method,
+                 density=config.density)
+    groups = [(tok(p)["input_ids"], [tok(f" {w} and the rest of it is")["input_ids"] for w in ("one", "two", "red", "old")])
+              for p in PROMPTS]
+    groups = [groups[i % len(groups)] for i in range(contexts)]
+    arms = {"kept": [], "fresh": []}
+
+    def kept_arm():
+        with apply_glass(model, config, prior=prior):
+            for ctx, conts in groups:
+                lm._score_group(ctx, conts)
+
+    def fresh_arm():
+        for ctx, conts in groups:
+            with apply_glass(model, config, prior=prior):
+                lm._score_group(ctx, conts)
+
+    with torch.no_grad():
+        kept_arm(), fresh_arm()  # warm-up
+        for r in range(rounds):
+            for arm in (("kept", "fresh") if r % 2 == 0 else ("fresh", "kept")):
+                t0 = time.perf_counter()
+                (kept_arm if arm == "kept" else fresh_arm)()
+                arms[arm].append(time.perf_counter() - t0)
+    ratio = paired_ratio(arms["kept"], arms["fresh"])
+    return {"contexts_per_round": contexts, "continuations": 4, "kept_s": arms["kept"], "fresh_s": arms["fresh"],
+            "kept_ms_per_context": 1e3 * statistics.median(arms["kept"]) / contexts,
+            "fresh_ms_per_context": 1e3 * statistics.median(arms["fresh"]) / contexts, "ratio": asdict(ratio)}
 
 
 if __name__ == "__main__":

@@ -190,14 +190,17 @@ class GlassLM(HFLM):
         order = sorted(groups.items(), key=lambda kv: -(len(kv[0]) + max(len(pairs[i][1]) for i in kv[1])))
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         bar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="glass loglikelihood")
-        for ctx, members in order:
-            scores = self._score_group(list(ctx), [pairs[i][1] for i in members])
-            for i, answer in zip(members, scores):
-                results[i] = answer
-                key = requests[i][0]
-                if key is not None:
-                    self.cache_hook.add_partial("loglikelihood", key, answer)
-            bar.update(len(members))
+        # one handle for every group: each group's prefill (an empty cache) selects anew, and the compact
+        # buffers of the last group are reused instead of allocated (and page-faulted) again
+        with apply_glass(self.model, self.glass_config):
+            for ctx, members in order:
+                scores = self._score_group(list(ctx), [pairs[i][1] for i in members])
+                for i, answer in zip(members, scores):
+                    results[i] = answer
+                    key = requests[i][0]
+                    if key is not None:
+                        self.cache_hook.add_partial("loglikelihood", key, answer)
+                bar.update(len(members))
         bar.close()
         return results  # type: ignore[return-value]
 
@@ -214,7 +217,7 @@ class GlassLM(HFLM):
         return context, continuation
 
     def _score_group(self, context: list[int], continuations: list[list[int]]) -> list[tuple[float, bool]]:
-        """(sum of log-probs, greedy match) of each continuation after one ``context``."""
+        """(sum of log-probs, greedy match) of each continuation after one ``context``, GLASS applied."""
         from transformers import DynamicCache
 
         device = self.device
@@ -225,18 +228,17 @@ class GlassLM(HFLM):
         for r, x in enumerate(continuations):
             cont[r, :len(x)] = torch.tensor(x)  # right padding: never seen by real tokens (causal)
         cont = cont.to(device)
-        with apply_glass(self.model, self.glass_config):
-            cache = DynamicCache(config=self.model.config)
-            first = self.model(input_ids=ctx, attention_mask=torch.ones_like(ctx), cache=cache, use_cache=True,
-                               logits_to_keep=1).logits  # (1, 1, V): predicts every continuation's first token
-            logits = first.expand(n, 1, first.shape[-1])
-            if C > 1:
-                cache.batch_repeat_interleave(n)
-                positions = torch.arange(P, P + C - 1, device=device).expand(n, -1)
-                mask = torch.ones(n, P + C - 1, dtype=torch.long, device=device)
-                rest = self.model(input_ids=cont[:, :-1], attention_mask=mask, position_ids=positions, cache=cache,
-                                  use_cache=True).logits
-                logits = torch.cat([logits, rest], dim=1)
+        cache = DynamicCache(config=self.model.config)
+        first = self.model(input_ids=ctx, attention_mask=torch.ones_like(ctx), cache=cache, use_cache=True,
+                           logits_to_keep=1).logits  # (1, 1, V): predicts every continuation's first token
+        logits = first.expand(n, 1, first.shape[-1])
+        if C > 1:
+            cache.batch_repeat_interleave(n)
+            positions = torch.arange(P, P + C - 1, device=device).expand(n, -1)
+            mask = torch.ones(n, P + C - 1, dtype=torch.long, device=device)
+            rest = self.model(input_ids=cont[:, :-1], attention_mask=mask, position_ids=positions, cache=cache,
+                              use_cache=True).logits
+            logits = torch.cat([logits, rest], dim=1)
         logprobs = F.log_softmax(logits.float(), dim=-1)
         out = []
         for r, x in enumerate(continuations):
@@ -247,10 +249,11 @@ class GlassLM(HFLM):
         return out
 
     # generation ----------------------------------------------------------------------
-    def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs):
-        """The ``hf`` backend's generation, run with GLASS applied (sparse decode)."""
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """The ``hf`` backend's generation, every batch with GLASS applied (sparse decode): one handle
+        for all of them, each batch's prompt selecting anew."""
         with apply_glass(self.model, self.glass_config):
-            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)
 
     def get_model_info(self) -> dict:
         info = super().get_model_info()
