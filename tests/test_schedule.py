@@ -83,6 +83,34 @@ def test_loss_curve_is_non_increasing_and_zero_when_dense():
     assert c[-1] == 0 and all(a >= b for a, b in zip(c, c[1:]))
 
 
+def test_loss_curve_interpolates_the_profile_point_by_point():
+    """Each point k/d_ff is the linear interpolation between the grid densities around it (loss 0 at
+    density 1), the first segment extended below the grid, then raised to the loss of any larger k;
+    exactly, as the one-point-at-a-time definition computes it in double precision."""
+    import random
+
+    def by_point(losses, grid, n):
+        xs, ys = list(grid) + [1.0], [max(0.0, v) for v in losses] + [0.0]
+        out = []
+        for k in range(n + 1):
+            x = k / n
+            if x <= xs[0]:
+                out.append(ys[0] + (ys[1] - ys[0]) / (xs[1] - xs[0]) * (x - xs[0]))
+                continue
+            j = next(j for j in range(1, len(xs)) if x <= xs[j])
+            out.append(ys[j - 1] + (x - xs[j - 1]) / (xs[j] - xs[j - 1]) * (ys[j] - ys[j - 1]))
+        for k in range(n - 1, -1, -1):
+            out[k] = max(out[k], out[k + 1])
+        return out
+
+    rng = random.Random(0)
+    for _ in range(100):
+        n = rng.choice([1, 3, 64, 1536])
+        grid = sorted({round(rng.uniform(0.01, 0.99), rng.choice([2, 6])) for _ in range(rng.randint(1, 8))})
+        losses = [rng.uniform(-0.1, 2.0) for _ in grid]
+        assert loss_curve(losses, grid, n) == by_point(losses, grid, n)
+
+
 def test_bad_profiles_and_schedules_are_named():
     with pytest.raises(ScheduleError, match="measured on another model"):
         allocate(_profile(18), GRID, [1536] * 30, 0.5)

@@ -52,23 +52,19 @@ def check_profile(profile: torch.Tensor, grid: torch.Tensor, n_blocks: int) -> N
 
 
 def loss_curve(losses: Sequence[float], grid: Sequence[float], d_ff: int) -> list[float]:
-    """Loss of one block at ``k = 0 .. d_ff`` neurons, non-increasing in ``k``."""
-    xs = [float(g) for g in grid] + [1.0]
-    ys = [max(0.0, float(v)) for v in losses] + [0.0]
-    out = []
-    for k in range(d_ff + 1):
-        x = k / d_ff
-        if x <= xs[0]:
-            slope = (ys[1] - ys[0]) / (xs[1] - xs[0])
-            y = ys[0] + slope * (x - xs[0])
-        else:
-            j = next(j for j in range(1, len(xs)) if x <= xs[j])
-            t = (x - xs[j - 1]) / (xs[j] - xs[j - 1])
-            y = ys[j - 1] + t * (ys[j] - ys[j - 1])
-        out.append(y)
-    for k in range(d_ff - 1, -1, -1):  # fewer neurons never lose less
-        out[k] = max(out[k], out[k + 1])
-    return out
+    """Loss of one block at ``k = 0 .. d_ff`` neurons, non-increasing in ``k``: linear between the
+    grid's densities (and 0 at density 1), extended below the first with the first segment's slope.
+    Computed on whole vectors in float64, with the same operations per point as one at a time."""
+    xs = torch.tensor([float(g) for g in grid] + [1.0], dtype=torch.float64)
+    ys = torch.tensor([max(0.0, float(v)) for v in losses] + [0.0], dtype=torch.float64)
+    x = torch.arange(d_ff + 1, dtype=torch.float64) / d_ff
+    j = torch.searchsorted(xs, x).clamp(1, len(xs) - 1)  # the first j with x <= xs[j]
+    t = (x - xs[j - 1]) / (xs[j] - xs[j - 1])
+    inside = ys[j - 1] + t * (ys[j] - ys[j - 1])
+    slope = (ys[1] - ys[0]) / (xs[1] - xs[0])
+    below = ys[0] + slope * (x - xs[0])
+    y = torch.where(x <= xs[0], below, inside)
+    return y.flip(0).cummax(0).values.flip(0).tolist()  # fewer neurons never lose less
 
 
 def budget(density: float, d_ff: Sequence[int]) -> int:
