@@ -231,19 +231,19 @@ def test_shared_replies_write_the_bank_and_covariance_replies_once_and_change_no
     from glass_llm.covariance import with_covariance
 
     model, tok = smollm
-    alone = (with_bank(model, tok, smollm_prior, rows=6).calibration,
-             with_covariance(model, tok, smollm_prior, rows=6).calibration)
+    alone = (with_bank(model, tok, smollm_prior, rows=6, greedy_len=16).calibration,
+             with_covariance(model, tok, smollm_prior, rows=6, greedy_len=16).calibration)
     written = []
     real = greedy_text.sample_and_record
     monkeypatch.setattr(greedy_text, "sample_and_record", lambda *a, **k: written.append(1) or real(*a, **k))
     with greedy_text.shared_replies():
-        shared = (with_bank(model, tok, smollm_prior, rows=6).calibration,
-                  with_covariance(model, tok, smollm_prior, rows=6).calibration)
-        with_bank(model, tok, smollm_prior, rows=5)  # another set of replies is written on its own
+        shared = (with_bank(model, tok, smollm_prior, rows=6, greedy_len=16).calibration,
+                  with_covariance(model, tok, smollm_prior, rows=6, greedy_len=16).calibration)
+        with_bank(model, tok, smollm_prior, rows=5, greedy_len=16)  # another set of replies is written on its own
     assert len(written) == 2
     assert torch.equal(shared[0].bank_sums, alone[0].bank_sums)
     assert torch.equal(shared[0].bank_tokens, alone[0].bank_tokens)
     assert torch.equal(shared[1].lin_cov, alone[1].lin_cov) and torch.equal(shared[1].lin_mean, alone[1].lin_mean)
     assert greedy_text._SHARED is None
-    with_bank(model, tok, smollm_prior, rows=6)
+    with_bank(model, tok, smollm_prior, rows=6, greedy_len=16)
     assert len(written) == 3  # outside the block every call writes its replies
