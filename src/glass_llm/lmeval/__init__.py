@@ -217,7 +217,8 @@ class GlassLM(HFLM):
         return context, continuation
 
     def _score_group(self, context: list[int], continuations: list[list[int]]) -> list[tuple[float, bool]]:
-        """(sum of log-probs, greedy match) of each continuation after one ``context``, GLASS applied."""
+        """(sum of log-probs, greedy match) of each continuation after one ``context``; the caller has
+        GLASS applied (``_loglikelihood_tokens``), and the context's prefill selects the neurons."""
         from transformers import DynamicCache
 
         device = self.device

@@ -117,10 +117,11 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
 
 class KeptGlass:
     """One GLASS handle kept on the model between batches of the same config, for a server. Each
-    batch still selects its own neurons; what is kept are the compact weight buffers, which a new
-    handle allocates afresh and then pays a page fault per 4 KB of on first write (about 36 ms a
-    request for SmolLM2-135M at density 0.5 on 2 CPU cores, BENCHMARKS.md). Another config removes
-    the handle and applies anew; ``close`` restores the model exactly."""
+    batch still selects its own neurons; what is kept is the set-up of ``apply_glass`` and the
+    compact weight buffers, which a new handle allocates afresh and then pays a page fault per 4 KB
+    for on first write (together about 59 ms of a 16-token request for SmolLM2-135M at density 0.5
+    on 2 CPU cores; BENCHMARKS.md, "Serving"). Another config removes the handle and applies anew;
+    ``close`` restores the model exactly."""
 
     def __init__(self, model, prior=None):
         self.model, self.prior = model, prior
