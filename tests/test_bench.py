@@ -145,3 +145,8 @@ def test_cli_json(tmp_path, capsys):
                 "efficiency", "e2e_speedup", "select_ms", "select_in_decode_steps", "peak_rss_mb"):
         assert key in out[0]
     assert out[0]["prompt_tokens"] == 6 and out[0]["gen_tokens"] == 4
+    # the conditions that change the selection time travel with the figures
+    from glass_llm.memory import huge_pages_active
+
+    assert out[0]["machine"]["huge_pages"] == huge_pages_active()
+    assert out[0]["machine"]["threads"] == torch.get_num_threads()

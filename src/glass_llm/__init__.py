@@ -1,6 +1,9 @@
 """glass-llm: training-free FFN sparsification for faster generation (GLASS)."""
 
 from .version import __version__
+from .memory import request_huge_pages
+
+request_huge_pages()  # before torch allocates anything (memory.py)
 
 from .adapters import UnsupportedModelError, find_ffn_blocks  # noqa: E402
 from .config import equal_work_density  # noqa: E402

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .adapters import find_ffn_blocks
+from .memory import huge_pages_active
 
 @dataclass
 class RunTiming:
@@ -250,7 +251,8 @@ def summarize(runs: dict[str, list[RunTiming]], settings: BenchSettings, model_n
 
 
 def machine_info() -> dict:
-    """CPU model, core count, torch/transformers versions and threads, for the record."""
+    """CPU model, core count, torch/transformers versions, threads and whether large CPU tensors get
+    huge pages (``memory.huge_pages_active``), for the record."""
     import os
     import platform
 
@@ -263,7 +265,8 @@ def machine_info() -> dict:
                 cpu = line.split(":", 1)[1].strip()
                 break
     info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "threads": torch.get_num_threads()}
+            "transformers": transformers.__version__, "threads": torch.get_num_threads(),
+            "huge_pages": huge_pages_active()}
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info

@@ -80,11 +80,11 @@ def run(args) -> int:
         ids = make_prompts(tok, batch, args.prompt_tokens)
         records += benchmark(model, ids, settings, model_name=args.model, prior=prior,
                              generate_kwargs=gen_kwargs, progress=say)
+    info = machine_info()
     if args.json:
-        objs = [r.to_json(with_raw=args.raw) for r in records]
+        objs = [dict(r.to_json(with_raw=args.raw), machine=info) for r in records]
         print(json.dumps(objs[0] if len(objs) == 1 else objs, indent=2))
         return 0
-    info = machine_info()
     where = str(next(model.parameters()).device)
     compiled = ", compiled decode" if args.compile else ""
     int8 = ", int8 weights (dense too)" if args.weights == "int8" else ""
@@ -92,7 +92,8 @@ def run(args) -> int:
           f"prompt {args.prompt_tokens} tokens, {args.gen_tokens} new tokens greedy, median of {args.repeats} "
           f"interleaved rounds")
     gpus = f", GPU {', '.join(info['gpus'])}" if info.get("gpus") else ""
-    print(f"{info['cpu']}, {info['cores']} cores{gpus}, torch {info['torch']}, {info['threads']} threads\n")
+    print(f"{info['cpu']}, {info['cores']} cores{gpus}, torch {info['torch']}, {info['threads']} threads, "
+          f"huge pages for large CPU tensors: {_yes_no(info['huge_pages'])}\n")
     print(format_table(records))
     print("\nspeedup = sparse/dense decode tokens/s; ideal = FFN time scaled by density (from a run with the FFN "
           "blocks skipped);\neffic = speedup/ideal; e2e = end-to-end (prefill + selection + decode) speed-up; "
@@ -100,3 +101,7 @@ def run(args) -> int:
           "sparse); GB/s = sparse weight bytes per step / step time;\nffn% = FFN share of a dense decode step; RSS = peak resident memory "
           "of the sparse runs; +W = compact weights.")
     return 0
+
+
+def _yes_no(value: bool | None) -> str:
+    return "unknown" if value is None else "yes" if value else "no"
