@@ -52,7 +52,8 @@ def _anon_huge_kb(address: int) -> int | None:
 def huge_pages_active() -> bool | None:
     """Whether a large CPU tensor allocated now lands on huge pages (allocates, fills and frees 64 MB and
     reads the kernel's account of its mapping); None where the system does not say (no
-    ``/proc/self/smaps``)."""
+    ``/proc/self/smaps``). Ask early in a process: later the C library may hand the probe memory that
+    was already touched in 4 KB pages, and the answer is then no whatever the allocator would do."""
     import torch
 
     probe = torch.ones(64 << 20, dtype=torch.uint8)

@@ -63,6 +63,7 @@ def run(args) -> int:
         spec, lam, _ = config.resolved()
         check_refresh_compile(args, config.refresh_every(spec), config.dense_start_of(spec))
         needs_prior = needs_prior or spec.needs_prior_at(lam)
+    info = machine_info()  # before the model: the huge-page probe reads a fresh allocation (memory.py)
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     say(f"loading {args.model} ...")
     model, tok = load_model(args.model, **model_kwargs(args))
@@ -80,7 +81,6 @@ def run(args) -> int:
         ids = make_prompts(tok, batch, args.prompt_tokens)
         records += benchmark(model, ids, settings, model_name=args.model, prior=prior,
                              generate_kwargs=gen_kwargs, progress=say)
-    info = machine_info()
     if args.json:
         objs = [dict(r.to_json(with_raw=args.raw), machine=info) for r in records]
         print(json.dumps(objs[0] if len(objs) == 1 else objs, indent=2))
