@@ -67,16 +67,15 @@ def dense_weight(module: nn.Module) -> torch.Tensor:
 
 @torch.no_grad()
 def set_linear_compensation(state: BlockState, output: nn.Module, selected: torch.Tensor, cov: torch.Tensor,
-                            mean: torch.Tensor, p: torch.Tensor, ridge: float, merge: bool,
-                            predictors: int = 0) -> None:
+                            mean: torch.Tensor, p: torch.Tensor, ridge: float, merge: bool) -> None:
     """Predict the neurons ``selected`` (S, k) leaves out from those it keeps, by least squares
     (``lincomp.corrected_weight``), from now on. The constant joins the output's bias as mean
     compensation does. The kept columns' change is written into the compact output weight where
     there is one float matrix for the batch (no work per decode step); else it is kept as
     ``lin_delta`` (S, n, d_out), over the neurons the output projection sees on this path, and
-    added as ``z @ lin_delta`` after the projection. ``predictors``: as ``lincomp.corrected_weight``'s."""
+    added as ``z @ lin_delta`` after the projection."""
     w = dense_weight(output)
-    w_new, shift = corrected_weight(w, cov, mean, selected, ridge, p, predictors)
+    w_new, shift = corrected_weight(w, cov, mean, selected, ridge, p)
     _set_shift(state, output, shift, merge)
     state.lin_delta = None
     if state.mode == "sliced" and state.row_mask is None and state.scale_out is None:  # float compact weights

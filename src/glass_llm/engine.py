@@ -263,8 +263,7 @@ class GlassHandle:
         if self.comp_cov is not None and self.comp_cov[i] is not None:
             cov, prior_mean, p = self.comp_cov[i]
             mean = running_mean(prior_mean, st.signed_sums, chosen.shape[0], self.signed_tokens, self.comp_tokens)
-            set_linear_compensation(st, self._outputs[i].original, chosen, cov, mean, p, self.ridge, merge=merge,
-                                    predictors=self.spec.linear_predictors)
+            set_linear_compensation(st, self._outputs[i].original, chosen, cov, mean, p, self.ridge, merge=merge)
         elif self.comp_means is not None:
             mean = running_mean(self.comp_means[i], st.signed_sums, chosen.shape[0], self.signed_tokens, self.comp_tokens)
             set_compensation(st, self._outputs[i].original, chosen, mean, merge=merge)

@@ -34,16 +34,13 @@ def output_covariance(w_out: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
 
 
 def corrected_weight(w_out: torch.Tensor, cov: torch.Tensor, mean: torch.Tensor, kept: torch.Tensor,
-                     ridge: float = DEFAULT_RIDGE, p: torch.Tensor | None = None,
-                     predictors: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                     ridge: float = DEFAULT_RIDGE, p: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(W', shift)`` for the sets ``kept`` (S, k) of a block with output weight ``w_out`` (d_out, d_ff),
     activation covariance ``cov`` (d_ff, d_ff) and mean ``mean`` (d_ff,): the block's output with the
     other neurons predicted is ``z_kept @ W'[s].T + shift[s]``, W' (S, d_out, k) with its columns in
     the order of ``kept[s]``, shift (S, d_out); float32. ``p`` is ``output_covariance(w_out, cov)``.
     ``mean`` may also be (S, d_ff), one per set (a mean that follows the reply): the prediction then
-    centres each set's neurons on its own mean, with the one covariance. ``predictors`` r (0: every
-    kept neuron) predicts from the r kept neurons of largest ``predictor_scores`` only: only their
-    columns change (``_few_predictors``)."""
+    centres each set's neurons on its own mean, with the one covariance."""
     if not ridge > 0:
         raise ValueError(f"ridge must be > 0 (it keeps the kept neurons' covariance invertible), got {ridge}")
     d = cov.shape[0]
@@ -52,62 +49,16 @@ def corrected_weight(w_out: torch.Tensor, cov: torch.Tensor, mean: torch.Tensor,
                          f"weight, got {tuple(cov.shape)}, {tuple(mean.shape)} and {tuple(w_out.shape)}")
     w, cov, mean = w_out.float(), cov.float(), mean.float()
     p = output_covariance(w, cov) if p is None else p.float()
-    if 0 < predictors < kept.shape[-1]:
-        w_new = _few_predictors(w, cov, p, kept, ridge, predictors)
-    else:
-        rows = kept.unsqueeze(-1)
-        s_kk = cov[rows, kept.unsqueeze(-2)]  # (S, k, k)
-        chol = _factor(s_kk, ridge)
-        rhs = (p.t()[kept] + _rho(s_kk, ridge)[:, None, None] * w.t()[kept])  # (S, k, d_out): (P_k + rho W_k)^T
-        w_new = torch.cholesky_solve(rhs, chol).transpose(1, 2)  # (S, d_out, k); S_kk + rho I is symmetric
+    rows = kept.unsqueeze(-1)
+    s_kk = cov[rows, kept.unsqueeze(-2)]  # (S, k, k)
+    rho = ridge * s_kk.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-12)  # (S,)
+    eye = torch.eye(kept.shape[-1], dtype=cov.dtype, device=cov.device)
+    chol = torch.linalg.cholesky(s_kk + rho[:, None, None] * eye)
+    rhs = (p.t()[kept] + rho[:, None, None] * w.t()[kept])  # (S, k, d_out): (P_k + rho W_k)^T
+    w_new = torch.cholesky_solve(rhs, chol).transpose(1, 2)  # (S, d_out, k); S_kk + rho I is symmetric
     means = mean.expand(kept.shape[0], d)
     shift = means @ w.t() - (w_new @ means.gather(1, kept).unsqueeze(-1)).squeeze(-1)
     return w_new, shift
-
-
-def _rho(s: torch.Tensor, ridge: float) -> torch.Tensor:
-    """(S,) the ridge in units of the mean variance of each (S, n, n) covariance."""
-    return ridge * s.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-12)
-
-
-def _factor(s: torch.Tensor, ridge: float) -> torch.Tensor:
-    """The Cholesky factors of ``s + rho I``, (S, n, n)."""
-    eye = torch.eye(s.shape[-1], dtype=s.dtype, device=s.device)
-    return torch.linalg.cholesky(s + _rho(s, ridge)[:, None, None] * eye)
-
-
-def _left_out(kept: torch.Tensor, d: int) -> torch.Tensor:
-    """(S, d - k) the neurons each set of ``kept`` (S, k) leaves out, in increasing order."""
-    out = torch.ones(kept.shape[0], d, dtype=torch.bool, device=kept.device).scatter_(1, kept, False)
-    return out.nonzero()[:, 1].view(kept.shape[0], d - kept.shape[1])
-
-
-def predictor_scores(w: torch.Tensor, cov: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-    """(S, k) how much of the left-out neurons' output each kept neuron j predicts alone, summed over
-    them one by one: ``sum_l S_lj^2 |W_out[:, l]|^2 / S_jj`` (cross terms between left-out neurons
-    ignored). Costs k (d - k) per set, against k^2 d_out for the prediction from every kept neuron."""
-    left = _left_out(kept, cov.shape[0])
-    s_lk = cov[left.unsqueeze(-1), kept.unsqueeze(-2)]  # (S, d - k, k)
-    norms = (w * w).sum(0)[left]  # (S, d - k)
-    var = cov.diagonal()[kept].clamp_min(1e-12)
-    return (s_lk * s_lk * norms.unsqueeze(-1)).sum(1) / var
-
-
-def _few_predictors(w: torch.Tensor, cov: torch.Tensor, p: torch.Tensor, kept: torch.Tensor, ridge: float,
-                    r: int) -> torch.Tensor:
-    """W' (S, d_out, k) when the left-out neurons are predicted from r kept ones R only (those of
-    largest ``predictor_scores``): ``z_left ~ m_left + S_lR (S_RR + rho I)^-1 (z_R - m_R)``, so the
-    columns of R gain ``C (S_RR + rho I)^-1`` with ``C = W_left S_lR = P[:, R] - W_kept S_kR``, and the
-    other kept columns stay. About r k d_out + r^2 d_out multiply-adds a set, against k^2 d_out."""
-    pos = predictor_scores(w, cov, kept).topk(r, dim=1).indices.sort(dim=1).values  # (S, r) places in kept
-    ids = kept.gather(1, pos)
-    chol = _factor(cov[ids.unsqueeze(-1), ids.unsqueeze(-2)], ridge)
-    w_k = w.t()[kept]  # (S, k, d_out)
-    s_kr = cov[kept.unsqueeze(-1), ids.unsqueeze(-2)]  # (S, k, r)
-    c = p.t()[ids] - s_kr.transpose(1, 2) @ w_k  # (S, r, d_out): C^T
-    delta = torch.cholesky_solve(c, chol)  # (S, r, d_out)
-    w_new = w_k.transpose(1, 2).contiguous()
-    return w_new.scatter_add_(2, pos.unsqueeze(1).expand(-1, w.shape[0], -1), delta.transpose(1, 2))
 
 
 def split_covariance(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

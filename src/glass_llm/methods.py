@@ -87,9 +87,6 @@ class MethodSpec:
     # prior's ``reply_loss``), and add back the mean elsewhere: each block's solve costs about a third of a dense
     # decode step on 2 CPU cores (0: every block)
     linear_blocks: int = 0
-    # with comp_linear: predict from this many kept neurons only, those that predict most of the left-out
-    # neurons' output alone (``lincomp.predictor_scores``): about k / r times cheaper (0: every kept neuron)
-    linear_predictors: int = 0
     # lam by the prompt's token count, the same for every block (exclusive with ``adaptive``): "rule" the
     # lams PROMPT_LAMS at PROMPT_LAM_TOKENS; "checked" the prior's checked short-prompt lam up to 8 tokens
     # and 0.5 from 32 (``Calibration.short_lam``; one lam where it is 0.5). ``lam`` then tilts it as it tilts

@@ -33,9 +33,6 @@ OPTIONS: dict[str, tuple[str, type, _Check, str]] = {
                     "compensate"),
     "linear-blocks": ("linear_blocks", int,
                       lambda v: options.whole(v, "linear-blocks", "FFN blocks", "every block"), "predict"),
-    "linear-predictors": ("linear_predictors", int,
-                          lambda v: options.whole(v, "linear-predictors", "kept neurons", "every kept neuron"),
-                          "predict"),
 }
 
 _NEEDS = {
