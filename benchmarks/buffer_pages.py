@@ -32,7 +32,7 @@ from glass_llm.build import get_or_build_prior
 from glass_llm.engine import GlassConfig, apply_glass
 from glass_llm.intervals import paired_ratio
 from glass_llm.io import atomic_write
-from glass_llm.memory import _anon_huge_kb
+from glass_llm.memory import anon_huge_kb
 from glass_llm.models import load_model
 
 ARMS = ("torch", "numpy4k", "offset")
@@ -76,7 +76,7 @@ def main() -> int:
             st.weight_out = _moved(st.weight_out, arm, 2 * i + 1)
     # the kernel's account: KB on huge pages in the mapping of each arm's first compact buffer
     first = {arm: next(st.weight_in for st in handles[arm].states if st.weight_in is not None) for arm in ARMS}
-    huge_kb = {arm: _anon_huge_kb(t.data_ptr()) for arm, t in first.items()}
+    huge_kb = {arm: anon_huge_kb(t.data_ptr()) for arm, t in first.items()}
     replies = {arm: request(arm) for arm in ARMS}
     if not all(torch.equal(replies[arm], replies["torch"]) for arm in ARMS):
         raise SystemExit("the arms wrote different replies: the moved buffers are not used as the engine's")

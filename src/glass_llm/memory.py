@@ -32,7 +32,7 @@ def request_huge_pages() -> None:
     os.environ.setdefault(ENV, "1")
 
 
-def _anon_huge_kb(address: int) -> int | None:
+def anon_huge_kb(address: int) -> int | None:
     """Kilobytes on huge pages in the mapping that holds ``address``; None where /proc does not say."""
     try:
         lines = _SMAPS.read_text().splitlines()
@@ -57,6 +57,6 @@ def huge_pages_active() -> bool | None:
     import torch
 
     probe = torch.ones(64 << 20, dtype=torch.uint8)
-    kb = _anon_huge_kb(probe.data_ptr())
+    kb = anon_huge_kb(probe.data_ptr())
     del probe
     return None if kb is None else kb > 0
