@@ -2,8 +2,8 @@
 
 Each selection writes the kept neurons' weights into buffers of its own (159 MB for SmolLM2-135M
 at density 0.5 in float32). On Linux the first write to fresh memory pays a page fault per 4 KB
-page: about 39,000 faults for those buffers, half of ``glass``'s selection time on a 2-core CPU
-(BENCHMARKS.md, "Huge pages"). PyTorch's CPU allocator can place allocations of 2 MB or more on
+page: about 39,000 faults for those buffers, a third or more of ``glass``'s selection time on a
+2-core CPU (BENCHMARKS.md, "Huge pages for the compact weights"). PyTorch's CPU allocator can place allocations of 2 MB or more on
 transparent huge pages, one fault per 2 MB, when the environment variable
 ``THP_MEM_ALLOC_ENABLE`` is 1. It reads the variable once, at the process's first allocation of
 that size, so it has to be set before anything large is allocated.
@@ -40,7 +40,7 @@ def anon_huge_kb(address: int) -> int | None:
         return None
     inside = False
     for line in lines:
-        head = line.split(None, 1)[0]
+        head = line.split(None, 1)[0] if line.strip() else ""
         if "-" in head and not head.endswith(":"):  # a mapping's first line: "start-end perms ..."
             lo, hi = (int(x, 16) for x in head.split("-"))
             inside = lo <= address < hi
