@@ -1,6 +1,7 @@
 """The calibration-split case that the selection sweeps score (``refresh_sweep.py``,
 ``oracle_gap.py``): a model with its cached default prior, prompts cut from the calibration
-split of a corpus (never the reported test split), the dense model's greedy continuations
+split of a corpus (never the reported test split; a script that chooses no setting, only
+measures one, may ask for the test split), the dense model's greedy continuations
 and the dense logits along them."""
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ class CalibCase:
     dense: torch.Tensor  # (N, G, V): the dense logits that predict them
 
 
-def load_calib_case(model_name: str, corpus: str, prompt_tokens: int, gen_tokens: int, n_prompts: int) -> CalibCase:
+def load_calib_case(model_name: str, corpus: str, prompt_tokens: int, gen_tokens: int, n_prompts: int,
+                    split: str = "calib") -> CalibCase:
     model, tok = load_model(model_name)
     path = find_cached_prior(model_name)
     if path is None:
         raise SystemExit(f"no cached default prior: run `glass prior {model_name}` first")
     settings = EvalSettings(model=model_name, corpus=corpus, prompt_tokens=(prompt_tokens,), gen_tokens=gen_tokens,
-                            n_prompts=n_prompts, split="calib", batch_size=n_prompts)
+                            n_prompts=n_prompts, split=split, batch_size=n_prompts)
     prompts = torch.tensor(plan_items(settings, tok, load_texts(corpus))[0].prompts)
     refs = generate_references(model, prompts, gen_tokens, pad_id(tok))
     dense, _ = continuation_logits(model, prompts, refs)
