@@ -25,7 +25,9 @@ def register(sub) -> None:
     add_prior_tokens_arg(p)
     add_loop_guard_arg(p)
     p.add_argument("--max-batch", type=int, default=8, help="most sequences decoded together (default 8)")
-    p.add_argument("--share-batch", action="store_true", help="one neuron set per batch instead of one per request")
+    p.add_argument("--share-batch", action="store_true",
+                   help="one neuron set per batch instead of one per request: faster with many clients, for some "
+                        "fidelity (BENCHMARKS.md, 'What one set for the batch costs in fidelity')")
     p.add_argument("--batch-wait-ms", type=float, default=10.0,
                    help="a new batch gathers requests until none arrives for this long, at most 5x (default 10)")
     p.add_argument("--max-tokens", type=int, default=256, help="tokens generated when a request does not say")
