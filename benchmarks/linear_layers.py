@@ -31,20 +31,34 @@ from glass_llm.lincomp import DEFAULT_RIDGE
 from prompt_recency import per_prompt_kl
 
 
+def top_half(w: torch.Tensor, cov: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, left out): the block's top half of neurons by ``E[z^2] ||w_j||^2`` and the rest, each sorted."""
+    order = ((cov.diagonal() + mean ** 2) * w.pow(2).sum(0)).argsort(descending=True)
+    half = cov.shape[0] // 2
+    return order[:half].sort().values, order[half:].sort().values
+
+
+def ridge_predictor(cov: torch.Tensor, k: torch.Tensor, u: torch.Tensor, ridge: float) -> torch.Tensor:
+    """(u, k): the ridge prediction of the neurons ``u`` from all the neurons ``k``."""
+    s_kk = cov[k][:, k]
+    rho = ridge * s_kk.diagonal().mean()
+    return torch.linalg.solve(s_kk + rho * torch.eye(len(k), dtype=cov.dtype), cov[k][:, u]).T
+
+
+def removed(w: torch.Tensor, cov: torch.Tensor, k: torch.Tensor, u: torch.Tensor, a: torch.Tensor) -> float:
+    """Share of ``W_u z_u``'s error variance removed by predicting ``z_u - m_u`` as ``a (z_k - m_k)``."""
+    s_uu, s_uk, s_kk = cov[u][:, u], cov[u][:, k], cov[k][:, k]
+    resid = s_uu - a @ s_uk.T - s_uk @ a.T + a @ s_kk @ a.T
+    wu = w[:, u]
+    return float(1 - torch.trace(wu @ resid @ wu.T) / torch.trace(wu @ s_uu @ wu.T))
+
+
 def removed_share(w: torch.Tensor, cov: torch.Tensor, mean: torch.Tensor, ridge: float) -> float:
     """Share of the left-out neurons' output error variance that the ridge prediction removes, for
     the set of the block's top half by ``E[z^2] ||w_j||^2``."""
     w, cov, mean = w.double(), cov.double(), mean.double()
-    d = cov.shape[0]
-    energy = (cov.diagonal() + mean ** 2) * w.pow(2).sum(0)
-    order = energy.argsort(descending=True)
-    k, u = order[: d // 2], order[d // 2:]
-    s_kk, s_uk = cov[k][:, k], cov[u][:, k]
-    rho = ridge * s_kk.diagonal().mean()
-    a = torch.linalg.solve(s_kk + rho * torch.eye(len(k), dtype=cov.dtype), s_uk.T).T  # (u, k)
-    resid = cov[u][:, u] - a @ s_uk.T - s_uk @ a.T + a @ s_kk @ a.T
-    wu = w[:, u]
-    return float(1 - torch.trace(wu @ resid @ wu.T) / torch.trace(wu @ cov[u][:, u] @ wu.T))
+    k, u = top_half(w, cov, mean)
+    return removed(w, cov, k, u, ridge_predictor(cov, k, u, ridge))
 
 
 def main() -> int:

@@ -32,22 +32,9 @@ from glass_llm.compensation import dense_weight
 from glass_llm.lincomp import DEFAULT_RIDGE, corrected_weight, output_covariance
 from glass_llm.prior import load_prior
 from glass_llm.prior_cache import find_cached_prior
+from linear_layers import removed, ridge_predictor, top_half
 
 RIDGES = (DEFAULT_RIDGE, 0.05)
-
-
-def removed(w: torch.Tensor, cov: torch.Tensor, k: torch.Tensor, u: torch.Tensor, a: torch.Tensor) -> float:
-    """Share of ``W_u z_u``'s error variance removed by predicting ``z_u`` as ``a (z_k - m_k)``."""
-    s_uu, s_uk, s_kk = cov[u][:, u], cov[u][:, k], cov[k][:, k]
-    resid = s_uu - a @ s_uk.T - s_uk @ a.T + a @ s_kk @ a.T
-    wu = w[:, u]
-    return float(1 - torch.trace(wu @ resid @ wu.T) / torch.trace(wu @ s_uu @ wu.T))
-
-
-def full_predictor(cov: torch.Tensor, k: torch.Tensor, u: torch.Tensor, ridge: float) -> torch.Tensor:
-    s_kk = cov[k][:, k]
-    rho = ridge * s_kk.diagonal().mean()
-    return torch.linalg.solve(s_kk + rho * torch.eye(len(k), dtype=cov.dtype), cov[k][:, u]).T
 
 
 def neighbour_order(cov: torch.Tensor, width: int = 256) -> torch.Tensor:
@@ -130,11 +117,9 @@ def main() -> int:
         w32 = dense_weight(blocks[i].output_module).float()
         cov32, mean32 = cal.lin_cov[i].float(), cal.lin_mean[i].float()
         w, cov, mean = w32.double(), cov32.double(), mean32.double()
-        d = cov.shape[0]
-        by_energy = ((cov.diagonal() + mean ** 2) * w.pow(2).sum(0)).argsort(descending=True)
-        k, u = by_energy[: d // 2].sort().values, by_energy[d // 2:].sort().values
+        k, u = top_half(w, cov, mean)
         p = output_covariance(w32, cov32)
-        cells = {"all kept": [removed(w, cov, k, u, full_predictor(cov, k, u, r)) for r in RIDGES]
+        cells = {"all kept": [removed(w, cov, k, u, ridge_predictor(cov, k, u, r)) for r in RIDGES]
                  + [median_ms(lambda: corrected_weight(w32, cov32, mean32, k[None], p=p))]}
         order = neighbour_order(cov32)
         for q in qs:
