@@ -65,11 +65,16 @@ def sparse_predictor(cov: torch.Tensor, k: torch.Tensor, u: torch.Tensor, nb: to
     return torch.linalg.solve(s_nn, cov[u.unsqueeze(1), nb].unsqueeze(-1)).squeeze(-1)
 
 
-def dense_of(coef: torch.Tensor, nb: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """The (u, k) coefficient matrix with the columns in the order of ``k``."""
-    pos = torch.full((int(k.max()) + 1,), -1, dtype=torch.long)
+def positions(nb: torch.Tensor, k: torch.Tensor, d: int) -> torch.Tensor:
+    """``nb``'s neuron indices as positions into the kept neurons ``k`` of a block of ``d``."""
+    pos = torch.full((d,), -1, dtype=torch.long)
     pos[k] = torch.arange(len(k))
-    return torch.zeros(coef.shape[0], len(k), dtype=coef.dtype).scatter_(1, pos[nb], coef)
+    return pos[nb]
+
+
+def dense_of(coef: torch.Tensor, nb: torch.Tensor, k: torch.Tensor, d: int) -> torch.Tensor:
+    """The (u, k) coefficient matrix with the columns in the order of ``k``."""
+    return torch.zeros(coef.shape[0], len(k), dtype=coef.dtype).scatter_(1, positions(nb, k, d), coef)
 
 
 def sparse_weight(w: torch.Tensor, cov: torch.Tensor, order: torch.Tensor, k: torch.Tensor, u: torch.Tensor,
@@ -78,10 +83,8 @@ def sparse_weight(w: torch.Tensor, cov: torch.Tensor, order: torch.Tensor, k: to
     (a sparse (k, u) product in compressed-row form)."""
     nb = neighbours(order, k, u, q)
     coef = sparse_predictor(cov, k, u, nb, ridge)
-    pos = torch.full((cov.shape[0],), -1, dtype=torch.long)
-    pos[k] = torch.arange(len(k))
     cols = torch.arange(len(u)).repeat_interleave(q)
-    a_t = torch.sparse_coo_tensor(torch.stack([pos[nb].reshape(-1), cols]), coef.reshape(-1),
+    a_t = torch.sparse_coo_tensor(torch.stack([positions(nb, k, cov.shape[0]).reshape(-1), cols]), coef.reshape(-1),
                                   (len(k), len(u))).to_sparse_csr()
     return w[:, k] + (a_t @ w[:, u].T).T
 
@@ -124,7 +127,7 @@ def main() -> int:
         order = neighbour_order(cov32)
         for q in qs:
             nb = neighbours(order, k, u, q)
-            cells[f"q = {q}"] = ([removed(w, cov, k, u, dense_of(sparse_predictor(cov, k, u, nb, r), nb, k))
+            cells[f"q = {q}"] = ([removed(w, cov, k, u, dense_of(sparse_predictor(cov, k, u, nb, r), nb, k, cov.shape[0]))
                                   for r in RIDGES]
                                  + [median_ms(lambda: sparse_weight(w32, cov32, order, k, u, q, DEFAULT_RIDGE))])
         print(f"  block {i:2d}: " + " | ".join(f"{name} {a:.3f} / {b:.3f}, {ms:.1f} ms"
